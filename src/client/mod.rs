@@ -1,0 +1,581 @@
+//! The client: [`UpCache`], its [`Builder`], [`Pipeline`]s and [`Subscription`]s.
+
+mod conn;
+mod events;
+mod pipeline;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once, RwLock};
+use std::time::{Duration, Instant};
+
+use upcache_transports::Kind;
+
+pub use events::{Event, EventKind, Subscription, SUBSCRIPTION_QUEUE};
+pub use pipeline::{Pipeline, Reply};
+
+use crate::election::{self, Backoff, Look};
+use crate::error::{validate_name, Error, Result};
+use crate::launch::{self, ServerSpec};
+use crate::protocol::{self, Chunk, Limits, Request};
+use conn::{Answer, Conn, ConnectError, Peer};
+use events::Events;
+
+/// Incremented in the child of every `fork`, so a handle notices it is in a new process.
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
+pub(crate) fn fork_generation() -> u64 {
+    FORK_GENERATION.load(Ordering::SeqCst)
+}
+
+fn watch_forks() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a handler that only touches an atomic, which is fork-safe.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
+}
+
+/// Options for opening a cache; get one from [`UpCache::builder`].
+///
+/// The server options (`auto_kill`, `linger`, `transport`, `max_value_len`) take effect only
+/// when this open starts the server; an opener that joins a running server uses that server's
+/// settings, whatever it asked for (the connection file says which).
+#[derive(Clone, Debug)]
+pub struct Builder {
+    name: String,
+    dir: Option<PathBuf>,
+    auto_kill: bool,
+    linger: Duration,
+    transport: Kind,
+    max_value_len: u32,
+    open_timeout: Duration,
+}
+
+impl Builder {
+    /// The directory of the connection file (default: the system temp dir).
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+    /// Whether the server exits once no client has been connected for `linger` (default true).
+    pub fn auto_kill(mut self, on: bool) -> Self {
+        self.auto_kill = on;
+        self
+    }
+    /// How long an idle server waits for a new client before it exits (default 1 s).
+    pub fn linger(mut self, d: Duration) -> Self {
+        self.linger = d;
+        self
+    }
+    /// The transport a new server listens on (default TCP on 127.0.0.1).
+    pub fn transport(mut self, t: Kind) -> Self {
+        self.transport = t;
+        self
+    }
+    /// The longest value a new server accepts (default 64 MiB, at most 4 GiB − 1).
+    pub fn max_value_len(mut self, n: u32) -> Self {
+        self.max_value_len = n;
+        self
+    }
+    /// How long opening may take before it fails with [`Error::OpenTimedOut`] (default 10 s).
+    pub fn open_timeout(mut self, d: Duration) -> Self {
+        self.open_timeout = d;
+        self
+    }
+
+    /// Opens the cache: joins its server, or wins the election and starts one.
+    pub fn open(self) -> Result<UpCache> {
+        validate_name(&self.name)?;
+        watch_forks();
+        let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
+        let path = election::file_path(&dir, &self.name);
+        let deadline = Instant::now() + self.open_timeout;
+        let (peer, conn) = self.elect_and_connect(&dir, &path, deadline)?;
+        let session = Session {
+            fork_gen: fork_generation(),
+            conn,
+            events: Mutex::new(None),
+        };
+        Ok(UpCache {
+            inner: Arc::new(Inner {
+                peer,
+                path,
+                session: RwLock::new(Arc::new(session)),
+            }),
+        })
+    }
+
+    fn unix_path(&self, dir: &Path) -> Result<PathBuf> {
+        let p = dir.join(format!("upcache-{}.sock", self.name));
+        if upcache_transports::unix_path_fits(&p) {
+            return Ok(p);
+        }
+        // Long names: a shorter, still distinct, file name.
+        let h = self.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        let p = dir.join(format!("upcache-{h:016x}.sock"));
+        if upcache_transports::unix_path_fits(&p) {
+            return Ok(p);
+        }
+        Err(Error::Io {
+            context: "choosing the Unix socket path",
+            source: std::io::Error::other(format!(
+                "{} is too long for a Unix socket; choose a shorter dir",
+                p.display()
+            )),
+        })
+    }
+
+    fn elect_and_connect(
+        &self,
+        dir: &Path,
+        path: &Path,
+        deadline: Instant,
+    ) -> Result<(Peer, Conn)> {
+        let mut backoff = Backoff::default();
+        let mut last = String::from("no attempt finished");
+        loop {
+            if Instant::now() >= deadline {
+                return Err(Error::OpenTimedOut {
+                    name: self.name.clone(),
+                    path: path.to_owned(),
+                    detail: last,
+                });
+            }
+            let look = election::look(path).map_err(Error::io("using the connection file"))?;
+            let info = match look {
+                Look::Won(won) => {
+                    let spec = ServerSpec::new(
+                        path.to_owned(),
+                        self.transport,
+                        self.unix_path(dir)?,
+                        self.auto_kill,
+                        self.linger,
+                        self.max_value_len,
+                    );
+                    match launch::start(won, spec, deadline) {
+                        Ok(info) => info,
+                        Err(e) => {
+                            last = e.to_string();
+                            continue;
+                        }
+                    }
+                }
+                Look::Found(info) => info,
+                Look::NotReady(why) => {
+                    last = why.into();
+                    backoff.sleep(deadline);
+                    continue;
+                }
+                Look::Retry => continue,
+            };
+            if info.version != protocol::VERSION {
+                return Err(Error::VersionMismatch {
+                    server: info.version,
+                    client: protocol::VERSION,
+                });
+            }
+            let Some(endpoint) = info.endpoint() else {
+                last = "the connection file names no usable address".into();
+                backoff.sleep(deadline);
+                continue;
+            };
+            let peer = Peer {
+                name: self.name.clone(),
+                endpoint,
+                token: info.token,
+                limits: Limits {
+                    max_key: protocol::MAX_KEY_LEN,
+                    max_value: info.max_value,
+                },
+            };
+            match Conn::open(&peer) {
+                Ok(conn) => return Ok((peer, conn)),
+                Err(ConnectError::Fatal(e)) => return Err(e),
+                Err(ConnectError::Retry(why)) => {
+                    // The server is exiting (idle) or not listening yet: look again.
+                    last = why;
+                    backoff.sleep(deadline);
+                }
+            }
+        }
+    }
+}
+
+/// A process's connections to a server. Replaced after a fork.
+struct Session {
+    fork_gen: u64,
+    conn: Conn,
+    events: Mutex<Option<Arc<Events>>>,
+}
+
+struct Inner {
+    peer: Peer,
+    path: PathBuf,
+    session: RwLock<Arc<Session>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let s = self.session.get_mut().unwrap_or_else(|p| p.into_inner());
+        if s.fork_gen != fork_generation() {
+            // Forked child: the connection's socket is shared with the parent and its thread
+            // does not exist here. Leave both alone; the process's exit closes the descriptors.
+            std::mem::forget(Arc::clone(s));
+        }
+    }
+}
+
+/// A handle to a shared cache.
+///
+/// Open one with [`UpCache::open`] or [`UpCache::builder`]. The handle is `Send + Sync + Clone`:
+/// clones share one connection, and any number of threads may call it at once (their requests
+/// are in flight together on that connection). Dropping the last clone, or [`UpCache::close`],
+/// closes the connection.
+///
+/// Keys and values are raw bytes; empty keys and values are allowed. A key is at most 64 KiB
+/// and a value at most the server's limit (64 MiB by default, see
+/// [`Builder::max_value_len`]); longer ones fail with [`Error::KeyTooLarge`] or
+/// [`Error::ValueTooLarge`] before anything is sent.
+///
+/// # When the server dies
+///
+/// Every pending and later call on the handle fails with [`Error::ServerGone`] as soon as the
+/// kernel reports the connection closed (at once when the server process dies), never hanging
+/// and never spinning. The data is gone with the server. Open the cache again to elect a new
+/// server.
+///
+/// # After `fork`
+///
+/// A child process forked after the handle was opened does not use the parent's connection:
+/// its first call opens a new connection to the same server.
+#[derive(Clone)]
+pub struct UpCache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for UpCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpCache")
+            .field("name", &self.inner.peer.name)
+            .field("endpoint", &self.inner.peer.endpoint)
+            .finish()
+    }
+}
+
+pub(crate) fn unexpected(peer: &Peer, a: Answer) -> Error {
+    Error::Handshake {
+        name: peer.name.clone(),
+        detail: format!("unexpected reply {a:?}"),
+    }
+}
+
+impl UpCache {
+    /// Opens the cache `name` with default options: joins its server or starts one.
+    ///
+    /// ```no_run
+    /// let cache = upcache::UpCache::open("TVHosts")?;
+    /// cache.set(b"Light Entertainment Awards", b"Dickie Attenborough")?;
+    /// assert_eq!(cache.get(b"Light Entertainment Awards")?.as_deref(), Some(&b"Dickie Attenborough"[..]));
+    /// # Ok::<(), upcache::Error>(())
+    /// ```
+    pub fn open(name: &str) -> Result<Self> {
+        Self::builder(name).open()
+    }
+
+    /// Options for opening `name`.
+    pub fn builder(name: &str) -> Builder {
+        Builder {
+            name: name.to_owned(),
+            dir: None,
+            auto_kill: true,
+            linger: Duration::from_secs(1),
+            transport: Kind::Tcp,
+            max_value_len: protocol::DEFAULT_MAX_VALUE_LEN,
+            open_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The cache's name.
+    pub fn name(&self) -> &str {
+        &self.inner.peer.name
+    }
+
+    /// The connection file.
+    pub fn connection_file(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Where the server listens.
+    pub fn endpoint(&self) -> &upcache_transports::Endpoint {
+        &self.inner.peer.endpoint
+    }
+
+    fn session(&self) -> Result<Arc<Session>> {
+        let gen = fork_generation();
+        {
+            let s = self.inner.session.read().unwrap_or_else(|p| p.into_inner());
+            if s.fork_gen == gen {
+                return Ok(Arc::clone(&s));
+            }
+        }
+        let mut s = self
+            .inner
+            .session
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if s.fork_gen != gen {
+            let conn = Conn::open(&self.inner.peer).map_err(|e| match e {
+                ConnectError::Fatal(e) => e,
+                ConnectError::Retry(_) => self.inner.peer.gone(),
+            })?;
+            let new = Arc::new(Session {
+                fork_gen: gen,
+                conn,
+                events: Mutex::new(None),
+            });
+            // The old session belongs to the parent process: never drop it here.
+            std::mem::forget(std::mem::replace(&mut *s, new));
+        }
+        Ok(Arc::clone(&s))
+    }
+
+    fn events(&self) -> Result<Arc<Events>> {
+        let s = self.session()?;
+        let mut ev = s.events.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = ev.as_ref() {
+            if e.is_ended() {
+                return Err(self.inner.peer.gone());
+            }
+            return Ok(Arc::clone(e));
+        }
+        let e = Events::open(&self.inner.peer, s.fork_gen).map_err(|e| match e {
+            ConnectError::Fatal(e) => e,
+            ConnectError::Retry(_) => self.inner.peer.gone(),
+        })?;
+        *ev = Some(Arc::clone(&e));
+        Ok(e)
+    }
+
+    fn call(&self, req: Request<'_>) -> Result<Answer> {
+        let a = self.session()?.conn.call(&req)?;
+        match a {
+            Answer::Failed(code, arg, msg) => Err(self.inner.peer.failed(code, arg, msg)),
+            a => Ok(a),
+        }
+    }
+
+    fn check(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.inner.peer.check(key, value)
+    }
+
+    /// The value of `key`, or `None` if it is missing (an empty value is `Some(vec![])`).
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        let key = key.as_ref();
+        self.check(key, &[])?;
+        match self.call(Request::Get { key })? {
+            Answer::Value(v) => Ok(Some(v)),
+            Answer::Nil => Ok(None),
+            a => Err(unexpected(&self.inner.peer, a)),
+        }
+    }
+
+    /// Stores `value` under `key`. An existing key keeps its place in [`UpCache::keys`]
+    /// order. Every set is an event (subscribers and waiters see it), even if the value did not
+    /// change.
+    pub fn set(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.check(key, value)?;
+        self.expect_done(Request::Set { key, value })
+    }
+
+    fn expect_done(&self, req: Request<'_>) -> Result<()> {
+        match self.call(req)? {
+            Answer::Done => Ok(()),
+            a => Err(unexpected(&self.inner.peer, a)),
+        }
+    }
+
+    fn expect_bool(&self, req: Request<'_>) -> Result<bool> {
+        match self.call(req)? {
+            Answer::Bool(b) => Ok(b),
+            a => Err(unexpected(&self.inner.peer, a)),
+        }
+    }
+
+    /// Whether `key` is present.
+    pub fn exists(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let key = key.as_ref();
+        self.check(key, &[])?;
+        self.expect_bool(Request::Exists { key })
+    }
+
+    /// Removes `key`; true only if it existed (only then is it an event). The original's `drop`.
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let key = key.as_ref();
+        self.check(key, &[])?;
+        self.expect_bool(Request::Remove { key })
+    }
+
+    /// Adds 1 to the value of `key`; see [`UpCache::incr_by`].
+    pub fn incr(&self, key: impl AsRef<[u8]>) -> Result<i64> {
+        self.incr_by(key, 1)
+    }
+
+    /// Subtracts 1 from the value of `key`; see [`UpCache::incr_by`].
+    pub fn decr(&self, key: impl AsRef<[u8]>) -> Result<i64> {
+        self.incr_by(key, -1)
+    }
+
+    /// Adds `delta` to the value of `key` and returns the new value, atomically across all
+    /// clients.
+    ///
+    /// # Semantics
+    ///
+    /// - Values are stored in ASCII decimal: after `incr`, [`UpCache::get`] returns `b"42"`.
+    /// - A missing key counts as 0 (so the first `incr` returns 1 and the first `decr` −1).
+    /// - A value that is not an optional sign followed by decimal digits fitting an i64 fails
+    ///   with [`Error::NotAnInteger`]; a result outside the i64 range fails with
+    ///   [`Error::Overflow`]. In both cases the stored value is unchanged (the original silently
+    ///   reset it).
+    pub fn incr_by(&self, key: impl AsRef<[u8]>, delta: i64) -> Result<i64> {
+        let key = key.as_ref();
+        self.check(key, &[])?;
+        match self.call(Request::Incr { key, delta })? {
+            Answer::Int(n) => Ok(n),
+            a => Err(unexpected(&self.inner.peer, a)),
+        }
+    }
+
+    /// Removes every key, wakes every waiter (their `wait_for` returns true), and sends a
+    /// `Cleared` event to every subscriber.
+    pub fn clear(&self) -> Result<()> {
+        self.expect_done(Request::Clear)
+    }
+
+    /// The number of keys.
+    pub fn count(&self) -> Result<u64> {
+        match self.call(Request::Count)? {
+            Answer::Uint(n) => Ok(n),
+            a => Err(unexpected(&self.inner.peer, a)),
+        }
+    }
+
+    fn scan(&self, with_values: bool, mut each: impl FnMut(&[u8], &[u8])) -> Result<()> {
+        let (mut cursor, mut until) = (0, 0);
+        loop {
+            let req = if with_values {
+                Request::Items { cursor, until }
+            } else {
+                Request::Keys { cursor, until }
+            };
+            let (next, bound, body) = match self.call(req)? {
+                Answer::Chunk { next, until, body } => (next, until, body),
+                a => return Err(unexpected(&self.inner.peer, a)),
+            };
+            for item in Chunk::new(&body, with_values) {
+                let (k, v) = item.map_err(Error::Protocol)?;
+                each(k, v);
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            (cursor, until) = (next, bound);
+        }
+    }
+
+    /// Every key, in the order the keys were first stored (an overwrite keeps a key's place).
+    ///
+    /// # Consistency
+    ///
+    /// The server sends the keys in chunks of at most 4096 keys or 256 KiB, so other clients
+    /// are served between chunks, and it never copies the whole cache. Keys present for the
+    /// whole call are returned exactly once; keys first stored after the call began are not
+    /// returned; a key removed during the call is returned only if its chunk was read before
+    /// the removal. No key is returned twice.
+    pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        self.scan(false, |k, _| out.push(k.to_vec()))?;
+        Ok(out)
+    }
+
+    /// Every key and value, in [`UpCache::keys`] order and with its consistency; each value
+    /// is the one current when its chunk was read.
+    pub fn items(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.scan(true, |k, v| out.push((k.to_vec(), v.to_vec())))?;
+        Ok(out)
+    }
+
+    /// Waits for a change of `key` (`value` None), or for `key` to hold `value`.
+    ///
+    /// # When it returns
+    ///
+    /// - `wait_for(key, None, t)`: true at the next change of `key` after the server receives
+    ///   the wait: a set (even to the same value), incr/decr, a remove of an existing key, or a
+    ///   clear.
+    /// - `wait_for(key, Some(v), t)`: true as soon as `key` holds `v`: at once if it already
+    ///   does, else at the first set/incr/decr that stores `v`. A clear also ends it with true,
+    ///   as in the original (a clear wakes every waiter).
+    /// - False when `timeout` passes (measured on the server's monotonic clock; any length
+    ///   works, `Some(Duration::ZERO)` just checks) or when the server shuts down.
+    /// - `Err(ServerGone)` if the server dies.
+    ///
+    /// Waits run on the handle's event connection: a blocked `wait_for` never delays other
+    /// threads' calls, and concurrent waits never lose a wake-up (each is registered on the
+    /// server before any later change is applied).
+    pub fn wait_for(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: Option<&[u8]>,
+        timeout: Option<Duration>,
+    ) -> Result<bool> {
+        let key = key.as_ref();
+        self.check(key, value.unwrap_or(&[]))?;
+        self.events()?.wait(key, value, timeout)
+    }
+
+    /// Subscribes to changes of `key`. Returns once the server has registered the
+    /// subscription: every change applied after this returns is delivered. See
+    /// [`Subscription`] for ordering and what a slow subscriber gets.
+    pub fn subscribe(&self, key: impl AsRef<[u8]>) -> Result<Subscription> {
+        let key = key.as_ref();
+        self.check(key, &[])?;
+        self.events()?.subscribe(Some(key))
+    }
+
+    /// Subscribes to changes of every key (and clears).
+    pub fn subscribe_all(&self) -> Result<Subscription> {
+        self.events()?.subscribe(None)
+    }
+
+    /// A new, empty pipeline on this handle.
+    pub fn pipeline(&self) -> Pipeline<'_> {
+        Pipeline::new(self)
+    }
+
+    /// The server's counters, as JSON.
+    pub fn stats(&self) -> Result<String> {
+        match self.call(Request::Stats)? {
+            Answer::Text(t) => Ok(t),
+            a => Err(unexpected(&self.inner.peer, a)),
+        }
+    }
+
+    /// Asks the server to exit now (for servers opened with `auto_kill(false)`). Waits and
+    /// subscriptions end; every client then gets [`Error::ServerGone`].
+    pub fn shutdown_server(&self) -> Result<()> {
+        self.expect_done(Request::Shutdown)
+    }
+
+    /// Closes this handle. The connection closes when the last clone is closed or dropped.
+    pub fn close(self) {
+        drop(self)
+    }
+}

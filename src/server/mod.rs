@@ -1,0 +1,221 @@
+//! The server: one mio event loop that owns the store's shards and every connection.
+//!
+//! [`serve`] binds the chosen transport, tells its [`Host`] where it listens (the launcher
+//! writes the connection file), then loops: poll, hand readiness to the [`Engine`], fire
+//! timers, until the engine says to stop (shutdown request, SIGTERM/SIGINT, or idle past
+//! `linger` with `auto_kill`). On the way out it ends every wait and subscription, sends what it
+//! can, removes its socket file, and lets the host remove the connection file.
+//!
+//! Signals arrive through a `signalfd` registered with the poll, so no handler runs in signal
+//! context.
+
+mod connection;
+pub mod engine;
+pub mod hub;
+pub mod lifecycle;
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use upcache_transports::{BindOptions, Endpoint, Kind, Tcp, Transport, Unix};
+
+pub use engine::{Engine, EngineConfig, Stats};
+
+use crate::protocol::Limits;
+use crate::store::Store;
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// How a server is to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The transport to listen on.
+    pub transport: Kind,
+    /// The Unix socket path, for [`Kind::Unix`].
+    pub unix_path: PathBuf,
+    /// Exit when no client has been connected for `linger`.
+    pub auto_kill: bool,
+    /// How long an idle server waits for a new client.
+    pub linger: Duration,
+    /// Frame limits.
+    pub limits: Limits,
+}
+
+/// What the server tells the process that hosts it.
+pub trait Host {
+    /// The server listens at `endpoint` and expects `token` in every handshake. Returning an
+    /// error stops the server before it serves anyone.
+    fn ready(&mut self, endpoint: &Endpoint, token: &str) -> io::Result<()>;
+    /// The server is about to exit; nothing is served after this.
+    fn exiting(&mut self);
+}
+
+/// Runs a server until it decides to stop.
+pub fn serve(config: &Config, host: &mut dyn Host) -> io::Result<()> {
+    match config.transport {
+        Kind::Tcp => serve_on::<Tcp>(config, host),
+        Kind::Unix => serve_on::<Unix>(config, host),
+    }
+}
+
+fn serve_on<T: Transport>(config: &Config, host: &mut dyn Host) -> io::Result<()> {
+    let (mut listener, endpoint) = T::bind(&BindOptions {
+        unix_path: config.unix_path.clone(),
+    })?;
+    let result = run_loop::<T>(config, host, &mut listener, &endpoint);
+    T::unbind(&endpoint);
+    host.exiting();
+    result
+}
+
+fn run_loop<T: Transport>(
+    config: &Config,
+    host: &mut dyn Host,
+    listener: &mut T::Listener,
+    endpoint: &Endpoint,
+) -> io::Result<()> {
+    let mut poll = Poll::new()?;
+    poll.registry()
+        .register(listener, LISTENER, Interest::READABLE)?;
+    let signals = signal_fd()?;
+    poll.registry().register(
+        &mut SourceFd(&signals.as_raw_fd()),
+        SIGNALS,
+        Interest::READABLE,
+    )?;
+
+    let token = random_token()?;
+    let engine_config = EngineConfig {
+        auto_kill: config.auto_kill,
+        linger: config.linger,
+        limits: config.limits,
+        token: token.clone().into_bytes(),
+    };
+    let mut engine: Engine<T::Conn> = Engine::new(engine_config, Store::default(), Instant::now());
+    host.ready(endpoint, &token)?;
+
+    let mut events = Events::with_capacity(1024);
+    loop {
+        let now = Instant::now();
+        if engine.should_exit(now) {
+            break;
+        }
+        let timeout = engine
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(now));
+        if let Err(e) = poll.poll(&mut events, timeout) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let now = Instant::now();
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => loop {
+                    match T::accept(listener) {
+                        Ok(stream) => {
+                            let slot = engine.accept(stream, now);
+                            let s = engine.stream_mut(slot).expect("just accepted");
+                            let interest = Interest::READABLE | Interest::WRITABLE;
+                            if poll
+                                .registry()
+                                .register(s, Token(slot + FIRST_CONN), interest)
+                                .is_err()
+                            {
+                                engine.close(slot, now);
+                                continue;
+                            }
+                            engine.readable(slot, now);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        // Refused by the transport's peer check, or gone before accept.
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::PermissionDenied
+                                    | io::ErrorKind::ConnectionAborted
+                                    | io::ErrorKind::Interrupted
+                            ) => {}
+                        // Out of descriptors or memory: try again at the next event.
+                        Err(_) => break,
+                    }
+                },
+                SIGNALS => {
+                    drain_signals(&signals);
+                    engine.request_shutdown();
+                }
+                Token(t) => {
+                    let slot = t - FIRST_CONN;
+                    if ev.is_writable() {
+                        engine.writable(slot, now);
+                    }
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        engine.readable(slot, now);
+                    }
+                }
+            }
+        }
+        engine.tick(now);
+    }
+    engine.shutdown(Instant::now());
+    Ok(())
+}
+
+/// A `signalfd` for SIGTERM, SIGINT and SIGHUP, which are blocked for the process (the server
+/// process runs one thread).
+fn signal_fd() -> io::Result<OwnedFd> {
+    // SAFETY: the sigset is initialised by sigemptyset before use; pthread_sigmask and
+    // signalfd only read it. The returned descriptor is checked and then owned.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+fn drain_signals(fd: &OwnedFd) {
+    let mut buf = [0u8; std::mem::size_of::<libc::signalfd_siginfo>() * 4];
+    loop {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return;
+        }
+    }
+}
+
+/// 32 hex digits from the kernel's random source.
+fn random_token() -> io::Result<String> {
+    let mut b = [0u8; 16];
+    let mut filled = 0;
+    while filled < b.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `b`.
+        let n = unsafe { libc::getrandom(b[filled..].as_mut_ptr().cast(), b.len() - filled, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
