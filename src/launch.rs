@@ -75,9 +75,11 @@ impl ServerSpec {
     }
 }
 
-// Referenced from `start` so the object holding it is always linked where `start` is.
+// Referenced from `start` so the object holding it is always linked where `start` is. The
+// numbered section runs before the host program's own unnumbered constructors, so none of them
+// runs in the server process.
 #[used]
-#[link_section = ".init_array"]
+#[link_section = ".init_array.00200"]
 static SERVER_ENTRY: extern "C" fn() = server_entry;
 
 /// Runs before `main` in every process that links upcache; returns at once unless

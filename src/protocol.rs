@@ -240,12 +240,21 @@ pub fn decode_raw<'a>(
     limits: &Limits,
 ) -> Result<Decoded<RawFrame<'a>>, DecodeError> {
     let Some(head) = buf.first_chunk::<HEADER_LEN>() else {
-        // Check the magic early so that garbage fails fast, without waiting for 24 bytes.
+        // Check magic and kind as soon as they arrive, so garbage fails fast without waiting
+        // for a whole header.
         let n = buf.len().min(2);
         if buf[..n] != MAGIC[..n] {
             let mut m = [0u8; 2];
             m[..n].copy_from_slice(&buf[..n]);
             return Err(DecodeError::BadMagic(m));
+        }
+        if let Some(&found) = buf.get(2) {
+            if found != kind as u8 {
+                return Err(DecodeError::WrongKind {
+                    expected: kind as u8,
+                    found,
+                });
+            }
         }
         return Ok(Decoded::Incomplete { need: HEADER_LEN });
     };

@@ -1,0 +1,364 @@
+//! The election and the server's life, with real processes: racing openers, killed servers,
+//! the last client leaving, forks, stale and foreign connection files.
+
+mod util;
+
+use std::io::BufRead;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use upcache::{Error, Transport, UpCache};
+use util::{alive, eventually, finish, kill, server_pid, Sandbox};
+
+each_transport!(
+    readme_scenario_across_processes,
+    racing_openers_share_one_server_fresh_and_after_sigkill,
+    data_survives_the_creator_and_dies_with_the_last_client,
+    killed_server_fails_pending_calls_and_is_replaced,
+    sigterm_and_shutdown_remove_the_file,
+    without_auto_kill_the_server_stays,
+    forked_child_gets_its_own_connection,
+    open_from_a_process_with_many_threads,
+    connection_file_is_private_and_holds_a_token,
+    unlocked_garbage_file_is_replaced,
+    locked_file_without_address_times_out_clearly,
+);
+
+fn readme_scenario_across_processes(t: Transport) {
+    let sb = Sandbox::new(t);
+    let name = sb.name("TVHosts");
+    // The writer stays connected (hold) until the reader has read, as the original's README
+    // needs "at least one instance open".
+    let mut holder = sb
+        .child(
+            "hold",
+            &[&name, "Light Entertainment Awards", "Dickie Attenborough"],
+        )
+        .spawn()
+        .unwrap();
+    wait_ready(&mut holder);
+    let reader = sb
+        .child("get", &[&name, "Light Entertainment Awards"])
+        .spawn()
+        .unwrap();
+    let (ok, out, err) = finish(reader, Duration::from_secs(20));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "Dickie Attenborough");
+    sb.open(&name)
+        .set("Light Entertainment Awards", "release")
+        .unwrap();
+    assert!(finish(holder, Duration::from_secs(20)).0);
+}
+
+fn wait_ready(child: &mut Child) {
+    let mut line = String::new();
+    let out = child.stdout.as_mut().expect("piped stdout");
+    std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+}
+
+fn race(sb: &Sandbox, name: &str, n: usize, times: u32) -> (Vec<u32>, UpCache) {
+    let children: Vec<Child> = (0..n)
+        .map(|_| {
+            sb.child("incr", &[name, "counter", &times.to_string()])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // The test process races too, and keeps the server alive until it has counted.
+    let me = sb.open(name);
+    let pids = children
+        .into_iter()
+        .map(|c| {
+            let (ok, out, err) = finish(c, Duration::from_secs(120));
+            assert!(ok, "child failed: {err}");
+            out.trim().parse::<u32>().expect("pid")
+        })
+        .collect();
+    (pids, me)
+}
+
+fn racing_openers_share_one_server_fresh_and_after_sigkill(t: Transport) {
+    let sb = Sandbox::new(t);
+    let name = sb.name("race");
+    let (pids, me) = race(&sb, &name, 32, 1000);
+    let first = pids[0];
+    assert!(
+        pids.iter().all(|&p| p == first),
+        "one server for all: {pids:?}"
+    );
+    assert_eq!(server_pid(me.connection_file()), first);
+    assert_eq!(me.get(b"counter").unwrap().as_deref(), Some(&b"32000"[..]));
+
+    kill(first, libc::SIGKILL);
+    assert!(eventually(Duration::from_secs(5), || !alive(first)));
+    assert!(
+        sb.file(&name).exists(),
+        "a SIGKILLed server leaves its file behind"
+    );
+    drop(me);
+    let (pids, me) = race(&sb, &name, 32, 1000);
+    let second = pids[0];
+    assert_ne!(second, first);
+    assert!(
+        pids.iter().all(|&p| p == second),
+        "one server after the stale file: {pids:?}"
+    );
+    assert_eq!(me.get(b"counter").unwrap().as_deref(), Some(&b"32000"[..]));
+}
+
+fn data_survives_the_creator_and_dies_with_the_last_client(t: Transport) {
+    let sb = Sandbox::new(t);
+    let name = sb.name("creator");
+    let mut creator = sb
+        .child("hold", &[&name, "k", "from the creator"])
+        .spawn()
+        .unwrap();
+    wait_ready(&mut creator);
+    let me = sb.open(&name);
+    let pid = server_pid(me.connection_file());
+    // The creator dies without a word; the server and the data stay.
+    kill(creator.id(), libc::SIGKILL);
+    let _ = creator.wait();
+    assert_eq!(
+        me.get(b"k").unwrap().as_deref(),
+        Some(&b"from the creator"[..])
+    );
+    assert!(alive(pid));
+    // The last client leaves: after the linger (1 s) the file and the server are gone.
+    let file = me.connection_file().to_owned();
+    let t0 = Instant::now();
+    me.close();
+    assert!(eventually(Duration::from_secs(10), || !file.exists() && !alive(pid)));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "the server waited for the linger"
+    );
+    if t == Transport::Unix {
+        assert!(
+            !sb.path().join(format!("upcache-{name}.sock")).exists(),
+            "socket removed"
+        );
+    }
+}
+
+fn killed_server_fails_pending_calls_and_is_replaced(t: Transport) {
+    let sb = Sandbox::new(t);
+    let name = sb.name("kill");
+    let c = sb.open(&name);
+    c.set(b"k", b"v").unwrap();
+    let pid = server_pid(c.connection_file());
+    let waiter = c.clone();
+    let pending_wait = std::thread::spawn(move || waiter.wait_for(b"never", None, None));
+    let sub = c.subscribe(b"k").unwrap();
+    let pending_recv = std::thread::spawn(move || sub.recv());
+    assert!(eventually(Duration::from_secs(5), || c
+        .stats()
+        .unwrap()
+        .contains("\"waits\":1")));
+    kill(pid, libc::SIGKILL);
+    let t0 = Instant::now();
+    assert!(matches!(
+        pending_wait.join().unwrap(),
+        Err(Error::ServerGone { .. })
+    ));
+    assert!(matches!(
+        pending_recv.join().unwrap(),
+        Err(Error::ServerGone { .. })
+    ));
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "pending calls failed within a second"
+    );
+    let e = c.get(b"k").unwrap_err();
+    assert!(e.is_server_gone(), "{e}");
+    assert!(e.to_string().contains("reopen"), "{e}");
+    assert!(c.set(b"k", b"v").unwrap_err().is_server_gone());
+    // The next open elects a new server.
+    let d = sb.open(&name);
+    assert_ne!(server_pid(d.connection_file()), pid);
+    assert_eq!(d.get(b"k").unwrap(), None, "the data died with the server");
+    d.set(b"k", b"new").unwrap();
+}
+
+fn sigterm_and_shutdown_remove_the_file(t: Transport) {
+    let sb = Sandbox::new(t);
+    let name = sb.name("term");
+    let c = sb.builder(&name).auto_kill(false).open().unwrap();
+    let pid = server_pid(c.connection_file());
+    let waiter = c.clone();
+    let w = std::thread::spawn(move || waiter.wait_for(b"k", None, Some(Duration::from_secs(30))));
+    assert!(eventually(Duration::from_secs(5), || c
+        .stats()
+        .unwrap()
+        .contains("\"waits\":1")));
+    kill(pid, libc::SIGTERM);
+    assert!(
+        !w.join().unwrap().unwrap(),
+        "a wait ends with false at shutdown"
+    );
+    assert!(eventually(Duration::from_secs(5), || !sb
+        .file(&name)
+        .exists()
+        && !alive(pid)));
+    assert!(c.get(b"k").unwrap_err().is_server_gone());
+
+    let name = sb.name("shutdown");
+    let c = sb.builder(&name).auto_kill(false).open().unwrap();
+    let pid = server_pid(c.connection_file());
+    c.shutdown_server().unwrap();
+    assert!(eventually(Duration::from_secs(5), || !sb
+        .file(&name)
+        .exists()
+        && !alive(pid)));
+}
+
+fn without_auto_kill_the_server_stays(t: Transport) {
+    let sb = Sandbox::new(t);
+    let name = sb.name("stay");
+    let c = sb
+        .builder(&name)
+        .auto_kill(false)
+        .linger(Duration::from_millis(50))
+        .open()
+        .unwrap();
+    c.set(b"k", b"kept").unwrap();
+    let pid = server_pid(c.connection_file());
+    c.close();
+    // Checking that nothing happens needs time to pass: three times the linger.
+    std::thread::sleep(Duration::from_millis(150));
+    assert!(alive(pid));
+    let d = sb.open(&name);
+    assert_eq!(d.get(b"k").unwrap().as_deref(), Some(&b"kept"[..]));
+    d.shutdown_server().unwrap();
+    assert!(eventually(Duration::from_secs(5), || !alive(pid)));
+}
+
+fn forked_child_gets_its_own_connection(t: Transport) {
+    let sb = Sandbox::new(t);
+    let name = sb.name("fork");
+    let c = sb.open(&name);
+    // The fork happens in a single-threaded child process (forking this multi-threaded test
+    // harness would be unsafe), which opens the cache, forks, and checks both sides.
+    let (ok, out, err) = finish(
+        sb.child("fork", &[&name]).spawn().unwrap(),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "parent ok");
+    assert_eq!(c.get(b"from child").unwrap().as_deref(), Some(&b"yes"[..]));
+    assert_eq!(
+        c.get(b"from parent").unwrap().as_deref(),
+        Some(&b"after fork"[..])
+    );
+}
+
+fn open_from_a_process_with_many_threads(t: Transport) {
+    let sb = Sandbox::new(t);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy: Vec<_> = (0..16)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Allocate and free, so malloc's locks are often held when the opener
+                    // starts the server.
+                    std::hint::black_box(vec![0u8; 4096]);
+                }
+            })
+        })
+        .collect();
+    for i in 0..5 {
+        let c = sb.open(&sb.name(&format!("threads{i}")));
+        c.set(b"k", b"v").unwrap();
+        assert_eq!(c.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in busy {
+        b.join().unwrap();
+    }
+}
+
+fn connection_file_is_private_and_holds_a_token(t: Transport) {
+    let sb = Sandbox::new(t);
+    let c = sb.open(&sb.name("private"));
+    let meta = std::fs::metadata(c.connection_file()).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.connection_file()).unwrap()).unwrap();
+    assert_eq!(v["token"].as_str().unwrap().len(), 32);
+    assert_eq!(v["host"], "127.0.0.1");
+    assert_eq!(v["transport"], t.name());
+    match t {
+        Transport::Tcp => assert!(v["port"].as_u64().unwrap() > 0),
+        Transport::Unix => {
+            let sock = v["unix"].as_str().unwrap();
+            let mode = std::fs::metadata(sock).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+    }
+}
+
+fn unlocked_garbage_file_is_replaced(t: Transport) {
+    let sb = Sandbox::new(t);
+    let name = sb.name("garbage");
+    std::fs::write(sb.file(&name), b"\x00\x01 not json at all").unwrap();
+    let c = sb.open(&name);
+    c.set(b"k", b"v").unwrap();
+    // A stale but well-formed file pointing at a program that is not ours: also replaced,
+    // because nobody holds its lock.
+    let name = sb.name("foreign");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let json = format!(
+        "{{\"port\":{port},\"host\":\"127.0.0.1\",\"pid\":1,\"version\":1,\"token\":\"x\",\"transport\":\"tcp\",\"max_value\":10}}\n"
+    );
+    std::fs::write(sb.file(&name), json).unwrap();
+    let t0 = Instant::now();
+    let c = sb.open(&name);
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    c.set(b"k", b"v").unwrap();
+}
+
+fn locked_file_without_address_times_out_clearly(t: Transport) {
+    let sb = Sandbox::new(t);
+    let name = sb.name("locked");
+    std::fs::write(sb.file(&name), b"garbage").unwrap();
+    // Someone holds the lock but never writes an address.
+    let mut lock = fd_lock_holder(&sb.file(&name));
+    let guard = lock.try_write().unwrap();
+    let t0 = Instant::now();
+    let e = sb
+        .builder(&name)
+        .open_timeout(Duration::from_millis(300))
+        .open()
+        .unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    match &e {
+        Error::OpenTimedOut { detail, .. } => {
+            assert!(detail.contains("does not hold a server address"), "{e}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    drop(guard);
+    // Once released, the file is stale and the next open replaces it.
+    sb.open(&name).set(b"k", b"v").unwrap();
+}
+
+fn fd_lock_holder(path: &std::path::Path) -> fd_lock::RwLock<std::fs::File> {
+    fd_lock::RwLock::new(std::fs::File::open(path).unwrap())
+}
+
+#[test]
+fn invalid_names_are_typed_errors() {
+    for (name, want) in [("", "1 to 128"), ("a b", "' '"), ("x/y", "'/'")] {
+        let e = UpCache::open(name).unwrap_err();
+        assert!(matches!(e, Error::InvalidName { .. }), "{e}");
+        assert!(e.to_string().contains(want), "{e}");
+    }
+    assert!(matches!(
+        UpCache::open(&"n".repeat(129)),
+        Err(Error::InvalidName { .. })
+    ));
+}
