@@ -39,6 +39,9 @@
 mod client;
 mod election;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod launch;
 pub mod protocol;
 mod readbuf;

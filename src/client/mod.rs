@@ -269,6 +269,12 @@ impl std::fmt::Debug for UpCache {
     }
 }
 
+/// How the client takes a reply (for the fuzz targets).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn answer_of(r: &protocol::Reply<'_>) -> impl std::fmt::Debug {
+    Answer::from_reply(r)
+}
+
 pub(crate) fn unexpected(peer: &Peer, a: Answer) -> Error {
     Error::Handshake {
         name: peer.name.clone(),

@@ -465,11 +465,15 @@ impl<S: Read + Write> Engine<S> {
                         DecodeError::ValueTooLarge { len, .. } => (ErrorCode::ValueTooLarge, len),
                         _ => (ErrorCode::BadFrame, 0),
                     };
-                    // The id, if the header got that far, so a client can match it.
-                    let id = rbuf
-                        .bytes()
-                        .get(4..8)
-                        .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+                    // Bytes that are not a frame have no id (0); an error found from a whole
+                    // header echoes that header's id, so a client can match it.
+                    let id = match e {
+                        DecodeError::BadMagic(_) | DecodeError::WrongKind { .. } => 0,
+                        _ => rbuf
+                            .bytes()
+                            .get(4..8)
+                            .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes"))),
+                    };
                     queue_reply(c, id, &error_reply(code, arg as u64));
                     self.begin_close(slot, now);
                     break;

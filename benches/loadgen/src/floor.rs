@@ -1,0 +1,139 @@
+//! The floor: a trivial server that speaks upcache's framing and answers every request with a
+//! fixed reply, with no hashing and no store. What it reaches is what the kernel, the loopback
+//! or Unix socket path and this client allow on this machine: every table shows each server
+//! against it.
+//!
+//! Same shape as the real server (one mio loop, edge-triggered, every reply produced from one
+//! read written in one write), so the difference is the work a real cache does.
+
+use std::io::{self, Read, Write};
+
+use mio::{Events, Interest, Poll, Token};
+use upcache::protocol::{encode_header, Header, Reply, HEADER_LEN};
+use upcache_transports::{BindOptions, Endpoint, Tcp, Transport, Unix};
+
+/// Runs a floor server on `kind`, calling `ready` with where it listens. Never returns unless
+/// the poll fails.
+pub fn serve(
+    unix_path: Option<std::path::PathBuf>,
+    ready: impl FnOnce(&Endpoint),
+) -> io::Result<()> {
+    match unix_path {
+        None => run::<Tcp>(
+            &BindOptions {
+                unix_path: Default::default(),
+            },
+            ready,
+        ),
+        Some(p) => run::<Unix>(&BindOptions { unix_path: p }, ready),
+    }
+}
+
+struct Conn<S> {
+    s: S,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+fn run<T: Transport>(opts: &BindOptions, ready: impl FnOnce(&Endpoint)) -> io::Result<()> {
+    let (mut listener, endpoint) = T::bind(opts)?;
+    let mut poll = Poll::new()?;
+    poll.registry()
+        .register(&mut listener, Token(usize::MAX), Interest::READABLE)?;
+    ready(&endpoint);
+    let value = [b'v'; 64];
+    let mut conns: Vec<Option<Conn<T::Conn>>> = Vec::new();
+    let mut events = Events::with_capacity(256);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        poll.poll(&mut events, None)?;
+        for ev in events.iter() {
+            if ev.token() == Token(usize::MAX) {
+                while let Ok(mut s) = T::accept(&listener) {
+                    let i = conns.iter().position(Option::is_none).unwrap_or_else(|| {
+                        conns.push(None);
+                        conns.len() - 1
+                    });
+                    poll.registry()
+                        .register(&mut s, Token(i), Interest::READABLE)?;
+                    conns[i] = Some(Conn {
+                        s,
+                        buf: Vec::new(),
+                        out: Vec::new(),
+                    });
+                }
+                continue;
+            }
+            let i = ev.token().0;
+            let Some(c) = conns[i].as_mut() else { continue };
+            let mut closed = false;
+            loop {
+                match c.s.read(&mut chunk) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        c.buf.extend_from_slice(&chunk[..n]);
+                        answer(&mut c.buf, &mut c.out, &value);
+                        // Replies are small and the client reads them: a blocking-style flush.
+                        let mut at = 0;
+                        while at < c.out.len() {
+                            match c.s.write(&c.out[at..]) {
+                                Ok(k) => at += k,
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                    std::thread::yield_now()
+                                }
+                                Err(_) => {
+                                    closed = true;
+                                    break;
+                                }
+                            }
+                        }
+                        c.out.clear();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            if closed {
+                conns[i] = None;
+            }
+        }
+    }
+}
+
+/// Answers every whole frame in `buf`: `Hello` with version 1, `Get` with a fixed 64-byte
+/// value, anything else with `Done`.
+fn answer(buf: &mut Vec<u8>, out: &mut Vec<u8>, value: &[u8]) {
+    let mut at = 0;
+    while buf.len() - at >= HEADER_LEN {
+        let h = &buf[at..];
+        let klen = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+        let vlen = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) as usize;
+        let len = HEADER_LEN + klen + vlen;
+        if buf.len() - at < len {
+            break;
+        }
+        let id = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        match h[3] {
+            0x01 => Reply::Uint(1).encode(id, out),
+            0x02 => {
+                encode_header(
+                    out,
+                    &Header {
+                        value_len: value.len() as u32,
+                        ..Reply::Value(&[]).header(id)
+                    },
+                );
+                out.extend_from_slice(value);
+            }
+            _ => Reply::Done.encode(id, out),
+        }
+        at += len;
+    }
+    buf.drain(..at);
+}

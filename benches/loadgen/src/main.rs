@@ -1,0 +1,784 @@
+//! `loadgen`: one load generator for upcache, Redis and memcached, and the floor server.
+//!
+//! Dimensions of every measurement are flags and are printed with its result: target,
+//! transport, operation (GET or SET), pipeline depth, connections, key space, key size, value
+//! size, warm-up and duration. GET runs read keys that were stored beforehand, so they hit.
+//! Every connection is a thread with a blocking socket that writes `depth` requests at once and
+//! reads their replies; the latency of a request is the time from that write to its reply.
+//! Latencies go to an HDR histogram (3 significant digits).
+//!
+//! Subcommands: `floor` (run the floor server), `serve` (start an upcache server and print its
+//! connection file), `run` (one measurement), `matrix` (the comparison table), `memory` (bytes
+//! per key), `first-open` (election and start time), `client` (the upcache library's own calls).
+
+mod floor;
+mod proto;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use proto::Proto;
+use upcache::protocol::{Request, VERSION};
+use upcache::UpCache;
+use upcache_transports::{connect, Endpoint, Kind, Stream};
+
+#[derive(Parser)]
+#[command(about = "Load generator and floor server for upcache, Redis and memcached")]
+struct Cli {
+    /// Pin this process (every thread) to this CPU.
+    #[arg(long, global = true)]
+    cpu: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the floor server; prints `tcp:HOST:PORT` or `unix:PATH` once it listens.
+    Floor {
+        /// Listen on this Unix socket instead of TCP.
+        #[arg(long)]
+        unix: Option<PathBuf>,
+    },
+    /// Start an upcache server that stays up (no auto-kill); prints `FILE PID`.
+    Serve {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "tcp")]
+        transport: Transport,
+    },
+    /// One measurement.
+    Run {
+        /// `upcache=FILE`, `floor=tcp:HOST:PORT`, `redis=unix:PATH`, `memcached=tcp:HOST:PORT`...
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value = "get")]
+        op: Op,
+        #[command(flatten)]
+        load: Load,
+        #[arg(long, default_value_t = 1)]
+        depth: usize,
+        #[arg(long, default_value_t = 1)]
+        conns: usize,
+    },
+    /// The comparison matrix: every target, GET and SET, depths 1/16/64, 1/4/50 connections.
+    Matrix {
+        /// Targets, as for `run`; repeat the flag. Each target's transport comes from its
+        /// address.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        #[command(flatten)]
+        load: Load,
+        /// Fewer cells and shorter runs (under a minute).
+        #[arg(long)]
+        quick: bool,
+        /// Also write the results as JSON lines here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Bytes per key after storing `keys` keys in each target.
+    Memory {
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// `NAME=PID` of a target whose resident memory to report too.
+        #[arg(long = "pid")]
+        pids: Vec<String>,
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 16)]
+        key_size: usize,
+        #[arg(long, default_value_t = 64)]
+        value_size: usize,
+    },
+    /// Time of a first open: election, server start, connect, handshake.
+    FirstOpen {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        #[arg(long, default_value = "tcp")]
+        transport: Transport,
+    },
+    /// The upcache library's own calls: get round trip and pipelined throughput.
+    Client {
+        #[arg(long, default_value = "tcp")]
+        transport: Transport,
+        #[arg(long, default_value_t = 200_000)]
+        ops: usize,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Transport {
+    Tcp,
+    Unix,
+}
+
+impl From<Transport> for Kind {
+    fn from(t: Transport) -> Kind {
+        match t {
+            Transport::Tcp => Kind::Tcp,
+            Transport::Unix => Kind::Unix,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Op {
+    Get,
+    Set,
+}
+
+#[derive(clap::Args, Clone, Copy, Debug)]
+struct Load {
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    keys: usize,
+    #[arg(long, default_value_t = 16)]
+    key_size: usize,
+    #[arg(long, default_value_t = 64)]
+    value_size: usize,
+    /// Seconds of warm-up, not measured.
+    #[arg(long, default_value_t = 0.5)]
+    warmup: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 2.0)]
+    duration: f64,
+}
+
+/// A server to load.
+#[derive(Clone, Debug)]
+struct Target {
+    name: String,
+    proto: Proto,
+    endpoint: Endpoint,
+    token: Option<String>,
+}
+
+impl Target {
+    fn parse(spec: &str) -> Result<Target, String> {
+        let (name, rest) = spec.split_once('=').ok_or("target is NAME=ADDRESS")?;
+        if name == "upcache" {
+            let text = std::fs::read(rest).map_err(|e| format!("{rest}: {e}"))?;
+            let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+            let endpoint = match v["transport"].as_str() {
+                Some("unix") => Endpoint::Unix(v["unix"].as_str().ok_or("no unix path")?.into()),
+                _ => Endpoint::Tcp(
+                    format!("127.0.0.1:{}", v["port"])
+                        .parse()
+                        .map_err(|_| "bad port")?,
+                ),
+            };
+            let token = v["token"].as_str().map(str::to_owned);
+            return Ok(Target {
+                name: name.into(),
+                proto: Proto::Upcache,
+                endpoint,
+                token,
+            });
+        }
+        let endpoint = if let Some(p) = rest.strip_prefix("unix:") {
+            Endpoint::Unix(p.into())
+        } else {
+            let a = rest.strip_prefix("tcp:").unwrap_or(rest);
+            Endpoint::Tcp(a.parse().map_err(|e| format!("{a}: {e}"))?)
+        };
+        let (proto, token) = match name {
+            "floor" => (Proto::Upcache, Some("floor".to_string())),
+            "redis" => (Proto::Resp, None),
+            "memcached" => (Proto::Memcached, None),
+            other => return Err(format!("unknown target {other}")),
+        };
+        Ok(Target {
+            name: name.into(),
+            proto,
+            endpoint,
+            token,
+        })
+    }
+
+    fn transport(&self) -> &'static str {
+        self.endpoint.kind().name()
+    }
+
+    fn connect(&self) -> io::Result<Conn> {
+        let s = connect(&self.endpoint, Duration::from_secs(2))?;
+        let mut c = Conn {
+            s,
+            buf: Vec::with_capacity(1 << 16),
+            at: 0,
+            proto: self.proto,
+        };
+        if let Some(t) = &self.token {
+            let mut hello = Vec::new();
+            Request::Hello {
+                version: VERSION,
+                token: t.as_bytes(),
+            }
+            .encode(0, &mut hello);
+            c.s.write_all(&hello)?;
+            c.read_reply()?;
+        }
+        Ok(c)
+    }
+}
+
+struct Conn {
+    s: Stream,
+    buf: Vec<u8>,
+    at: usize,
+    proto: Proto,
+}
+
+impl Conn {
+    /// Reads until one whole reply is buffered, and consumes it.
+    fn read_reply(&mut self) -> io::Result<()> {
+        loop {
+            if let Some(n) = self.proto.reply_len(&self.buf[self.at..]) {
+                self.at += n;
+                if self.at == self.buf.len() {
+                    self.buf.clear();
+                    self.at = 0;
+                }
+                return Ok(());
+            }
+            if self.at > 0 {
+                self.buf.drain(..self.at);
+                self.at = 0;
+            }
+            let len = self.buf.len();
+            self.buf.resize(len + 64 * 1024, 0);
+            let n = self.s.read(&mut self.buf[len..])?;
+            self.buf.truncate(len + n);
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
+
+fn key(i: usize, size: usize) -> Vec<u8> {
+    let mut k = format!("key:{i:012}").into_bytes();
+    k.resize(size, b'.');
+    k
+}
+
+/// Stores every key of the key space (so GETs hit), pipelined.
+fn preload(t: &Target, load: &Load, prefix: usize) -> io::Result<()> {
+    let mut c = t.connect()?;
+    let value = vec![b'v'; load.value_size];
+    let mut out = Vec::new();
+    for batch in (0..load.keys).collect::<Vec<_>>().chunks(256) {
+        out.clear();
+        for &i in batch {
+            t.proto
+                .set(&key(prefix + i, load.key_size), &value, i as u32, &mut out);
+        }
+        c.s.write_all(&out)?;
+        for _ in batch {
+            c.read_reply()?;
+        }
+    }
+    Ok(())
+}
+
+/// What one measurement gives.
+#[derive(Clone, Debug)]
+struct Measured {
+    ops_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+}
+
+fn run(t: &Target, op: Op, load: &Load, depth: usize, conns: usize) -> io::Result<Measured> {
+    let keys: Arc<Vec<Vec<u8>>> = Arc::new((0..load.keys).map(|i| key(i, load.key_size)).collect());
+    let value = Arc::new(vec![b'w'; load.value_size]);
+    let barrier = Arc::new(Barrier::new(conns));
+    let warmup = Duration::from_secs_f64(load.warmup);
+    let duration = Duration::from_secs_f64(load.duration);
+    let handles: Vec<_> = (0..conns)
+        .map(|n| {
+            let (t, keys, value, barrier) =
+                (t.clone(), keys.clone(), value.clone(), barrier.clone());
+            std::thread::spawn(move || -> io::Result<(Histogram<u64>, u64, Duration)> {
+                let mut c = t.connect()?;
+                let mut hist =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+                let mut rng =
+                    0x9e37_79b9_7f4a_7c15u64 ^ (n as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                let mut out = Vec::new();
+                let mut id = 0u32;
+                barrier.wait();
+                let start = Instant::now();
+                let (measure_from, end) = (start + warmup, start + warmup + duration);
+                let (mut ops, mut first, mut last) = (0u64, None, start);
+                loop {
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        break;
+                    }
+                    out.clear();
+                    for _ in 0..depth {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let k = &keys[(rng % keys.len() as u64) as usize];
+                        id = id.wrapping_add(1);
+                        match op {
+                            Op::Get => t.proto.get(k, id, &mut out),
+                            Op::Set => t.proto.set(k, &value, id, &mut out),
+                        }
+                    }
+                    c.s.write_all(&out)?;
+                    let measured = t0 >= measure_from;
+                    for _ in 0..depth {
+                        c.read_reply()?;
+                        if measured {
+                            hist.record(t0.elapsed().as_nanos().max(1) as u64)
+                                .expect("in range");
+                        }
+                    }
+                    if measured {
+                        first.get_or_insert(t0);
+                        ops += depth as u64;
+                        last = Instant::now();
+                    }
+                }
+                let window = first.map_or(Duration::ZERO, |f| last - f);
+                Ok((hist, ops, window))
+            })
+        })
+        .collect();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    let (mut ops, mut window) = (0u64, Duration::ZERO);
+    for h in handles {
+        let (h, o, w) = h.join().expect("load thread")?;
+        hist.add(h).expect("same bounds");
+        ops += o;
+        window = window.max(w);
+    }
+    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Measured {
+        ops_per_sec: ops as f64 / window.as_secs_f64().max(1e-9),
+        p50_us: us(0.5),
+        p99_us: us(0.99),
+        p999_us: us(0.999),
+        max_us: hist.max() as f64 / 1000.0,
+    })
+}
+
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            eprintln!("could not pin to CPU {cpu}: {}", io::Error::last_os_error());
+        }
+    }
+}
+
+fn fmt_ops(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else {
+        format!("{:.1}k", x / 1e3)
+    }
+}
+
+fn matrix(targets: &[Target], load: &Load, quick: bool, json: Option<PathBuf>) -> io::Result<()> {
+    let mut load = *load;
+    let (depths, conns): (&[usize], &[usize]) = if quick {
+        (&[1, 16], &[1, 4])
+    } else {
+        (&[1, 16, 64], &[1, 4, 50])
+    };
+    if quick {
+        load.warmup = load.warmup.min(0.1);
+        load.duration = load.duration.min(0.3);
+    }
+    for t in targets {
+        preload(t, &load, 0)?;
+    }
+    let mut json_out = json.map(std::fs::File::create).transpose()?;
+    println!(
+        "# {} keys of {} B, values of {} B; warm-up {} s, measured {} s per cell",
+        load.keys, load.key_size, load.value_size, load.warmup, load.duration
+    );
+    let names: Vec<&str> = ["upcache", "redis", "memcached", "floor"]
+        .into_iter()
+        .filter(|n| targets.iter().any(|t| t.name == *n))
+        .collect();
+    let mut header = format!("{:<5} {:<4} {:>5} {:>5}", "net", "op", "depth", "conns");
+    for n in &names {
+        header += &format!(" | {:>9} {:>15}", format!("{n} ops/s"), "p50/p99 µs");
+    }
+    header += " | up/redis up/memc up/floor";
+    println!("{header}");
+    let mut upcache_by_cell = std::collections::HashMap::new();
+    for net in ["tcp", "unix"] {
+        let here: Vec<&Target> = targets.iter().filter(|t| t.transport() == net).collect();
+        if here.is_empty() {
+            continue;
+        }
+        for op in [Op::Get, Op::Set] {
+            for &d in depths {
+                for &c in conns {
+                    let mut row = format!(
+                        "{net:<5} {:<4} {d:>5} {c:>5}",
+                        format!("{op:?}").to_uppercase()
+                    );
+                    let mut got = std::collections::HashMap::new();
+                    for n in &names {
+                        match here.iter().find(|t| t.name == *n) {
+                            Some(t) => {
+                                let m = run(t, op, &load, d, c)?;
+                                row += &format!(
+                                    " | {:>9} {:>15}",
+                                    fmt_ops(m.ops_per_sec),
+                                    format!("{:.1}/{:.1}", m.p50_us, m.p99_us)
+                                );
+                                if let Some(f) = json_out.as_mut() {
+                                    writeln!(
+                                        f,
+                                        "{}",
+                                        serde_json::json!({
+                                            "target": n, "transport": net, "op": format!("{op:?}"),
+                                            "depth": d, "conns": c, "keys": load.keys,
+                                            "key_size": load.key_size, "value_size": load.value_size,
+                                            "ops_per_sec": m.ops_per_sec, "p50_us": m.p50_us,
+                                            "p99_us": m.p99_us, "p999_us": m.p999_us, "max_us": m.max_us,
+                                        })
+                                    )?;
+                                }
+                                got.insert(*n, m.ops_per_sec);
+                                if *n == "upcache" {
+                                    upcache_by_cell
+                                        .insert((net, format!("{op:?}"), d, c), m.ops_per_sec);
+                                }
+                            }
+                            None => row += &format!(" | {:>9} {:>15}", "-", "-"),
+                        }
+                    }
+                    let ratio = |peer: &str| match (got.get("upcache"), got.get(peer)) {
+                        (Some(u), Some(p)) => format!("{:.2}", u / p),
+                        _ => "-".into(),
+                    };
+                    row += &format!(
+                        " | {:>8} {:>7} {:>8}",
+                        ratio("redis"),
+                        ratio("memcached"),
+                        ratio("floor")
+                    );
+                    println!("{row}");
+                }
+            }
+        }
+    }
+    let mut cells: Vec<_> = upcache_by_cell
+        .keys()
+        .filter(|k| k.0 == "unix")
+        .cloned()
+        .collect();
+    if !cells.is_empty() {
+        cells.sort();
+        println!("\nupcache over Unix sockets vs TCP (ops/s ratio, same cell):");
+        for (_, op, d, c) in cells {
+            if let (Some(u), Some(t)) = (
+                upcache_by_cell.get(&("unix", op.clone(), d, c)),
+                upcache_by_cell.get(&("tcp", op.clone(), d, c)),
+            ) {
+                println!(
+                    "  {:<4} depth {d:>2} conns {c:>2}: unix/tcp {:.2}",
+                    op.to_uppercase(),
+                    u / t
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A statistic a server reports about itself: Redis `used_memory`, memcached `bytes`.
+fn self_reported(t: &Target) -> io::Result<Option<u64>> {
+    let (cmd, field): (&[u8], &str) = match t.proto {
+        Proto::Resp => (b"*2\r\n$4\r\nINFO\r\n$6\r\nmemory\r\n", "used_memory:"),
+        Proto::Memcached => (b"stats\r\n", "STAT bytes "),
+        Proto::Upcache => return Ok(None),
+    };
+    let s = connect(&t.endpoint, Duration::from_secs(2))?;
+    s.write_all(cmd)?;
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let done = |t: &[u8]| {
+        t.ends_with(b"END\r\n") || (t.starts_with(b"$") && t.len() > 16 && t.ends_with(b"\r\n"))
+    };
+    while !done(&text) {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&text);
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().parse().ok()))
+}
+
+fn memory(targets: &[Target], pids: &[(String, u32)], load: &Load) -> io::Result<()> {
+    println!(
+        "# memory: {} keys of {} B with values of {} B (bytes per key; the server's own report where it has one)",
+        load.keys, load.key_size, load.value_size
+    );
+    println!(
+        "{:<10} {:>14} {:>18} {:>16}",
+        "server", "RSS B/key", "self-reported B/key", "payload B/key"
+    );
+    let mut per_key = std::collections::HashMap::new();
+    for t in targets {
+        let pid = pids.iter().find(|(n, _)| *n == t.name).map(|(_, p)| *p);
+        let (rss0, self0) = (pid.map(rss_kib), self_reported(t)?);
+        // Fresh keys (a prefix no other run uses), so the delta is exactly these keys.
+        preload(t, load, 1_000_000_000)?;
+        let (rss1, self1) = (pid.map(rss_kib), self_reported(t)?);
+        let rss = rss0
+            .zip(rss1)
+            .map(|(a, b)| (b.saturating_sub(a) * 1024) as f64 / load.keys as f64);
+        let own = self0
+            .zip(self1)
+            .map(|(a, b)| b.saturating_sub(a) as f64 / load.keys as f64);
+        let shown = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.1}"));
+        println!(
+            "{:<10} {:>14} {:>18} {:>16}",
+            t.name,
+            shown(rss),
+            shown(own),
+            load.key_size + load.value_size
+        );
+        // What the issue compares: upcache's RSS, Redis's used_memory, memcached's bytes.
+        per_key.insert(t.name.clone(), if t.name == "upcache" { rss } else { own });
+    }
+    if let (Some(Some(u)), Some(Some(r))) = (per_key.get("upcache"), per_key.get("redis")) {
+        println!(
+            "upcache (RSS) / redis (used_memory) bytes per key: {:.2}",
+            u / r
+        );
+    }
+    if let (Some(Some(u)), Some(Some(m))) = (per_key.get("upcache"), per_key.get("memcached")) {
+        println!(
+            "upcache (RSS) / memcached (bytes) bytes per key: {:.2}",
+            u / m
+        );
+    }
+    Ok(())
+}
+
+fn quantiles(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    format!(
+        "min {:?}  p50 {:?}  p99 {:?}  max {:?}",
+        v[0],
+        q(0.5),
+        q(0.99),
+        v[v.len() - 1]
+    )
+}
+
+fn first_open(runs: usize, transport: Transport) -> upcache::Result<()> {
+    let dir = std::env::temp_dir().join(format!("upcache-first-open-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| upcache::Error::Io {
+        context: "temp dir",
+        source: e,
+    })?;
+    let mut times = Vec::new();
+    for i in 0..runs {
+        let t0 = Instant::now();
+        let c = UpCache::builder(&format!("first{i}"))
+            .dir(&dir)
+            .transport(transport.into())
+            .linger(Duration::ZERO)
+            .open()?;
+        times.push(t0.elapsed());
+        c.close();
+    }
+    println!(
+        "first open ({:?}, {runs} runs: election + server start + connect + handshake): {}",
+        transport,
+        quantiles(times)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn client(transport: Transport, ops: usize) -> upcache::Result<()> {
+    let dir = std::env::temp_dir();
+    let c = UpCache::builder(&format!("client-bench-{}", std::process::id()))
+        .dir(&dir)
+        .transport(transport.into())
+        .linger(Duration::ZERO)
+        .open()?;
+    let keys: Vec<Vec<u8>> = (0..10_000).map(|i| key(i, 16)).collect();
+    let value = [b'v'; 64];
+    let mut p = c.pipeline();
+    for k in &keys {
+        p.set(k, value);
+    }
+    p.execute()?;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    for i in 0..ops / 10 {
+        // warm-up
+        c.get(&keys[i % keys.len()])?;
+    }
+    let t0 = Instant::now();
+    for i in 0..ops {
+        let t = Instant::now();
+        std::hint::black_box(c.get(&keys[i % keys.len()])?);
+        hist.record(t.elapsed().as_nanos() as u64)
+            .expect("in range");
+    }
+    let depth1 = ops as f64 / t0.elapsed().as_secs_f64();
+    println!(
+        "UpCache::get over {:?}, 16 B keys, 64 B values, one connection: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs; {} ops/s at depth 1",
+        transport,
+        hist.value_at_quantile(0.5) as f64 / 1000.0,
+        hist.value_at_quantile(0.99) as f64 / 1000.0,
+        hist.value_at_quantile(0.999) as f64 / 1000.0,
+        fmt_ops(depth1)
+    );
+    for depth in [16usize, 64] {
+        let t0 = Instant::now();
+        let mut done = 0;
+        let mut i = 0;
+        while done < ops {
+            let mut p = c.pipeline();
+            for _ in 0..depth {
+                p.get(&keys[i % keys.len()]);
+                i += 1;
+            }
+            done += p.execute()?.len();
+        }
+        println!(
+            "Pipeline of {depth} gets over {:?}: {} ops/s",
+            transport,
+            fmt_ops(done as f64 / t0.elapsed().as_secs_f64())
+        );
+    }
+    c.close();
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(cpu) = cli.cpu {
+        pin(cpu);
+    }
+    let result: Result<(), Box<dyn std::error::Error>> = (|| {
+        match cli.cmd {
+            Cmd::Floor { unix } => floor::serve(unix, |ep| {
+                match ep {
+                    Endpoint::Tcp(a) => println!("tcp:{a}"),
+                    Endpoint::Unix(p) => println!("unix:{}", p.display()),
+                }
+                let _ = io::stdout().flush();
+            })?,
+            Cmd::Serve {
+                name,
+                dir,
+                transport,
+            } => {
+                let c = UpCache::builder(&name)
+                    .dir(&dir)
+                    .transport(transport.into())
+                    .auto_kill(false)
+                    .open()?;
+                let text = std::fs::read(c.connection_file())?;
+                let v: serde_json::Value = serde_json::from_slice(&text)?;
+                println!("{} {}", c.connection_file().display(), v["pid"]);
+            }
+            Cmd::Run {
+                target,
+                op,
+                load,
+                depth,
+                conns,
+            } => {
+                let t = Target::parse(&target)?;
+                if op == Op::Get {
+                    preload(&t, &load, 0)?;
+                }
+                let m = run(&t, op, &load, depth, conns)?;
+                println!(
+                    "{} {} {:?} depth {depth} conns {conns} keys {} key {} B value {} B: {} ops/s, p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.1} µs",
+                    t.name, t.transport(), op, load.keys, load.key_size, load.value_size,
+                    fmt_ops(m.ops_per_sec), m.p50_us, m.p99_us, m.p999_us, m.max_us
+                );
+            }
+            Cmd::Matrix {
+                targets,
+                load,
+                quick,
+                json,
+            } => {
+                let targets = targets
+                    .iter()
+                    .map(|s| Target::parse(s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                matrix(&targets, &load, quick, json)?;
+            }
+            Cmd::Memory {
+                targets,
+                pids,
+                keys,
+                key_size,
+                value_size,
+            } => {
+                let targets = targets
+                    .iter()
+                    .map(|s| Target::parse(s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let pids = pids
+                    .iter()
+                    .filter_map(|s| {
+                        s.split_once('=')
+                            .and_then(|(n, p)| Some((n.to_string(), p.parse().ok()?)))
+                    })
+                    .collect::<Vec<_>>();
+                let load = Load {
+                    keys,
+                    key_size,
+                    value_size,
+                    warmup: 0.0,
+                    duration: 0.0,
+                };
+                memory(&targets, &pids, &load)?;
+            }
+            Cmd::FirstOpen { runs, transport } => first_open(runs, transport)?,
+            Cmd::Client { transport, ops } => client(transport, ops)?,
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        eprintln!("loadgen: {e}");
+        std::process::exit(1);
+    }
+}

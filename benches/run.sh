@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The benchmark: upcache against Redis and memcached (and the floor server) on this machine,
+# same client, same run. Installs redis-server and memcached if missing, starts every server
+# on loopback TCP and on a Unix socket with explicit settings, pinned to one CPU while the load
+# generator is pinned to another, runs the matrix, memory, first-open and client measurements,
+# and stops every server it started by its pid.
+#
+#   bash benches/run.sh           # full matrix (GET/SET x depth 1,16,64 x 1,4,50 connections x TCP/Unix), < 10 min
+#   bash benches/run.sh --quick   # depth 1,16 x 1,4 connections, short cells, 100k keys for memory, < 1 min
+set -euo pipefail
+cd "$(dirname "$0")/.."
+QUICK=""
+MEM_KEYS=1000000
+if [[ "${1:-}" == "--quick" ]]; then QUICK=--quick; MEM_KEYS=100000; fi
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+if ! command -v redis-server >/dev/null || ! command -v memcached >/dev/null; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools memcached >/dev/null
+fi
+
+cargo build --release -q -p upcache-loadgen
+L=$PWD/target/release/loadgen
+W=$(mktemp -d /tmp/upcache-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+if [[ $(nproc) -ge 2 ]]; then SERVER_CPU=1; CLIENT_CPU=0; else SERVER_CPU=0; CLIENT_CPU=0; fi
+# Servers are started as `$PIN server ... &` (taskset execs the server, so `$!` is its pid).
+PIN=(taskset -c "$SERVER_CPU")
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_for() { # wait_for FILE-OR-PORT: until a socket file exists or a port accepts, 10 s at most
+  for _ in $(seq 200); do
+    if [[ "$1" == /* ]]; then [[ -S "$1" ]] && return 0
+    else (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; fi
+    sleep 0.05
+  done
+  echo "server on $1 did not start" >&2; exit 1
+}
+first_line() { for _ in $(seq 200); do [[ -s "$1" ]] && { head -1 "$1"; return 0; }; sleep 0.05; done; exit 1; }
+
+REDIS_PORT=$(free_port)
+"${PIN[@]}" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --unixsocket "$W/redis.sock" --unixsocketperm 700 \
+  --save '' --appendonly no --io-threads 1 --protected-mode yes --daemonize no --logfile "$W/redis.log" &
+PIDS+=($!); REDIS_PID=$!
+MC_PORT=$(free_port)
+MC_USER=(); [[ $(id -u) -eq 0 ]] && MC_USER=(-u root)
+"${PIN[@]}" memcached -l 127.0.0.1 -p "$MC_PORT" -U 0 -t 1 -m 2048 -c 1024 "${MC_USER[@]}" &
+PIDS+=($!); MC_PID=$!
+"${PIN[@]}" memcached -s "$W/memcached.sock" -a 0700 -t 1 -m 2048 -c 1024 "${MC_USER[@]}" &
+PIDS+=($!)
+"${PIN[@]}" "$L" floor > "$W/floor-tcp" &
+PIDS+=($!)
+"${PIN[@]}" "$L" floor --unix "$W/floor.sock" > "$W/floor-unix" &
+PIDS+=($!)
+read -r UP_TCP UP_TCP_PID < <("$L" serve --name bench-tcp --dir "$W" --transport tcp)
+PIDS+=("$UP_TCP_PID"); taskset -pc "$SERVER_CPU" "$UP_TCP_PID" >/dev/null
+read -r UP_UNIX UP_UNIX_PID < <("$L" serve --name bench-unix --dir "$W" --transport unix)
+PIDS+=("$UP_UNIX_PID"); taskset -pc "$SERVER_CPU" "$UP_UNIX_PID" >/dev/null
+wait_for "$REDIS_PORT"; wait_for "$W/redis.sock"; wait_for "$MC_PORT"; wait_for "$W/memcached.sock"
+FLOOR_TCP=$(first_line "$W/floor-tcp"); FLOOR_UNIX=$(first_line "$W/floor-unix")
+
+echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(uname -r)"
+echo "# servers pinned to CPU $SERVER_CPU, load generator to CPU $CLIENT_CPU"
+echo "# peers: $(redis-server --version | cut -d' ' -f3) (io-threads 1, no persistence); memcached $(memcached -V | cut -d' ' -f2) (-t 1)"
+echo
+taskset -c "$CLIENT_CPU" "$L" matrix $QUICK --json "${BENCH_JSON:-/dev/null}" \
+  --target "upcache=$UP_TCP" --target "upcache=$UP_UNIX" \
+  --target "redis=tcp:127.0.0.1:$REDIS_PORT" --target "redis=unix:$W/redis.sock" \
+  --target "memcached=tcp:127.0.0.1:$MC_PORT" --target "memcached=unix:$W/memcached.sock" \
+  --target "floor=$FLOOR_TCP" --target "floor=$FLOOR_UNIX"
+echo
+taskset -c "$CLIENT_CPU" "$L" memory --keys "$MEM_KEYS" \
+  --target "upcache=$UP_TCP" --target "redis=tcp:127.0.0.1:$REDIS_PORT" --target "memcached=tcp:127.0.0.1:$MC_PORT" \
+  --pid "upcache=$UP_TCP_PID" --pid "redis=$REDIS_PID" --pid "memcached=$MC_PID"
+echo
+"$L" first-open --runs 20 --transport tcp
+"$L" first-open --runs 20 --transport unix
+echo
+taskset -c "$CLIENT_CPU" "$L" client --transport tcp
+taskset -c "$CLIENT_CPU" "$L" client --transport unix

@@ -1,0 +1,481 @@
+//! Checks shared by the cargo-fuzz targets (`fuzz/`) and by the corpus replay test
+//! (`tests/fuzz_corpus.rs`), so a crash found by the fuzzer is replayed by a plain `cargo test`.
+//!
+//! Each check takes the fuzzer's raw bytes and panics on a violated property. The three kinds:
+//! arbitrary bytes never break a decoder ([`decode_request_bytes`], [`client_decode_bytes`]);
+//! what decodes re-encodes to the same bytes and encoded values decode back
+//! ([`round_trip_bytes`]); and model-based runs ([`store_model_bytes`] against a `HashMap`,
+//! [`engine_split_bytes`] against the same stream fed in one piece).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use arbitrary::{Arbitrary, Unstructured};
+
+use crate::protocol::{
+    self, decode_incoming, decode_push, decode_reply, decode_request, Chunk, Decoded, Incoming,
+    Limits, Request,
+};
+use crate::server::{Engine, EngineConfig};
+use crate::store::{IncrError, Store};
+
+/// Small limits, so the fuzzer reaches them.
+const FUZZ_LIMITS: Limits = Limits {
+    max_key: 64,
+    max_value: 1024,
+};
+
+/// Target 1: request decoding on arbitrary bytes never panics, never asks for more than the
+/// limits allow, and every frame it accepts respects every limit.
+pub fn decode_request_bytes(data: &[u8]) {
+    let mut rest = data;
+    loop {
+        match decode_request(rest, &FUZZ_LIMITS) {
+            Ok(Decoded::Frame((_, req), n)) => {
+                assert!(n >= protocol::HEADER_LEN && n <= rest.len());
+                assert!(n <= FUZZ_LIMITS.max_frame());
+                assert_eq!(n, req.encoded_len());
+                if let Request::Hello { token, .. } = req {
+                    assert!(token.len() <= protocol::MAX_TOKEN_LEN);
+                }
+                rest = &rest[n..];
+            }
+            Ok(Decoded::Incomplete { need }) => {
+                assert!(need > rest.len() && need <= FUZZ_LIMITS.max_frame());
+                return;
+            }
+            Err(protocol::DecodeError::UnknownCode { len, .. }) if len <= rest.len() => {
+                rest = &rest[len..];
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// One owned request the fuzzer builds.
+#[derive(Arbitrary, Debug)]
+#[allow(missing_docs)]
+pub enum ArbRequest {
+    Hello(u64, Vec<u8>),
+    Get(Vec<u8>),
+    Set(Vec<u8>, Vec<u8>),
+    Exists(Vec<u8>),
+    Remove(Vec<u8>),
+    Incr(Vec<u8>, i64),
+    Clear,
+    Count,
+    Keys(u64, u64),
+    Items(u64, u64),
+    Wait(Vec<u8>, Option<Vec<u8>>, u64),
+    Subscribe(Option<Vec<u8>>),
+    Unsubscribe(u32),
+    Stats,
+    Shutdown,
+    Ping,
+}
+
+impl ArbRequest {
+    /// The borrowed request.
+    pub fn as_request(&self) -> Request<'_> {
+        match self {
+            ArbRequest::Hello(v, t) => Request::Hello {
+                version: *v,
+                token: t,
+            },
+            ArbRequest::Get(k) => Request::Get { key: k },
+            ArbRequest::Set(k, v) => Request::Set { key: k, value: v },
+            ArbRequest::Exists(k) => Request::Exists { key: k },
+            ArbRequest::Remove(k) => Request::Remove { key: k },
+            ArbRequest::Incr(k, d) => Request::Incr { key: k, delta: *d },
+            ArbRequest::Clear => Request::Clear,
+            ArbRequest::Count => Request::Count,
+            ArbRequest::Keys(c, u) => Request::Keys {
+                cursor: *c,
+                until: *u,
+            },
+            ArbRequest::Items(c, u) => Request::Items {
+                cursor: *c,
+                until: *u,
+            },
+            ArbRequest::Wait(k, v, t) => Request::Wait {
+                key: k,
+                value: v.as_deref(),
+                timeout_ms: *t,
+            },
+            ArbRequest::Subscribe(k) => Request::Subscribe { key: k.as_deref() },
+            ArbRequest::Unsubscribe(s) => Request::Unsubscribe { sub: *s },
+            ArbRequest::Stats => Request::Stats,
+            ArbRequest::Shutdown => Request::Shutdown,
+            ArbRequest::Ping => Request::Ping,
+        }
+    }
+}
+
+/// Target 2: every request, reply and push that decodes from the bytes re-encodes to the same
+/// bytes; and every arbitrary request built from the bytes encodes to bytes that decode to it.
+pub fn round_trip_bytes(data: &[u8]) {
+    let lim = Limits::unlimited();
+    if let Ok(Decoded::Frame((id, r), n)) = decode_request(data, &lim) {
+        let mut out = Vec::new();
+        r.encode(id, &mut out);
+        assert_eq!(out, &data[..n]);
+    }
+    if let Ok(Decoded::Frame((id, r), n)) = decode_reply(data, &lim) {
+        let mut out = Vec::new();
+        r.encode(id, &mut out);
+        assert_eq!(out, &data[..n]);
+    }
+    if let Ok(Decoded::Frame(p, n)) = decode_push(data, &lim) {
+        let mut out = Vec::new();
+        p.encode(&mut out);
+        assert_eq!(out, &data[..n]);
+    }
+    let mut u = Unstructured::new(data);
+    let Ok(reqs) = Vec::<(u32, ArbRequest)>::arbitrary(&mut u) else {
+        return;
+    };
+    let mut wire = Vec::new();
+    for (id, r) in &reqs {
+        r.as_request().encode(*id, &mut wire);
+    }
+    let mut rest = &wire[..];
+    for (id, r) in &reqs {
+        let req = r.as_request();
+        let decoded = decode_request(rest, &lim);
+        // A token over the handshake limit is the one shape an encoder can build that the
+        // decoder refuses.
+        if let Request::Hello { token, .. } = req {
+            if token.len() > protocol::MAX_TOKEN_LEN {
+                assert!(matches!(decoded, Err(protocol::DecodeError::Malformed(_))));
+                return;
+            }
+        }
+        match decoded {
+            Ok(Decoded::Frame((got_id, got), n)) => {
+                assert_eq!((got_id, got), (*id, req));
+                rest = &rest[n..];
+            }
+            other => panic!("{req:?} did not decode: {other:?}"),
+        }
+    }
+    assert!(rest.is_empty());
+}
+
+/// Target 3: what a client does with a server's bytes (replies, pushes, key/item chunks, and
+/// the connection file) never panics, whatever the bytes.
+pub fn client_decode_bytes(data: &[u8]) {
+    let _ = crate::election::ServerInfo::parse(data);
+    let mut rest = data;
+    while let Ok(Decoded::Frame(item, n)) = decode_incoming(rest, &FUZZ_LIMITS) {
+        assert!(n <= rest.len());
+        if let Incoming::Reply(_, r) = item {
+            let answer = crate::client::answer_of(&r);
+            if let protocol::Reply::Chunk { body, .. } = r {
+                let total: usize = Chunk::new(body, true)
+                    .map_while(Result::ok)
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum();
+                assert!(total <= body.len());
+                let _ = Chunk::new(body, false).count();
+            }
+            drop(answer);
+        }
+        rest = &rest[n..];
+    }
+}
+
+/// One store operation for the model-based target.
+#[derive(Arbitrary, Debug)]
+#[allow(missing_docs)]
+pub enum StoreOp {
+    Set(u8, Vec<u8>),
+    SetEdge(u8, u8),
+    Get(u8),
+    Remove(u8),
+    Incr(u8, i64),
+    IncrEdge(u8, u8),
+    Clear,
+    Scan(u8),
+}
+
+const EDGE_VALUES: [&[u8]; 8] = [
+    b"9223372036854775807",
+    b"-9223372036854775808",
+    b"0",
+    b"-0",
+    b"+5",
+    b"",
+    b"12a",
+    b" 1",
+];
+const EDGE_DELTAS: [i64; 5] = [i64::MAX, i64::MIN, -1, 1, 0];
+
+fn key_of(k: u8) -> Vec<u8> {
+    // A small key space, so operations meet; key 0 is the empty key.
+    if k % 32 == 0 {
+        Vec::new()
+    } else {
+        format!("key{}", k % 32).into_bytes()
+    }
+}
+
+/// Target 4: arbitrary operation sequences applied to the sharded store and to a `HashMap`
+/// (plus an insertion-order list) agree after every step, including `scan` in chunks.
+pub fn store_model_bytes(data: &[u8]) {
+    let Ok(ops) = Vec::<StoreOp>::arbitrary_take_rest(Unstructured::new(data)) else {
+        return;
+    };
+    let mut store = Store::new(ahash::RandomState::with_seeds(1, 2, 3, 4));
+    let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let mut order: Vec<Vec<u8>> = Vec::new();
+    for op in ops {
+        match op {
+            StoreOp::Set(k, v) => model_set(&mut store, &mut model, &mut order, key_of(k), v),
+            StoreOp::SetEdge(k, e) => {
+                let v = EDGE_VALUES[e as usize % EDGE_VALUES.len()].to_vec();
+                model_set(&mut store, &mut model, &mut order, key_of(k), v)
+            }
+            StoreOp::Get(k) => {
+                let k = key_of(k);
+                let h = store.hash(&k);
+                assert_eq!(
+                    store.get(h, &k).map(|e| e.value().to_vec()),
+                    model.get(&k).cloned()
+                );
+            }
+            StoreOp::Remove(k) => {
+                let k = key_of(k);
+                let h = store.hash(&k);
+                assert_eq!(store.remove(h, &k), model.remove(&k).is_some());
+                order.retain(|x| *x != k);
+            }
+            StoreOp::Incr(k, d) => model_incr(&mut store, &mut model, &mut order, key_of(k), d),
+            StoreOp::IncrEdge(k, e) => {
+                let d = EDGE_DELTAS[e as usize % EDGE_DELTAS.len()];
+                model_incr(&mut store, &mut model, &mut order, key_of(k), d)
+            }
+            StoreOp::Clear => {
+                store.clear();
+                model.clear();
+                order.clear();
+            }
+            StoreOp::Scan(batch) => {
+                let (until, mut cursor, mut got) = (store.next_seq(), 0, Vec::new());
+                loop {
+                    let mut out = Vec::new();
+                    cursor = store.scan(cursor, until, true, 1 + batch as usize % 7, 64, &mut out);
+                    for item in Chunk::new(&out, true) {
+                        let (k, v) = item.expect("the store writes whole chunks");
+                        got.push((k.to_vec(), v.to_vec()));
+                    }
+                    if cursor == 0 {
+                        break;
+                    }
+                }
+                let want: Vec<_> = order
+                    .iter()
+                    .map(|k| (k.clone(), model[k].clone()))
+                    .collect();
+                assert_eq!(got, want);
+            }
+        }
+        assert_eq!(store.len(), model.len());
+    }
+}
+
+fn model_set(
+    store: &mut Store,
+    model: &mut HashMap<Vec<u8>, Vec<u8>>,
+    order: &mut Vec<Vec<u8>>,
+    k: Vec<u8>,
+    v: Vec<u8>,
+) {
+    let h = store.hash(&k);
+    store.set(h, &k, &v);
+    if model.insert(k.clone(), v).is_none() {
+        order.push(k);
+    }
+}
+
+fn model_incr(
+    store: &mut Store,
+    model: &mut HashMap<Vec<u8>, Vec<u8>>,
+    order: &mut Vec<Vec<u8>>,
+    k: Vec<u8>,
+    d: i64,
+) {
+    let h = store.hash(&k);
+    let got = store.incr(h, &k, d).map(|(n, _)| n);
+    let want = match model.get(&k) {
+        None => Ok(0i64),
+        Some(v) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or(IncrError::NotAnInteger),
+    }
+    .and_then(|cur| cur.checked_add(d).ok_or(IncrError::Overflow));
+    assert_eq!(got, want);
+    if let Ok(n) = want {
+        model_set_only(model, order, k, n.to_string().into_bytes());
+    }
+}
+
+fn model_set_only(
+    model: &mut HashMap<Vec<u8>, Vec<u8>>,
+    order: &mut Vec<Vec<u8>>,
+    k: Vec<u8>,
+    v: Vec<u8>,
+) {
+    if model.insert(k.clone(), v).is_none() {
+        order.push(k);
+    }
+}
+
+/// A socket stand-in: reads come from queued chunks (then `WouldBlock`), writes go to a
+/// shared buffer, at most `write_max` bytes per call.
+#[derive(Debug)]
+struct MockStream {
+    input: Rc<RefCell<VecDeque<Vec<u8>>>>,
+    output: Rc<RefCell<Vec<u8>>>,
+    write_max: usize,
+}
+
+impl Read for MockStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut input = self.input.borrow_mut();
+        let Some(front) = input.front_mut() else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let n = front.len().min(buf.len());
+        buf[..n].copy_from_slice(&front[..n]);
+        front.drain(..n);
+        if front.is_empty() {
+            input.pop_front();
+        }
+        Ok(n)
+    }
+}
+
+impl Write for MockStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.write_max);
+        self.output.borrow_mut().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Feeds `pieces` to a fresh engine, one readable event per piece, and returns every byte the
+/// engine wrote to the connection.
+fn run_engine(pieces: &[&[u8]], write_max: usize) -> Vec<u8> {
+    let now = Instant::now();
+    let token = b"fuzz-token".to_vec();
+    let config = EngineConfig {
+        auto_kill: true,
+        linger: Duration::from_secs(1),
+        limits: FUZZ_LIMITS,
+        token: token.clone(),
+    };
+    let mut engine = Engine::new(
+        config,
+        Store::new(ahash::RandomState::with_seeds(1, 2, 3, 4)),
+        now,
+    );
+    let input = Rc::new(RefCell::new(VecDeque::new()));
+    let output = Rc::new(RefCell::new(Vec::new()));
+    let stream = MockStream {
+        input: Rc::clone(&input),
+        output: Rc::clone(&output),
+        write_max,
+    };
+    let slot = engine.accept(stream, now);
+    let mut hello = Vec::new();
+    Request::Hello {
+        version: protocol::VERSION,
+        token: &token,
+    }
+    .encode(0, &mut hello);
+    input.borrow_mut().push_back(hello);
+    engine.readable(slot, now);
+    for piece in pieces {
+        if !piece.is_empty() {
+            input.borrow_mut().push_back(piece.to_vec());
+        }
+        engine.readable(slot, now);
+        engine.writable(slot, now);
+        engine.tick(now);
+    }
+    // Drain what is left (a paused connection resumes as its output drains).
+    for _ in 0..10_000 {
+        if engine.pending_output(slot).unwrap_or(0) == 0 && input.borrow().is_empty() {
+            break;
+        }
+        engine.writable(slot, now);
+        engine.readable(slot, now);
+    }
+    let out = output.borrow().clone();
+    out
+}
+
+/// Target 5: the server's connection handling fed one byte stream cut at arbitrary points
+/// (partial frames, many frames per read, a socket that takes few bytes per write) produces
+/// exactly the bytes it produces when fed the stream in one piece.
+pub fn engine_split_bytes(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let Ok(cuts) = Vec::<u16>::arbitrary(&mut u) else {
+        return;
+    };
+    let Ok(write_max) = u8::arbitrary(&mut u) else {
+        return;
+    };
+    let Ok(reqs) = Vec::<(u32, ArbRequest)>::arbitrary(&mut u) else {
+        return;
+    };
+    let Ok(tail) = Vec::<u8>::arbitrary_take_rest(u) else {
+        return;
+    };
+    let mut stream = Vec::new();
+    for (id, r) in &reqs {
+        // Shutdown ends the run early in both cases alike, but skip it to reach further.
+        if !matches!(r, ArbRequest::Shutdown) {
+            r.as_request().encode(*id, &mut stream);
+        }
+    }
+    stream.extend_from_slice(&tail);
+    let whole = run_engine(&[&stream], usize::MAX);
+    let mut points: Vec<usize> = cuts
+        .iter()
+        .map(|&c| c as usize % (stream.len() + 1))
+        .collect();
+    points.sort_unstable();
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    for p in points {
+        pieces.push(&stream[at..p]);
+        at = p;
+    }
+    pieces.push(&stream[at..]);
+    let split = run_engine(&pieces, 1 + write_max as usize * 16);
+    assert_eq!(normalize(&whole), normalize(&split));
+}
+
+/// The frames of an engine's output, with `stats` bodies blanked: those count bytes read and
+/// written, which legitimately depend on how the input was cut.
+fn normalize(out: &[u8]) -> Vec<String> {
+    let mut frames = Vec::new();
+    let mut rest = out;
+    while let Ok(Decoded::Frame(f, n)) = decode_incoming(rest, &Limits::unlimited()) {
+        frames.push(match f {
+            Incoming::Reply(id, protocol::Reply::Text(_)) => format!("{id}: stats"),
+            other => format!("{other:?}"),
+        });
+        rest = &rest[n..];
+    }
+    frames.push(format!("undecoded tail {rest:?}"));
+    frames
+}
