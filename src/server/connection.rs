@@ -1,18 +1,18 @@
 //! One client connection on the server: its read buffer, its output queue, its state.
 //!
 //! Output is a queue of pieces: bytes the server encoded (headers, small replies) kept in one
-//! reusable buffer, and shared stored values ([`Arc`] slices) that go to the socket from where
+//! reusable buffer, and shared stored entries ([`Entry`] ranges) that go to the socket from where
 //! they are stored, by vectored writes. Nothing is copied to send a value.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
-use std::sync::Arc;
 use std::time::Instant;
 
 use smallvec::SmallVec;
 
 use crate::protocol::SubId;
 use crate::readbuf::ReadBuf;
+use crate::store::Entry;
 
 /// Most slices one `writev` call gets.
 const MAX_IOV: usize = 512;
@@ -22,7 +22,7 @@ enum Piece {
     Buf { start: usize, end: usize },
     /// A range of a stored entry.
     Shared {
-        data: Arc<[u8]>,
+        data: Entry,
         start: usize,
         end: usize,
     },
@@ -68,11 +68,11 @@ impl OutQueue {
     }
 
     /// Appends a range of a shared allocation, without copying it.
-    pub fn push_shared(&mut self, data: &Arc<[u8]>, start: usize, end: usize) {
+    pub fn push_shared(&mut self, data: &Entry, start: usize, end: usize) {
         if end > start {
             self.pending += end - start;
             self.pieces.push_back(Piece::Shared {
-                data: Arc::clone(data),
+                data: data.clone(),
                 start,
                 end,
             });
@@ -87,7 +87,7 @@ impl OutQueue {
                 let skip = if i == 0 { self.head } else { 0 };
                 let s = match p {
                     Piece::Buf { start, end } => &self.buf[start + skip..*end],
-                    Piece::Shared { data, start, end } => &data[start + skip..*end],
+                    Piece::Shared { data, start, end } => &data.bytes()[start + skip..*end],
                 };
                 iov.push(IoSlice::new(s));
             }
@@ -228,7 +228,7 @@ mod tests {
 
     #[test]
     fn out_queue_keeps_order_across_partial_writes() {
-        let shared: Arc<[u8]> = Arc::from(&b"KEYVALUE"[..]);
+        let shared = Entry::new(b"KEY", b"VALUE");
         let mut q = OutQueue::default();
         q.with_buf(|b| b.extend_from_slice(b"h1"));
         q.with_buf(|b| b.extend_from_slice(b"h2"));

@@ -53,6 +53,14 @@ enum Cmd {
         #[arg(long, default_value = "tcp")]
         transport: Transport,
     },
+    /// Run an upcache server in this process, in the foreground (for profilers), writing its
+    /// address to FILE in the connection-file format; stops on SIGTERM.
+    Foreground {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value = "tcp")]
+        transport: Transport,
+    },
     /// One measurement.
     Run {
         /// `upcache=FILE`, `floor=tcp:HOST:PORT`, `redis=unix:PATH`, `memcached=tcp:HOST:PORT`...
@@ -714,6 +722,30 @@ fn main() {
                 let text = std::fs::read(c.connection_file())?;
                 let v: serde_json::Value = serde_json::from_slice(&text)?;
                 println!("{} {}", c.connection_file().display(), v["pid"]);
+            }
+            Cmd::Foreground { file, transport } => {
+                struct FileHost(PathBuf);
+                impl upcache::server::Host for FileHost {
+                    fn ready(&mut self, ep: &Endpoint, token: &str) -> io::Result<()> {
+                        let (transport, port, unix) = match ep {
+                            Endpoint::Tcp(a) => ("tcp", a.port(), None),
+                            Endpoint::Unix(p) => ("unix", 0, Some(p.display().to_string())),
+                        };
+                        let v = serde_json::json!({"transport": transport, "port": port, "unix": unix, "token": token, "pid": std::process::id()});
+                        std::fs::write(&self.0, format!("{v}\n"))
+                    }
+                    fn exiting(&mut self) {
+                        let _ = std::fs::remove_file(&self.0);
+                    }
+                }
+                let config = upcache::server::Config {
+                    transport: transport.into(),
+                    unix_path: file.with_extension("sock"),
+                    auto_kill: false,
+                    linger: Duration::ZERO,
+                    limits: Default::default(),
+                };
+                upcache::server::serve(&config, &mut FileHost(file))?;
             }
             Cmd::Run {
                 target,

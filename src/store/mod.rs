@@ -14,14 +14,17 @@
 //!
 //! Key and value live in one reference-counted allocation ([`Entry`]), so a reply or an event
 //! can hold on to a value while the socket drains, without copying it, even if the key is
-//! overwritten meanwhile.
+//! overwritten meanwhile. The store belongs to the server's one thread (`Entry` is not `Send`).
+
+mod entry;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
-use std::sync::Arc;
 
 use hashbrown::HashTable;
+
+pub use entry::Entry;
 
 use crate::protocol::Chunk;
 
@@ -32,46 +35,6 @@ const SHARD_SHIFT: u32 = 51;
 /// A shard's index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ShardId(pub usize);
-
-/// A stored key and value, shared: cloning it is a reference-count increment.
-#[derive(Clone)]
-pub struct Entry {
-    data: Arc<[u8]>,
-    key_len: u32,
-}
-
-impl Entry {
-    fn new(key: &[u8], value: &[u8]) -> Self {
-        let mut v = Vec::with_capacity(key.len() + value.len());
-        v.extend_from_slice(key);
-        v.extend_from_slice(value);
-        Entry {
-            data: v.into(),
-            key_len: key.len() as u32,
-        }
-    }
-    /// The key.
-    pub fn key(&self) -> &[u8] {
-        &self.data[..self.key_len as usize]
-    }
-    /// The value.
-    pub fn value(&self) -> &[u8] {
-        &self.data[self.key_len as usize..]
-    }
-    /// The shared bytes (key then value) and where the value starts, for zero-copy writes.
-    pub fn shared(&self) -> (&Arc<[u8]>, usize) {
-        (&self.data, self.key_len as usize)
-    }
-}
-
-impl fmt::Debug for Entry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Entry")
-            .field("key", &String::from_utf8_lossy(self.key()))
-            .field("value_len", &self.value().len())
-            .finish()
-    }
-}
 
 /// Why an increment failed. The stored value is unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
