@@ -410,9 +410,10 @@ codes! {
     }
 }
 
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl ErrorCode {
+    /// What the code means, for people (error replies carry it as their message).
+    pub fn message(self) -> &'static str {
+        match self {
             ErrorCode::NotAnInteger => "value is not a decimal 64-bit integer",
             ErrorCode::Overflow => "increment would overflow a 64-bit integer",
             ErrorCode::KeyTooLarge => "key too large",
@@ -424,7 +425,13 @@ impl fmt::Display for ErrorCode {
             ErrorCode::ShuttingDown => "server shutting down",
             ErrorCode::NoSuchSubscription => "no such subscription",
             ErrorCode::Busy => "too many waits or subscriptions on this connection",
-        })
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
     }
 }
 

@@ -119,23 +119,10 @@ impl<S> std::fmt::Debug for Engine<S> {
 
 fn error_reply(code: ErrorCode, arg: u64) -> Reply<'static> {
     // The message is for people reading a capture; programs match the code.
-    let message: &'static str = match code {
-        ErrorCode::NotAnInteger => "value is not a decimal 64-bit integer",
-        ErrorCode::Overflow => "increment would overflow a 64-bit integer",
-        ErrorCode::KeyTooLarge => "key too large",
-        ErrorCode::ValueTooLarge => "value too large",
-        ErrorCode::UnknownOp => "unknown operation",
-        ErrorCode::BadFrame => "bad frame",
-        ErrorCode::Unauthorized => "wrong or missing token",
-        ErrorCode::VersionMismatch => "protocol version mismatch",
-        ErrorCode::ShuttingDown => "server shutting down",
-        ErrorCode::NoSuchSubscription => "no such subscription",
-        ErrorCode::Busy => "too many waits or subscriptions on this connection",
-    };
     Reply::Error {
         code,
         arg,
-        message: message.as_bytes(),
+        message: code.message().as_bytes(),
     }
 }
 
@@ -171,6 +158,50 @@ fn queue_push<S>(c: &mut Connection<S>, p: &Push<'_>) {
 enum Change<'a> {
     Set(&'a Entry),
     Removed(&'a [u8]),
+    Cleared,
+}
+
+/// A push with no key or value (`Lagged`, `Cleared`, `Closed`, `Woken`).
+fn signal(kind: PushKind, id: u32, arg: u64) -> Push<'static> {
+    Push {
+        kind,
+        id,
+        key: &[],
+        value: &[],
+        arg,
+    }
+}
+
+/// Queues `change` for subscription `i` of `c`, after a `Lagged` count if events were dropped
+/// before; or, when the connection's queued output is over [`SUB_OUT_LIMIT`], drops it and
+/// counts it. Returns whether anything was queued.
+fn deliver<S>(c: &mut Connection<S>, i: usize, change: &Change<'_>, stats: &mut Stats) -> bool {
+    let id = c.subs[i].id;
+    if c.out.pending() > SUB_OUT_LIMIT {
+        c.subs[i].lagged += 1;
+        stats.events_dropped += 1;
+        return false;
+    }
+    let lagged = std::mem::take(&mut c.subs[i].lagged);
+    if lagged > 0 {
+        queue_push(c, &signal(PushKind::Lagged, id, lagged));
+    }
+    match change {
+        Change::Set(e) => queue_entry_push(c, PushKind::Set, id, e),
+        Change::Removed(k) => queue_push(
+            c,
+            &Push {
+                kind: PushKind::Removed,
+                id,
+                key: k,
+                value: &[],
+                arg: 0,
+            },
+        ),
+        Change::Cleared => queue_push(c, &signal(PushKind::Cleared, id, 0)),
+    }
+    stats.events += 1;
+    true
 }
 
 impl<S: Read + Write> Engine<S> {
@@ -335,16 +366,7 @@ impl<S: Read + Write> Engine<S> {
             let c = &mut self.conns[slot];
             for i in 0..c.subs.len() {
                 let id = c.subs[i].id;
-                queue_push(
-                    c,
-                    &Push {
-                        kind: PushKind::Closed,
-                        id,
-                        key: &[],
-                        value: &[],
-                        arg: 0,
-                    },
-                );
+                queue_push(c, &signal(PushKind::Closed, id, 0));
             }
             self.flush(slot, now);
         }
@@ -385,16 +407,7 @@ impl<S: Read + Write> Engine<S> {
             let (id, lagged) = (c.subs[i].id, c.subs[i].lagged);
             if lagged > 0 {
                 c.subs[i].lagged = 0;
-                queue_push(
-                    c,
-                    &Push {
-                        kind: PushKind::Lagged,
-                        id,
-                        key: &[],
-                        value: &[],
-                        arg: lagged,
-                    },
-                );
+                queue_push(c, &signal(PushKind::Lagged, id, lagged));
                 any = true;
             }
         }
@@ -692,49 +705,22 @@ impl<S: Read + Write> Engine<S> {
         let key = match &change {
             Change::Set(e) => e.key(),
             Change::Removed(k) => k,
+            Change::Cleared => &[],
         };
         for s in self.hub.subscribers(hash, key) {
             let Some(c) = self.conns.get_mut(s.conn) else {
                 continue;
             };
-            let Some(state) = c.subs.iter_mut().find(|x| x.id == s.sub) else {
+            let Some(i) = c.subs.iter().position(|x| x.id == s.sub) else {
                 continue;
             };
-            if c.out.pending() > SUB_OUT_LIMIT {
-                state.lagged += 1;
-                self.stats.events_dropped += 1;
-                continue;
+            if deliver(c, i, &change, &mut self.stats) {
+                Self::mark_dirty(&mut self.dirty, s.conn);
             }
-            let lagged = std::mem::take(&mut state.lagged);
-            if lagged > 0 {
-                let p = Push {
-                    kind: PushKind::Lagged,
-                    id: s.sub,
-                    key: &[],
-                    value: &[],
-                    arg: lagged,
-                };
-                queue_push(c, &p);
-            }
-            match &change {
-                Change::Set(e) => queue_entry_push(c, PushKind::Set, s.sub, e),
-                Change::Removed(k) => queue_push(
-                    c,
-                    &Push {
-                        kind: PushKind::Removed,
-                        id: s.sub,
-                        key: k,
-                        value: &[],
-                        arg: 0,
-                    },
-                ),
-            }
-            self.stats.events += 1;
-            Self::mark_dirty(&mut self.dirty, s.conn);
         }
         let value = match &change {
             Change::Set(e) => Some(e.value()),
-            Change::Removed(_) => None,
+            _ => None,
         };
         for (slot, w) in self.hub.take_woken(hash, key, value) {
             self.wake(slot, w, WakeReason::Event);
@@ -745,22 +731,7 @@ impl<S: Read + Write> Engine<S> {
         for (slot, c) in self.conns.iter_mut() {
             let mut any = false;
             for i in 0..c.subs.len() {
-                let id = c.subs[i].id;
-                if c.out.pending() > SUB_OUT_LIMIT {
-                    c.subs[i].lagged += 1;
-                    self.stats.events_dropped += 1;
-                    continue;
-                }
-                let p = Push {
-                    kind: PushKind::Cleared,
-                    id,
-                    key: &[],
-                    value: &[],
-                    arg: 0,
-                };
-                queue_push(c, &p);
-                self.stats.events += 1;
-                any = true;
+                any |= deliver(c, i, &Change::Cleared, &mut self.stats);
             }
             if any {
                 Self::mark_dirty(&mut self.dirty, slot);
@@ -777,14 +748,7 @@ impl<S: Read + Write> Engine<S> {
             return;
         };
         c.waits.retain(|s| *s != slot);
-        let p = Push {
-            kind: PushKind::Woken,
-            id: w.req,
-            key: &[],
-            value: &[],
-            arg: reason as u64,
-        };
-        queue_push(c, &p);
+        queue_push(c, &signal(PushKind::Woken, w.req, reason as u64));
         Self::mark_dirty(&mut self.dirty, w.conn);
     }
 }
