@@ -50,6 +50,15 @@ pub enum Error {
         /// The cache name.
         name: String,
     },
+    /// The server did not take a request or send its reply within the request timeout
+    /// (see `Builder::request_timeout`): it is alive but stuck. The connection is closed;
+    /// later calls on this handle fail too. Reopen to try again.
+    Timeout {
+        /// The cache name.
+        name: String,
+        /// The timeout that passed.
+        after: std::time::Duration,
+    },
     /// Opening did not reach a working server in time.
     OpenTimedOut {
         /// The cache name.
@@ -134,6 +143,11 @@ impl fmt::Display for Error {
             Error::ServerGone { name } => write!(
                 f,
                 "the cache server for `{name}` went away; reopen to elect a new one"
+            ),
+            Error::Timeout { name, after } => write!(
+                f,
+                "the cache server for `{name}` did not answer within {after:?}; the connection \
+                 was closed, reopen to try again"
             ),
             Error::OpenTimedOut { name, path, detail } => write!(
                 f,

@@ -17,6 +17,7 @@ each_transport!(
     data_survives_the_creator_and_dies_with_the_last_client,
     killed_server_fails_pending_calls_and_is_replaced,
     sigterm_and_shutdown_remove_the_file,
+    stuck_server_times_out_instead_of_hanging,
     without_auto_kill_the_server_stays,
     forked_child_gets_its_own_connection,
     open_from_a_process_with_many_threads,
@@ -212,6 +213,47 @@ fn sigterm_and_shutdown_remove_the_file(t: Transport) {
         .file(&name)
         .exists()
         && !alive(pid)));
+}
+
+fn stuck_server_times_out_instead_of_hanging(t: Transport) {
+    let sb = Sandbox::new(t);
+    let name = sb.name("stuck");
+    let timeout = Duration::from_millis(300);
+    let c = sb
+        .builder(&name)
+        .request_timeout(Some(timeout))
+        .open()
+        .unwrap();
+    let sub = c.subscribe(b"k").unwrap();
+    // Idle for longer than the request timeout: subscriptions are not affected by it.
+    std::thread::sleep(3 * timeout);
+    c.set(b"k", b"v").unwrap();
+    assert_eq!(
+        sub.recv_timeout(Duration::from_secs(5))
+            .unwrap()
+            .unwrap()
+            .value
+            .unwrap(),
+        b"v"
+    );
+    let pid = server_pid(c.connection_file());
+    kill(pid, libc::SIGSTOP);
+    let t0 = Instant::now();
+    let e = c.get(b"k").unwrap_err();
+    let took = t0.elapsed();
+    kill(pid, libc::SIGCONT);
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    assert!(took >= timeout && took < Duration::from_secs(5), "{took:?}");
+    assert!(e.to_string().contains("reopen"), "{e}");
+    assert!(
+        matches!(c.count(), Err(Error::Timeout { .. })),
+        "the handle stays closed"
+    );
+    // The server itself is fine: a new handle works.
+    assert_eq!(
+        sb.open(&name).get(b"k").unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
 }
 
 fn without_auto_kill_the_server_stays(t: Transport) {

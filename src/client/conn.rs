@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -70,6 +70,8 @@ pub(crate) struct Peer {
     pub token: String,
     /// Limits of the server: checked before sending.
     pub limits: Limits,
+    /// Longest wait for the server to take a request or send a reply.
+    pub request_timeout: Option<Duration>,
 }
 
 impl Peer {
@@ -190,7 +192,7 @@ pub(crate) fn connect(peer: &Peer) -> std::result::Result<(Stream, ReadBuf), Con
         }
     }
     stream
-        .set_timeout(None)
+        .set_timeout(peer.request_timeout)
         .map_err(|e| retry("connecting", e))?;
     Ok((stream, rbuf))
 }
@@ -212,8 +214,13 @@ pub(crate) struct Conn {
     limits: Limits,
     tx: Mutex<Tx>,
     rx: Mutex<Rx>,
-    gone: AtomicBool,
+    /// [`ALIVE`], or why the connection is unusable.
+    state: AtomicU8,
 }
+
+const ALIVE: u8 = 0;
+const GONE: u8 = 1;
+const TIMED_OUT: u8 = 2;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain buffers behind; the connection is marked gone
@@ -236,7 +243,7 @@ impl Conn {
                 buf,
                 stash: HashMap::new(),
             }),
-            gone: AtomicBool::new(false),
+            state: AtomicU8::new(ALIVE),
         })
     }
 
@@ -244,19 +251,47 @@ impl Conn {
         &self.peer
     }
 
-    /// Marks the connection dead and wakes every thread blocked on it.
-    fn fail(&self) -> Error {
-        if !self.gone.swap(true, Ordering::SeqCst) {
+    /// Marks the connection unusable (`why`: [`GONE`] or [`TIMED_OUT`]), wakes every thread
+    /// blocked on it, and returns the error every call gets from now on.
+    fn break_with(&self, why: u8) -> Error {
+        if self
+            .state
+            .compare_exchange(ALIVE, why, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
             let _ = self.stream.shutdown();
         }
-        self.peer.gone()
+        self.broken()
+    }
+
+    /// The server closed the connection, or it failed.
+    fn fail(&self) -> Error {
+        self.break_with(GONE)
+    }
+
+    /// An I/O error: a timeout (the socket's, or a poll's) means the server stopped answering.
+    fn fail_io(&self, e: io::Error) -> Error {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.break_with(TIMED_OUT),
+            _ => self.fail(),
+        }
+    }
+
+    fn broken(&self) -> Error {
+        match self.state.load(Ordering::SeqCst) {
+            TIMED_OUT => Error::Timeout {
+                name: self.peer.name.clone(),
+                after: self.peer.request_timeout.unwrap_or_default(),
+            },
+            _ => self.peer.gone(),
+        }
     }
 
     fn alive(&self) -> Result<()> {
-        if self.gone.load(Ordering::Relaxed) {
-            return Err(self.peer.gone());
+        match self.state.load(Ordering::Relaxed) {
+            ALIVE => Ok(()),
+            _ => Err(self.broken()),
         }
-        Ok(())
     }
 
     /// Sends one request and waits for its reply.
@@ -268,8 +303,8 @@ impl Conn {
             tx.next_id = id.wrapping_add(1);
             tx.buf.clear();
             let value = req.encode_head(id, &mut tx.buf);
-            if write_all(&self.stream, &[&tx.buf, value]).is_err() {
-                return Err(self.fail());
+            if let Err(e) = write_all(&self.stream, &[&tx.buf, value]) {
+                return Err(self.fail_io(e));
             }
             id
         };
@@ -300,7 +335,7 @@ impl Conn {
                     Ok(0) => return Err(self.fail()),
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return Err(self.fail()),
+                    Err(e) => return Err(self.fail_io(e)),
                 },
                 Err(e) => {
                     self.fail();
@@ -400,8 +435,15 @@ impl Conn {
                     break;
                 }
             }
-            if !progress && answers.len() < n {
-                poll_fd(self.stream.as_raw_fd(), written < frames.len());
+            if !progress
+                && answers.len() < n
+                && !poll_fd(
+                    self.stream.as_raw_fd(),
+                    written < frames.len(),
+                    self.peer.request_timeout,
+                )
+            {
+                return Err(self.break_with(TIMED_OUT));
             }
         }
         Ok(())
@@ -431,16 +473,25 @@ pub(crate) fn write_all(stream: &Stream, parts: &[&[u8]]) -> io::Result<()> {
     Ok(())
 }
 
-/// Blocks until `fd` is readable, or writable when `write` is set (a dead peer makes it both).
-fn poll_fd(fd: i32, write: bool) {
+/// Blocks until `fd` is readable, or writable when `write` is set (a dead peer makes it both),
+/// or `timeout` passes (then false).
+fn poll_fd(fd: i32, write: bool, timeout: Option<Duration>) -> bool {
     let events = libc::POLLIN | if write { libc::POLLOUT } else { 0 };
     let mut p = libc::pollfd {
         fd,
         events,
         revents: 0,
     };
-    // SAFETY: one valid pollfd; a timeout bounds the wait even if no event is ever reported.
-    unsafe { libc::poll(&mut p, 1, 1000) };
+    let ms = timeout.map_or(-1, |t| t.as_millis().clamp(1, i32::MAX as u128) as i32);
+    loop {
+        // SAFETY: one valid pollfd.
+        match unsafe { libc::poll(&mut p, 1, ms) } {
+            0 => return false,
+            n if n > 0 => return true,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => return true, // let the next read or write report the error
+        }
+    }
 }
 
 /// How long a call waits for an answer beyond the time a wait was asked to take.

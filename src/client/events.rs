@@ -225,6 +225,10 @@ pub(crate) struct Events {
 impl Events {
     pub(crate) fn open(peer: &Peer, fork_gen: u64) -> std::result::Result<Arc<Self>, ConnectError> {
         let (stream, rbuf) = connect(peer)?;
+        // The reader waits for pushes as long as it takes: no request timeout here.
+        stream
+            .set_timeout(None)
+            .map_err(|e| ConnectError::Retry(format!("connecting: {e}")))?;
         let stream = Arc::new(stream);
         let shared = Arc::new(Shared {
             routes: Mutex::new(Routes::default()),

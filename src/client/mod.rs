@@ -54,6 +54,7 @@ pub struct Builder {
     transport: Kind,
     max_value_len: u32,
     open_timeout: Duration,
+    request_timeout: Option<Duration>,
 }
 
 impl Builder {
@@ -80,6 +81,14 @@ impl Builder {
     /// The longest value a new server accepts (default 64 MiB, at most 4 GiB − 1).
     pub fn max_value_len(mut self, n: u32) -> Self {
         self.max_value_len = n;
+        self
+    }
+    /// How long a call waits for the server to take its request or send its reply before it
+    /// fails with [`Error::Timeout`] (default 30 s; `None`: for ever). A live but stuck server
+    /// (stopped, or overloaded past this) then never hangs a caller. Waits and subscriptions
+    /// are not limited by it: `wait_for` has its own timeout.
+    pub fn request_timeout(mut self, d: Option<Duration>) -> Self {
+        self.request_timeout = d;
         self
     }
     /// How long opening may take before it fails with [`Error::OpenTimedOut`] (default 10 s).
@@ -194,6 +203,7 @@ impl Builder {
                     max_key: protocol::MAX_KEY_LEN,
                     max_value: info.max_value,
                 },
+                request_timeout: self.request_timeout,
             };
             match Conn::open(&peer) {
                 Ok(conn) => return Ok((peer, conn)),
@@ -305,6 +315,7 @@ impl UpCache {
             transport: Kind::Tcp,
             max_value_len: protocol::DEFAULT_MAX_VALUE_LEN,
             open_timeout: Duration::from_secs(10),
+            request_timeout: Some(Duration::from_secs(30)),
         }
     }
 
