@@ -21,6 +21,7 @@ each_transport!(
     without_auto_kill_the_server_stays,
     forked_child_gets_its_own_connection,
     open_from_a_process_with_many_threads,
+    the_server_is_detached_and_leaves_no_zombie,
     connection_file_is_private_and_holds_a_token,
     unlocked_garbage_file_is_replaced,
     locked_file_without_address_times_out_clearly,
@@ -320,6 +321,51 @@ fn open_from_a_process_with_many_threads(t: Transport) {
     for b in busy {
         b.join().unwrap();
     }
+}
+
+fn the_server_is_detached_and_leaves_no_zombie(t: Transport) {
+    let sb = Sandbox::new(t);
+    let name = sb.name("detached");
+    let (ok, out, err) = finish(
+        sb.child("children", &[&name]).spawn().unwrap(),
+        Duration::from_secs(20),
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("children: [] server: "),
+        "the opener has no child left: {out}"
+    );
+    let pid: u32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    // The opener has exited; the server it started is alive, in a session of its own, with
+    // its standard streams on /dev/null.
+    assert!(alive(pid));
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // SAFETY: getsid has no preconditions.
+    let our_session = unsafe { libc::getsid(0) };
+    let session: i32 = fields[3].parse().unwrap();
+    assert_ne!(
+        session, our_session,
+        "the server runs in a session of its own (setsid)"
+    );
+    assert_ne!(
+        session, pid as i32,
+        "and is not its leader (double fork: no controlling tty)"
+    );
+    for fd in 0..3 {
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert_eq!(target, std::path::Path::new("/dev/null"));
+    }
+    // It keeps the data for the next opener while lingering, then exits.
+    let c = sb.open(&name);
+    assert_eq!(c.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    c.close();
+    assert!(eventually(Duration::from_secs(10), || !alive(pid)));
 }
 
 fn connection_file_is_private_and_holds_a_token(t: Transport) {

@@ -318,10 +318,15 @@ impl Events {
             &Request::Subscribe { key },
             Pending::Subscribe(Arc::clone(&slot), Arc::clone(&queue)),
         )?;
-        match slot
-            .take(None)
-            .unwrap_or_else(|| Err(self.shared.peer.gone()))?
-        {
+        let peer = &self.shared.peer;
+        let deadline = peer
+            .request_timeout
+            .and_then(|t| Instant::now().checked_add(t));
+        let timed_out = || Error::Timeout {
+            name: peer.name.clone(),
+            after: peer.request_timeout.unwrap_or_default(),
+        };
+        match slot.take(deadline).unwrap_or_else(|| Err(timed_out()))? {
             Answer::Uint(sub) => Ok(Subscription {
                 queue,
                 sub: sub as SubId,

@@ -260,6 +260,27 @@ fn run_role(p: &[&str]) -> upcache::Result<()> {
             println!("parent ok");
             Ok(())
         }
+        // children NAME: opens (starting the server) and prints the pids of this process's
+        // children: none, once the launcher reaped its intermediate process.
+        "children" => {
+            let c = open(args[0])?;
+            c.set(b"k", b"v")?;
+            let me = std::process::id().to_string();
+            let kids: Vec<String> = std::fs::read_dir("/proc")
+                .expect("/proc")
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                        s.rsplit(')')
+                            .next()
+                            .and_then(|r| r.split_whitespace().nth(1))
+                            == Some(&me)
+                    })
+                })
+                .collect();
+            println!("children: [{}] server: {}", kids.join(","), upcache_pid(&c));
+            Ok(())
+        }
         other => panic!("unknown role {other}"),
     }
 }
