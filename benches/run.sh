@@ -56,7 +56,7 @@ PIDS+=($!); MC_PID=$!
 PIDS+=($!)
 "${PIN[@]}" "$L" floor > "$W/floor-tcp" &
 PIDS+=($!)
-"${PIN[@]}" "$L" floor --unix "$W/floor.sock" > "$W/floor-unix" &
+"${PIN[@]}" "$L" floor --unix-dir "$W" > "$W/floor-unix" &
 PIDS+=($!)
 read -r UP_TCP UP_TCP_PID < <("$L" serve --name bench-tcp --dir "$W" --transport tcp)
 PIDS+=("$UP_TCP_PID"); taskset -pc "$SERVER_CPU" "$UP_TCP_PID" >/dev/null

@@ -47,11 +47,10 @@ pub struct ServerInfo {
     pub version: u64,
     /// The handshake token.
     pub token: String,
-    /// `"tcp"` or `"unix"`.
+    /// The transport's name: `"tcp"` or `"unix"`.
     pub transport: String,
-    /// The socket path, for the Unix transport.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unix: Option<PathBuf>,
+    /// Where to connect, as an endpoint address: `tcp://127.0.0.1:PORT`, `unix:///PATH`.
+    pub address: String,
     /// The longest value the server accepts.
     pub max_value: u32,
 }
@@ -59,9 +58,9 @@ pub struct ServerInfo {
 impl ServerInfo {
     /// The info for a server at `endpoint`.
     pub fn new(endpoint: &Endpoint, token: &str, max_value: u32) -> Self {
-        let (port, unix) = match endpoint {
-            Endpoint::Tcp(a) => (a.port(), None),
-            Endpoint::Unix(p) => (0, Some(p.clone())),
+        let port = match endpoint {
+            Endpoint::Tcp(a) => a.port(),
+            _ => 0,
         };
         ServerInfo {
             port,
@@ -70,21 +69,14 @@ impl ServerInfo {
             version: crate::protocol::VERSION,
             token: token.into(),
             transport: endpoint.kind().name().into(),
-            unix,
+            address: endpoint.to_string(),
             max_value,
         }
     }
 
     /// Where to connect.
     pub fn endpoint(&self) -> Option<Endpoint> {
-        match (self.transport.as_str(), &self.unix) {
-            ("tcp", _) => {
-                let ip = self.host.parse().ok()?;
-                Some(Endpoint::Tcp(std::net::SocketAddr::new(ip, self.port)))
-            }
-            ("unix", Some(p)) => Some(Endpoint::Unix(p.clone())),
-            _ => None,
-        }
+        Endpoint::parse(&self.address)
     }
 
     /// Parses a whole connection file. `None` for anything incomplete or not ours.

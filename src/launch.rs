@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use upcache_transports::{Endpoint, Kind};
+use upcache_transports::{BindOptions, Endpoint, Kind};
 
 use crate::election::{OwnedFile, ServerInfo, Won};
 use crate::protocol::Limits;
@@ -38,8 +38,10 @@ pub struct ServerSpec {
     pub path: PathBuf,
     /// `"tcp"` or `"unix"`.
     pub transport: String,
-    /// The Unix socket path.
-    pub unix_path: PathBuf,
+    /// The directory of the cache's files.
+    pub dir: PathBuf,
+    /// The cache's name.
+    pub name: String,
     /// Exit when idle.
     pub auto_kill: bool,
     /// Idle time before exit, in milliseconds.
@@ -57,7 +59,8 @@ impl ServerSpec {
     pub fn new(
         path: PathBuf,
         transport: Kind,
-        unix_path: PathBuf,
+        dir: PathBuf,
+        name: String,
         auto_kill: bool,
         linger: Duration,
         max_value: u32,
@@ -65,7 +68,8 @@ impl ServerSpec {
         ServerSpec {
             path,
             transport: transport.name().into(),
-            unix_path,
+            dir,
+            name,
             auto_kill,
             linger_ms: linger.as_millis().min(u64::MAX as u128) as u64,
             max_value,
@@ -146,14 +150,13 @@ fn run_server(spec: &[u8]) -> io::Result<()> {
             return Err(e);
         }
     };
-    let transport = if spec.transport == "unix" {
-        Kind::Unix
-    } else {
-        Kind::Tcp
-    };
+    let transport = Kind::from_name(&spec.transport).unwrap_or_default();
     let config = Config {
         transport,
-        unix_path: spec.unix_path.clone(),
+        bind: BindOptions {
+            dir: spec.dir.clone(),
+            name: spec.name.clone(),
+        },
         auto_kill: spec.auto_kill,
         linger: Duration::from_millis(spec.linger_ms),
         limits: Limits {

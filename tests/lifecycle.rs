@@ -378,10 +378,24 @@ fn connection_file_is_private_and_holds_a_token(t: Transport) {
     assert_eq!(v["token"].as_str().unwrap().len(), 32);
     assert_eq!(v["host"], "127.0.0.1");
     assert_eq!(v["transport"], t.name());
+    let address = v["address"].as_str().unwrap();
+    assert_eq!(
+        upcache::transports::Endpoint::parse(address).as_ref(),
+        Some(c.endpoint())
+    );
     match t {
-        Transport::Tcp => assert!(v["port"].as_u64().unwrap() > 0),
+        Transport::Tcp => {
+            let port = v["port"].as_u64().unwrap();
+            assert!(port > 0);
+            assert_eq!(address, format!("tcp://127.0.0.1:{port}"));
+        }
         Transport::Unix => {
-            let sock = v["unix"].as_str().unwrap();
+            let sock = address.strip_prefix("unix://").unwrap();
+            assert_eq!(
+                std::path::Path::new(sock).parent(),
+                Some(sb.path()),
+                "beside the file"
+            );
             let mode = std::fs::metadata(sock).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
         }
@@ -400,7 +414,7 @@ fn unlocked_garbage_file_is_replaced(t: Transport) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let json = format!(
-        "{{\"port\":{port},\"host\":\"127.0.0.1\",\"pid\":1,\"version\":1,\"token\":\"x\",\"transport\":\"tcp\",\"max_value\":10}}\n"
+        "{{\"port\":{port},\"host\":\"127.0.0.1\",\"pid\":1,\"version\":1,\"token\":\"x\",\"transport\":\"tcp\",\"address\":\"tcp://127.0.0.1:{port}\",\"max_value\":10}}\n"
     );
     std::fs::write(sb.file(&name), json).unwrap();
     let t0 = Instant::now();

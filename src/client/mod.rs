@@ -119,28 +119,6 @@ impl Builder {
         })
     }
 
-    fn unix_path(&self, dir: &Path) -> Result<PathBuf> {
-        let p = dir.join(format!("upcache-{}.sock", self.name));
-        if upcache_transports::unix_path_fits(&p) {
-            return Ok(p);
-        }
-        // Long names: a shorter, still distinct, file name.
-        let h = self.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
-        let p = dir.join(format!("upcache-{h:016x}.sock"));
-        if upcache_transports::unix_path_fits(&p) {
-            return Ok(p);
-        }
-        Err(Error::Io {
-            context: "choosing the Unix socket path",
-            source: std::io::Error::other(format!(
-                "{} is too long for a Unix socket; choose a shorter dir",
-                p.display()
-            )),
-        })
-    }
-
     fn elect_and_connect(
         &self,
         dir: &Path,
@@ -163,7 +141,8 @@ impl Builder {
                     let spec = ServerSpec::new(
                         path.to_owned(),
                         self.transport,
-                        self.unix_path(dir)?,
+                        dir.to_owned(),
+                        self.name.clone(),
                         self.auto_kill,
                         self.linger,
                         self.max_value_len,

@@ -16,7 +16,7 @@ pub mod lifecycle;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
+
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -37,8 +37,8 @@ const FIRST_CONN: usize = 2;
 pub struct Config {
     /// The transport to listen on.
     pub transport: Kind,
-    /// The Unix socket path, for [`Kind::Unix`].
-    pub unix_path: PathBuf,
+    /// Where the cache's files live, and its name (a Unix socket is placed by them).
+    pub bind: BindOptions,
     /// Exit when no client has been connected for `linger`.
     pub auto_kill: bool,
     /// How long an idle server waits for a new client.
@@ -65,9 +65,7 @@ pub fn serve(config: &Config, host: &mut dyn Host) -> io::Result<()> {
 }
 
 fn serve_on<T: Transport>(config: &Config, host: &mut dyn Host) -> io::Result<()> {
-    let (mut listener, endpoint) = T::bind(&BindOptions {
-        unix_path: config.unix_path.clone(),
-    })?;
+    let (mut listener, endpoint) = T::bind(&config.bind)?;
     let result = run_loop::<T>(config, host, &mut listener, &endpoint);
     T::unbind(&endpoint);
     host.exiting();

@@ -32,6 +32,13 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind named `name` (see [`Kind::name`]).
+    pub fn from_name(name: &str) -> Option<Kind> {
+        [Kind::Tcp, Kind::Unix]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+
     /// The name used in connection files and benchmark output (`"tcp"`, `"unix"`).
     pub fn name(self) -> &'static str {
         match self {
@@ -51,6 +58,16 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Parses what [`Endpoint`]'s `Display` writes: `tcp://127.0.0.1:4000`, `unix:///path`.
+    pub fn parse(s: &str) -> Option<Endpoint> {
+        if let Some(a) = s.strip_prefix("tcp://") {
+            return a.parse().ok().map(Endpoint::Tcp);
+        }
+        s.strip_prefix("unix://")
+            .filter(|p| !p.is_empty())
+            .map(|p| Endpoint::Unix(p.into()))
+    }
+
     /// The transport this endpoint belongs to.
     pub fn kind(&self) -> Kind {
         match self {
@@ -69,11 +86,14 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
-/// What a server asks of its transport when it binds.
+/// What a server asks of its transport when it binds: where the cache's files live and its
+/// name. A transport that needs a file of its own (the Unix socket) derives its path from them.
 #[derive(Clone, Debug)]
 pub struct BindOptions {
-    /// For [`Unix`]: the socket path. Ignored by [`Tcp`], which always binds 127.0.0.1:0.
-    pub unix_path: PathBuf,
+    /// The directory of the connection file.
+    pub dir: PathBuf,
+    /// The cache's name.
+    pub name: String,
 }
 
 /// A server-side transport: a listener and the connections it accepts, both non-blocking
@@ -135,7 +155,7 @@ impl Transport for Unix {
     type Conn = mio::net::UnixStream;
 
     fn bind(options: &BindOptions) -> io::Result<(Self::Listener, Endpoint)> {
-        let path = &options.unix_path;
+        let path = &unix_socket_path(&options.dir, &options.name)?;
         // The caller owns the name (it holds the connection file's lock), so a socket file
         // here was left by a server that died: remove it.
         match std::fs::remove_file(path) {
@@ -144,7 +164,7 @@ impl Transport for Unix {
         }
         let l = mio::net::UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        Ok((l, Endpoint::Unix(path.clone())))
+        Ok((l, Endpoint::Unix(path.to_owned())))
     }
 
     fn accept(listener: &Self::Listener) -> io::Result<Self::Conn> {
@@ -275,11 +295,31 @@ impl AsRawFd for Stream {
 }
 
 /// The longest path a Unix socket address can hold on this platform, less its terminator.
-pub const UNIX_PATH_MAX: usize = 107;
+const UNIX_PATH_MAX: usize = 107;
 
-/// Whether `path` fits in a Unix socket address.
-pub fn unix_path_fits(path: &Path) -> bool {
-    path.as_os_str().len() <= UNIX_PATH_MAX
+/// The socket path of cache `name` in `dir`: `upcache-<name>.sock` beside the connection
+/// file, or, when that is too long for a socket address, `upcache-<64-bit hash of name>.sock`.
+pub fn unix_socket_path(dir: &Path, name: &str) -> io::Result<PathBuf> {
+    let fits = |p: &Path| p.as_os_str().len() <= UNIX_PATH_MAX;
+    let p = dir.join(format!("upcache-{name}.sock"));
+    if fits(&p) {
+        return Ok(p);
+    }
+    // FNV-1a: stable across processes and versions, unlike the std hasher.
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    let p = dir.join(format!("upcache-{h:016x}.sock"));
+    if fits(&p) {
+        return Ok(p);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{} is too long for a Unix socket; choose a shorter directory",
+            p.display()
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -315,7 +355,8 @@ mod tests {
     #[test]
     fn tcp_listens_on_loopback_and_round_trips() {
         let opts = BindOptions {
-            unix_path: PathBuf::new(),
+            dir: std::env::temp_dir(),
+            name: "t".into(),
         };
         let (_, ep) = Tcp::bind(&opts).unwrap();
         match ep {
@@ -326,14 +367,37 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_and_kinds_round_trip_through_text() {
+        for ep in [
+            Endpoint::Tcp("127.0.0.1:4000".parse().unwrap()),
+            Endpoint::Unix("/tmp/a b.sock".into()),
+        ] {
+            assert_eq!(Endpoint::parse(&ep.to_string()), Some(ep.clone()));
+            assert_eq!(Kind::from_name(ep.kind().name()), Some(ep.kind()));
+        }
+        assert_eq!(Endpoint::parse("udp://x"), None);
+        assert_eq!(Endpoint::parse("unix://"), None);
+        let long = "n".repeat(128);
+        let p = unix_socket_path(Path::new("/tmp"), &long).unwrap();
+        assert!(p.as_os_str().len() <= UNIX_PATH_MAX);
+        assert_eq!(
+            p,
+            unix_socket_path(Path::new("/tmp"), &long).unwrap(),
+            "stable"
+        );
+        assert!(unix_socket_path(&Path::new("/").join("d".repeat(200)), "x").is_err());
+    }
+
+    #[test]
     fn unix_socket_is_private_and_removed_on_unbind() {
         let dir =
             std::env::temp_dir().join(format!("upcache-transport-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("s.sock");
+        let path = dir.join("upcache-s.sock");
         std::fs::write(&path, b"stale").unwrap(); // a stale file is replaced
         let opts = BindOptions {
-            unix_path: path.clone(),
+            dir: dir.clone(),
+            name: "s".into(),
         };
         let (l, ep) = Unix::bind(&opts).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;

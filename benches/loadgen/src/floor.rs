@@ -15,17 +15,19 @@ use upcache_transports::{BindOptions, Endpoint, Tcp, Transport, Unix};
 /// Runs a floor server on `kind`, calling `ready` with where it listens. Never returns unless
 /// the poll fails.
 pub fn serve(
-    unix_path: Option<std::path::PathBuf>,
+    unix_dir: Option<std::path::PathBuf>,
     ready: impl FnOnce(&Endpoint),
 ) -> io::Result<()> {
-    match unix_path {
+    let name = "floor".to_string();
+    match unix_dir {
         None => run::<Tcp>(
             &BindOptions {
-                unix_path: Default::default(),
+                dir: Default::default(),
+                name,
             },
             ready,
         ),
-        Some(p) => run::<Unix>(&BindOptions { unix_path: p }, ready),
+        Some(dir) => run::<Unix>(&BindOptions { dir, name }, ready),
     }
 }
 

@@ -40,9 +40,9 @@ struct Cli {
 enum Cmd {
     /// Run the floor server; prints `tcp:HOST:PORT` or `unix:PATH` once it listens.
     Floor {
-        /// Listen on this Unix socket instead of TCP.
+        /// Listen on a Unix socket in this directory instead of TCP.
         #[arg(long)]
-        unix: Option<PathBuf>,
+        unix_dir: Option<PathBuf>,
     },
     /// Start an upcache server that stays up (no auto-kill); prints `FILE PID`.
     Serve {
@@ -173,14 +173,10 @@ impl Target {
         if name == "upcache" {
             let text = std::fs::read(rest).map_err(|e| format!("{rest}: {e}"))?;
             let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
-            let endpoint = match v["transport"].as_str() {
-                Some("unix") => Endpoint::Unix(v["unix"].as_str().ok_or("no unix path")?.into()),
-                _ => Endpoint::Tcp(
-                    format!("127.0.0.1:{}", v["port"])
-                        .parse()
-                        .map_err(|_| "bad port")?,
-                ),
-            };
+            let endpoint = v["address"]
+                .as_str()
+                .and_then(Endpoint::parse)
+                .ok_or("no address in the connection file")?;
             let token = v["token"].as_str().map(str::to_owned);
             return Ok(Target {
                 name: name.into(),
@@ -702,7 +698,7 @@ fn main() {
     }
     let result: Result<(), Box<dyn std::error::Error>> = (|| {
         match cli.cmd {
-            Cmd::Floor { unix } => floor::serve(unix, |ep| {
+            Cmd::Floor { unix_dir } => floor::serve(unix_dir, |ep| {
                 match ep {
                     Endpoint::Tcp(a) => println!("tcp:{a}"),
                     Endpoint::Unix(p) => println!("unix:{}", p.display()),
@@ -727,11 +723,7 @@ fn main() {
                 struct FileHost(PathBuf);
                 impl upcache::server::Host for FileHost {
                     fn ready(&mut self, ep: &Endpoint, token: &str) -> io::Result<()> {
-                        let (transport, port, unix) = match ep {
-                            Endpoint::Tcp(a) => ("tcp", a.port(), None),
-                            Endpoint::Unix(p) => ("unix", 0, Some(p.display().to_string())),
-                        };
-                        let v = serde_json::json!({"transport": transport, "port": port, "unix": unix, "token": token, "pid": std::process::id()});
+                        let v = serde_json::json!({"address": ep.to_string(), "token": token, "pid": std::process::id()});
                         std::fs::write(&self.0, format!("{v}\n"))
                     }
                     fn exiting(&mut self) {
@@ -740,7 +732,10 @@ fn main() {
                 }
                 let config = upcache::server::Config {
                     transport: transport.into(),
-                    unix_path: file.with_extension("sock"),
+                    bind: upcache_transports::BindOptions {
+                        dir: file.parent().map(PathBuf::from).unwrap_or_default(),
+                        name: "foreground".into(),
+                    },
                     auto_kill: false,
                     linger: Duration::ZERO,
                     limits: Default::default(),
