@@ -149,7 +149,14 @@ fn keys_and_items_in_many_chunks(t: Transport) {
         p.set(format!("key{i:06}"), [b'v'; 100]);
     }
     p.execute().unwrap();
+    let requests = |c: &upcache::UpCache| -> u64 {
+        let s: serde_json::Value = serde_json::from_str(&c.stats().unwrap()).unwrap();
+        s["requests"].as_u64().unwrap()
+    };
+    let before = requests(&c);
     let keys = c.keys().unwrap();
+    // Served in chunks of at most 4096 keys, other clients' requests in between.
+    assert!(requests(&c) - before >= 5, "keys() went in several chunks");
     assert_eq!(keys.len(), n as usize);
     assert!(keys
         .iter()

@@ -23,6 +23,7 @@ each_transport!(
     half_sent_frame_never_delays_another_client,
     pipelined_frames_get_replies_in_order,
     pushes_are_distinct_frames,
+    a_client_that_never_reads_cannot_grow_server_memory,
 );
 
 /// A raw connection with a read buffer.
@@ -381,4 +382,52 @@ fn pushes_are_distinct_frames(t: Transport) {
     // Replies keep their order among pushes.
     r.send(&Request::Ping, 3);
     assert_eq!(r.recv(), Some(Owned::Reply(3, "Done".into())));
+}
+
+fn a_client_that_never_reads_cannot_grow_server_memory(t: Transport) {
+    let sb = Sandbox::new(t);
+    let c = sb.open(&sb.name("noread"));
+    c.set(b"big", vec![7u8; 64 * 1024]).unwrap();
+    let pid = server_pid(c.connection_file());
+    let before = rss_kib(pid);
+    let r = Raw::hello(&c);
+    r.s.set_timeout(Some(Duration::from_millis(500))).unwrap();
+    // Ask for the 64 KiB value over and over and never read: up to 4 million requests (108 MB;
+    // 256 TiB of replies if the server kept reading), stopping at the first write that blocks.
+    let mut frame = Vec::new();
+    Request::Get { key: b"big" }.encode(2, &mut frame);
+    let batch: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 1000)
+        .collect();
+    let mut sent = 0usize;
+    while sent < 4_000_000 {
+        match r.s.write_all(&batch) {
+            Ok(()) => sent += 1000,
+            // The socket is full: the server stopped reading this connection.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    assert!(sent < 4_000_000, "the server stopped reading: backpressure");
+    let after = rss_kib(pid);
+    assert!(
+        after < before + 64 * 1024,
+        "server memory stays bounded: {before} KiB -> {after} KiB"
+    );
+    // Others are served meanwhile.
+    assert_healthy(&c);
+    drop(r);
+    assert!(util::eventually(Duration::from_secs(5), || {
+        c.stats().unwrap().contains("\"connections\":1")
+    }));
 }
