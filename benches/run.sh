@@ -69,15 +69,16 @@ echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: 
 echo "# servers pinned to CPU $SERVER_CPU, load generator to CPU $CLIENT_CPU"
 echo "# peers: $(redis-server --version | cut -d' ' -f3) (io-threads 1, no persistence); memcached $(memcached -V | cut -d' ' -f2) (-t 1)"
 echo
+# Memory first, on servers that hold nothing yet: bytes per key from empty.
+taskset -c "$CLIENT_CPU" "$L" memory --keys "$MEM_KEYS" \
+  --target "upcache=$UP_TCP" --target "redis=tcp:127.0.0.1:$REDIS_PORT" --target "memcached=tcp:127.0.0.1:$MC_PORT" \
+  --pid "upcache=$UP_TCP_PID" --pid "redis=$REDIS_PID" --pid "memcached=$MC_PID"
+echo
 taskset -c "$CLIENT_CPU" "$L" matrix $QUICK --json "${BENCH_JSON:-/dev/null}" \
   --target "upcache=$UP_TCP" --target "upcache=$UP_UNIX" \
   --target "redis=tcp:127.0.0.1:$REDIS_PORT" --target "redis=unix:$W/redis.sock" \
   --target "memcached=tcp:127.0.0.1:$MC_PORT" --target "memcached=unix:$W/memcached.sock" \
   --target "floor=$FLOOR_TCP" --target "floor=$FLOOR_UNIX"
-echo
-taskset -c "$CLIENT_CPU" "$L" memory --keys "$MEM_KEYS" \
-  --target "upcache=$UP_TCP" --target "redis=tcp:127.0.0.1:$REDIS_PORT" --target "memcached=tcp:127.0.0.1:$MC_PORT" \
-  --pid "upcache=$UP_TCP_PID" --pid "redis=$REDIS_PID" --pid "memcached=$MC_PID"
 echo
 "$L" first-open --runs 20 --transport tcp
 "$L" first-open --runs 20 --transport unix

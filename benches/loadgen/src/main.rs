@@ -139,6 +139,8 @@ impl From<Transport> for Kind {
 enum Op {
     Get,
     Set,
+    /// GETs and SETs mixed, `--get-percent` of them GETs.
+    Mix,
 }
 
 #[derive(clap::Args, Clone, Copy, Debug)]
@@ -156,6 +158,9 @@ struct Load {
     /// Seconds measured.
     #[arg(long, default_value_t = 2.0)]
     duration: f64,
+    /// With `--op mix`: the share of GETs, in percent.
+    #[arg(long, default_value_t = 90)]
+    get_percent: u8,
 }
 
 /// A server to load.
@@ -305,6 +310,7 @@ fn run(t: &Target, op: Op, load: &Load, depth: usize, conns: usize) -> io::Resul
     let value = Arc::new(vec![b'w'; load.value_size]);
     let barrier = Arc::new(Barrier::new(conns));
     let warmup = Duration::from_secs_f64(load.warmup);
+    let get_percent = load.get_percent;
     let duration = Duration::from_secs_f64(load.duration);
     let handles: Vec<_> = (0..conns)
         .map(|n| {
@@ -334,9 +340,15 @@ fn run(t: &Target, op: Op, load: &Load, depth: usize, conns: usize) -> io::Resul
                         rng ^= rng << 17;
                         let k = &keys[(rng % keys.len() as u64) as usize];
                         id = id.wrapping_add(1);
-                        match op {
-                            Op::Get => t.proto.get(k, id, &mut out),
-                            Op::Set => t.proto.set(k, &value, id, &mut out),
+                        let get = match op {
+                            Op::Get => true,
+                            Op::Set => false,
+                            Op::Mix => (rng >> 32) % 100 < u64::from(get_percent),
+                        };
+                        if get {
+                            t.proto.get(k, id, &mut out)
+                        } else {
+                            t.proto.set(k, &value, id, &mut out)
                         }
                     }
                     c.s.write_all(&out)?;
@@ -750,7 +762,7 @@ fn main() {
                 conns,
             } => {
                 let t = Target::parse(&target)?;
-                if op == Op::Get {
+                if op != Op::Set {
                     preload(&t, &load, 0)?;
                 }
                 let m = run(&t, op, &load, depth, conns)?;
@@ -796,6 +808,7 @@ fn main() {
                     value_size,
                     warmup: 0.0,
                     duration: 0.0,
+                    get_percent: 0,
                 };
                 memory(&targets, &pids, &load)?;
             }
