@@ -157,6 +157,8 @@ pub struct Connection<S> {
     pub stream: S,
     /// Received bytes.
     pub rbuf: ReadBuf,
+    /// Bytes the frame being assembled needs in all, as the decoder last said.
+    pub need: usize,
     /// Bytes to send.
     pub out: OutQueue,
     /// Where it is in its life.
@@ -179,6 +181,7 @@ impl<S> Connection<S> {
         Connection {
             stream,
             rbuf: ReadBuf::default(),
+            need: crate::protocol::HEADER_LEN,
             out: OutQueue::default(),
             phase: Phase::Handshake(deadline),
             read_paused: false,

@@ -86,10 +86,13 @@ pub struct EngineConfig {
     pub token: Vec<u8>,
 }
 
+/// A connection to close at a deadline unless it is `Ready` by then (its handshake, or the time
+/// an erring connection has to take its error reply). `serial` tells it from a later connection
+/// in the same slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Timer {
-    /// Close the connection if it is still in the phase it was in (handshake or closing).
-    Conn { slot: usize, serial: u64 },
+struct Timer {
+    slot: usize,
+    serial: u64,
 }
 
 /// The server's state.
@@ -232,7 +235,7 @@ impl<S: Read + Write> Engine<S> {
             .insert(Connection::new(stream, deadline, self.serial));
         self.timers.push(std::cmp::Reverse((
             deadline,
-            Timer::Conn {
+            Timer {
                 slot,
                 serial: self.serial,
             },
@@ -296,15 +299,7 @@ impl<S: Read + Write> Engine<S> {
             if c.phase == Phase::Closing || c.read_paused {
                 return;
             }
-            let need = match protocol::decode_raw(
-                c.rbuf.bytes(),
-                protocol::FrameKind::Request,
-                &self.config.limits,
-            ) {
-                Ok(Decoded::Incomplete { need }) => need,
-                _ => protocol::HEADER_LEN,
-            };
-            match c.rbuf.read_from(&mut c.stream, need) {
+            match c.rbuf.read_from(&mut c.stream, c.need) {
                 Ok(0) => return self.close(slot, now),
                 Ok(n) => {
                     self.stats.bytes_in += n as u64;
@@ -342,7 +337,7 @@ impl<S: Read + Write> Engine<S> {
                 break;
             }
             self.timers.pop();
-            let Timer::Conn { slot, serial } = timer;
+            let Timer { slot, serial } = timer;
             if let Some(c) = self.conns.get(slot) {
                 if c.serial == serial && c.phase != Phase::Ready {
                     self.close(slot, now);
@@ -446,7 +441,7 @@ impl<S: Read + Write> Engine<S> {
         self.stats.protocol_errors += 1;
         self.timers.push(std::cmp::Reverse((
             now + CLOSE_TIMEOUT,
-            Timer::Conn { slot, serial },
+            Timer { slot, serial },
         )));
     }
 
@@ -467,7 +462,10 @@ impl<S: Read + Write> Engine<S> {
                     self.apply(slot, id, req, now);
                     rbuf.consume(n);
                 }
-                Ok(Decoded::Incomplete { .. }) => break,
+                Ok(Decoded::Incomplete { need }) => {
+                    c.need = need;
+                    break;
+                }
                 Err(DecodeError::UnknownCode { id, len, .. }) => {
                     queue_reply(c, id, &error_reply(ErrorCode::UnknownOp, 0));
                     rbuf.consume(len);
