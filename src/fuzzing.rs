@@ -295,9 +295,7 @@ fn model_set(
 ) {
     let h = store.hash(&k);
     store.set(h, &k, &v);
-    if model.insert(k.clone(), v).is_none() {
-        order.push(k);
-    }
+    model_set_only(model, order, k, v);
 }
 
 fn model_incr(

@@ -100,16 +100,11 @@ pub struct Event {
     pub value: Option<Vec<u8>>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum End {
-    /// The server closed the subscription (shutdown) or the connection failed.
-    Gone,
-}
-
 struct QueueState {
     events: VecDeque<Event>,
     lagged: u64,
-    end: Option<End>,
+    /// The server closed the subscription (shutdown) or the connection failed.
+    ended: bool,
 }
 
 pub(crate) struct SubQueue {
@@ -123,7 +118,7 @@ impl SubQueue {
             state: Mutex::new(QueueState {
                 events: VecDeque::new(),
                 lagged: 0,
-                end: None,
+                ended: false,
             }),
             ready: Condvar::new(),
         })
@@ -150,9 +145,9 @@ impl SubQueue {
         self.ready.notify_all();
     }
 
-    fn end(&self, why: End) {
+    fn end(&self) {
         let mut s = lock(&self.state);
-        s.end.get_or_insert(why);
+        s.ended = true;
         self.ready.notify_all();
     }
 
@@ -172,7 +167,7 @@ impl SubQueue {
                     value: None,
                 }));
             }
-            if s.end.is_some() {
+            if s.ended {
                 return Err(gone());
             }
             match deadline {
@@ -397,7 +392,7 @@ fn read_loop(stream: &Stream, shared: &Shared, mut rbuf: ReadBuf) {
         s.fill(Err(shared.peer.gone()));
     }
     for (_, q) in r.subs.drain() {
-        q.end(End::Gone);
+        q.end();
     }
 }
 
@@ -440,7 +435,7 @@ fn route(shared: &Shared, item: Incoming<'_>) {
                 }
                 PushKind::Closed => {
                     if let Some(q) = r.subs.remove(&p.id) {
-                        q.end(End::Gone);
+                        q.end();
                     }
                 }
                 kind => {

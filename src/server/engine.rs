@@ -133,17 +133,13 @@ fn queue_reply<S>(c: &mut Connection<S>, id: RequestId, r: &Reply<'_>) {
     c.out.with_buf(|b| r.encode(id, b));
 }
 
-/// Queues a push of a stored entry (key and value go from the store's allocation).
-fn queue_entry_push<S>(c: &mut Connection<S>, kind: PushKind, sub: u32, e: &Entry) {
+/// Queues a `Set` push of a stored entry (key and value go from the store's allocation).
+fn queue_set_push<S>(c: &mut Connection<S>, sub: u32, e: &Entry) {
     let (data, key_len) = e.shared();
-    let value_len = if kind == PushKind::Set {
-        data.len() - key_len
-    } else {
-        0
-    };
+    let value_len = data.len() - key_len;
     let h = protocol::Header {
         kind: protocol::FrameKind::Push as u8,
-        code: kind as u8,
+        code: PushKind::Set as u8,
         id: sub,
         key_len: key_len as u32,
         value_len: value_len as u32,
@@ -190,7 +186,7 @@ fn deliver<S>(c: &mut Connection<S>, i: usize, change: &Change<'_>, stats: &mut 
         queue_push(c, &signal(PushKind::Lagged, id, lagged));
     }
     match change {
-        Change::Set(e) => queue_entry_push(c, PushKind::Set, id, e),
+        Change::Set(e) => queue_set_push(c, id, e),
         Change::Removed(k) => queue_push(
             c,
             &Push {

@@ -173,6 +173,10 @@ struct Target {
 }
 
 impl Target {
+    fn parse_all(specs: &[String]) -> Result<Vec<Target>, String> {
+        specs.iter().map(|s| Target::parse(s)).collect()
+    }
+
     fn parse(spec: &str) -> Result<Target, String> {
         let (name, rest) = spec.split_once('=').ok_or("target is NAME=ADDRESS")?;
         if name == "upcache" {
@@ -778,11 +782,7 @@ fn main() {
                 quick,
                 json,
             } => {
-                let targets = targets
-                    .iter()
-                    .map(|s| Target::parse(s))
-                    .collect::<Result<Vec<_>, _>>()?;
-                matrix(&targets, &load, quick, json)?;
+                matrix(&Target::parse_all(&targets)?, &load, quick, json)?;
             }
             Cmd::Memory {
                 targets,
@@ -791,10 +791,7 @@ fn main() {
                 key_size,
                 value_size,
             } => {
-                let targets = targets
-                    .iter()
-                    .map(|s| Target::parse(s))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let targets = Target::parse_all(&targets)?;
                 let pids = pids
                     .iter()
                     .filter_map(|s| {
