@@ -2,8 +2,9 @@
 # The benchmark: upcache against Redis and memcached (and the floor server) on this machine,
 # same client, same run. Installs redis-server and memcached if missing, starts every server
 # on loopback TCP and on a Unix socket with explicit settings, pinned to one CPU while the load
-# generator is pinned to another, runs the matrix, memory, first-open and client measurements,
-# and stops every server it started by its pid.
+# generator is pinned to another, measures memory (on servers of its own), runs the matrix, one
+# cell over a larger key space, first-open and client measurements, and stops every server it
+# started by its pid.
 #
 #   bash benches/run.sh           # full matrix (GET/SET x depth 1,16,64 x 1,4,50 connections x TCP/Unix), < 10 min
 #   bash benches/run.sh --quick   # depth 1,16 x 1,4 connections, short cells, 100k keys for memory, < 1 min
@@ -44,12 +45,35 @@ wait_for() { # wait_for FILE-OR-PORT: until a socket file exists or a port accep
 }
 first_line() { for _ in $(seq 200); do [[ -s "$1" ]] && { head -1 "$1"; return 0; }; sleep 0.05; done; exit 1; }
 
+MC_USER=(); [[ $(id -u) -eq 0 ]] && MC_USER=(-u root)
+echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(uname -r)"
+echo "# servers pinned to CPU $SERVER_CPU, load generator to CPU $CLIENT_CPU"
+echo "# peers: $(redis-server --version | cut -d' ' -f3) (io-threads 1, no persistence); memcached $(memcached -V | cut -d' ' -f2) (-t 1)"
+echo
+
+# Memory first, on servers of its own that hold nothing yet: bytes per key from empty. They are
+# stopped before the matrix, so the matrix's servers hold only the matrix's key space.
+M_REDIS_PORT=$(free_port)
+"${PIN[@]}" redis-server --bind 127.0.0.1 --port "$M_REDIS_PORT" --save '' --appendonly no --io-threads 1 \
+  --protected-mode yes --daemonize no --logfile "$W/redis-mem.log" &
+PIDS+=($!); M_REDIS_PID=$!
+M_MC_PORT=$(free_port)
+"${PIN[@]}" memcached -l 127.0.0.1 -p "$M_MC_PORT" -U 0 -t 1 -m 2048 -c 1024 "${MC_USER[@]}" &
+PIDS+=($!); M_MC_PID=$!
+read -r UP_MEM UP_MEM_PID < <("$L" serve --name bench-mem --dir "$W" --transport tcp)
+PIDS+=("$UP_MEM_PID"); taskset -pc "$SERVER_CPU" "$UP_MEM_PID" >/dev/null
+wait_for "$M_REDIS_PORT"; wait_for "$M_MC_PORT"
+taskset -c "$CLIENT_CPU" "$L" memory --keys "$MEM_KEYS" \
+  --target "upcache=$UP_MEM" --target "redis=tcp:127.0.0.1:$M_REDIS_PORT" --target "memcached=tcp:127.0.0.1:$M_MC_PORT" \
+  --pid "upcache=$UP_MEM_PID" --pid "redis=$M_REDIS_PID" --pid "memcached=$M_MC_PID"
+kill "$M_REDIS_PID" "$M_MC_PID" "$UP_MEM_PID"
+echo
+
 REDIS_PORT=$(free_port)
 "${PIN[@]}" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --unixsocket "$W/redis.sock" --unixsocketperm 700 \
   --save '' --appendonly no --io-threads 1 --protected-mode yes --daemonize no --logfile "$W/redis.log" &
 PIDS+=($!); REDIS_PID=$!
 MC_PORT=$(free_port)
-MC_USER=(); [[ $(id -u) -eq 0 ]] && MC_USER=(-u root)
 "${PIN[@]}" memcached -l 127.0.0.1 -p "$MC_PORT" -U 0 -t 1 -m 2048 -c 1024 "${MC_USER[@]}" &
 PIDS+=($!); MC_PID=$!
 "${PIN[@]}" memcached -s "$W/memcached.sock" -a 0700 -t 1 -m 2048 -c 1024 "${MC_USER[@]}" &
@@ -65,21 +89,21 @@ PIDS+=("$UP_UNIX_PID"); taskset -pc "$SERVER_CPU" "$UP_UNIX_PID" >/dev/null
 wait_for "$REDIS_PORT"; wait_for "$W/redis.sock"; wait_for "$MC_PORT"; wait_for "$W/memcached.sock"
 FLOOR_TCP=$(first_line "$W/floor-tcp"); FLOOR_UNIX=$(first_line "$W/floor-unix")
 
-echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(uname -r)"
-echo "# servers pinned to CPU $SERVER_CPU, load generator to CPU $CLIENT_CPU"
-echo "# peers: $(redis-server --version | cut -d' ' -f3) (io-threads 1, no persistence); memcached $(memcached -V | cut -d' ' -f2) (-t 1)"
-echo
-# Memory first, on servers that hold nothing yet: bytes per key from empty.
-taskset -c "$CLIENT_CPU" "$L" memory --keys "$MEM_KEYS" \
-  --target "upcache=$UP_TCP" --target "redis=tcp:127.0.0.1:$REDIS_PORT" --target "memcached=tcp:127.0.0.1:$MC_PORT" \
-  --pid "upcache=$UP_TCP_PID" --pid "redis=$REDIS_PID" --pid "memcached=$MC_PID"
-echo
 taskset -c "$CLIENT_CPU" "$L" matrix $QUICK --json "${BENCH_JSON:-/dev/null}" \
   --target "upcache=$UP_TCP" --target "upcache=$UP_UNIX" \
   --target "redis=tcp:127.0.0.1:$REDIS_PORT" --target "redis=unix:$W/redis.sock" \
   --target "memcached=tcp:127.0.0.1:$MC_PORT" --target "memcached=unix:$W/memcached.sock" \
   --target "floor=$FLOOR_TCP" --target "floor=$FLOOR_UNIX"
 echo
+if [[ -z $QUICK ]]; then
+  # One cell again over ten times the key space: lookups then miss the CPU caches, which the
+  # floor (no lookups) never does.
+  echo "# GET, depth 64, 4 connections, TCP, over 1,000,000 keys (the matrix uses 100,000)"
+  for t in "upcache=$UP_TCP" "redis=tcp:127.0.0.1:$REDIS_PORT" "memcached=tcp:127.0.0.1:$MC_PORT" "floor=$FLOOR_TCP"; do
+    taskset -c "$CLIENT_CPU" "$L" run --target "$t" --op get --depth 64 --conns 4 --keys 1000000
+  done
+  echo
+fi
 "$L" first-open --runs 20 --transport tcp
 "$L" first-open --runs 20 --transport unix
 echo

@@ -20,7 +20,7 @@ use crate::protocol::{
     Limits, Request,
 };
 use crate::server::{Engine, EngineConfig};
-use crate::store::{IncrError, Store};
+use crate::store::{Entry, IncrError, Store};
 
 /// Small limits, so the fuzzer reaches them.
 const FUZZ_LIMITS: Limits = Limits {
@@ -228,9 +228,13 @@ pub fn store_model_bytes(data: &[u8]) {
     let Ok(ops) = Vec::<StoreOp>::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
-    let mut store = Store::new(ahash::RandomState::with_seeds(1, 2, 3, 4));
+    // Small segments, so that they fill, get sealed and are reclaimed within a few operations.
+    let mut store = Store::with_segment_size(ahash::RandomState::with_seeds(1, 2, 3, 4), 256);
     let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     let mut order: Vec<Vec<u8>> = Vec::new();
+    // Entries taken by `Get`, as a reply waiting in an output queue holds them: they must
+    // read the same whatever the store does after.
+    let mut held: Vec<(Entry, Vec<u8>, Vec<u8>)> = Vec::new();
     for op in ops {
         match op {
             StoreOp::Set(k, v) => model_set(&mut store, &mut model, &mut order, key_of(k), v),
@@ -241,10 +245,18 @@ pub fn store_model_bytes(data: &[u8]) {
             StoreOp::Get(k) => {
                 let k = key_of(k);
                 let h = store.hash(&k);
+                let got = store.get(h, &k);
                 assert_eq!(
-                    store.get(h, &k).map(|e| e.value().to_vec()),
-                    model.get(&k).cloned()
+                    got.as_ref().map(|e| e.value()),
+                    model.get(&k).map(|v| &v[..])
                 );
+                if let Some(e) = got {
+                    let e = e.to_entry();
+                    if held.len() == 8 {
+                        held.remove(0);
+                    }
+                    held.push((e, k.clone(), model[&k].clone()));
+                }
             }
             StoreOp::Remove(k) => {
                 let k = key_of(k);
@@ -283,6 +295,12 @@ pub fn store_model_bytes(data: &[u8]) {
             }
         }
         assert_eq!(store.len(), model.len());
+        let live: usize = model.iter().map(|(k, v)| Store::record_len(k, v)).sum();
+        assert_eq!(store.live_bytes(), live);
+        assert!(store.footprint_is_bounded());
+        for (e, k, v) in &held {
+            assert_eq!((e.key(), e.value()), (&k[..], &v[..]));
+        }
     }
 }
 
@@ -342,15 +360,22 @@ struct MockStream {
 }
 
 impl Read for MockStream {
+    /// Like a socket: takes from as many queued chunks as fit, and returns less than asked
+    /// only when nothing more is queued.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut input = self.input.borrow_mut();
-        let Some(front) = input.front_mut() else {
+        if input.is_empty() {
             return Err(io::ErrorKind::WouldBlock.into());
-        };
-        let n = front.len().min(buf.len());
-        buf[..n].copy_from_slice(&front[..n]);
-        front.drain(..n);
-        if front.is_empty() {
+        }
+        let mut n = 0;
+        while let Some(front) = input.front_mut() {
+            let k = front.len().min(buf.len() - n);
+            buf[n..n + k].copy_from_slice(&front[..k]);
+            front.drain(..k);
+            n += k;
+            if !front.is_empty() {
+                break;
+            }
             input.pop_front();
         }
         Ok(n)
@@ -404,7 +429,8 @@ fn run_engine(pieces: &[&[u8]], write_max: usize) -> Vec<u8> {
         if !piece.is_empty() {
             input.borrow_mut().push_back(piece.to_vec());
         }
-        engine.readable(slot, now);
+        // As the server loop does for a readiness event: a short read ends the turn.
+        engine.read_event(slot, now, false);
         engine.writable(slot, now);
         engine.tick(now);
     }

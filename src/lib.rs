@@ -18,7 +18,7 @@
 //! | layer | module | job |
 //! |---|---|---|
 //! | wire protocol | [`protocol`] | sans-IO, zero-copy frame decoding and encoding, limits |
-//! | store | [`store`] | hashbrown shards selected by one ahash per key, insertion order |
+//! | store | [`store`] | hashbrown shards selected by one ahash per key, records in segments, insertion order |
 //! | server | [`server`] | the mio event loop, connections, subscriptions and waits, lifecycle |
 //! | election | `election`, `launch` | the connection file and its lock, the detached server process |
 //! | client | [`UpCache`], [`Pipeline`], [`Subscription`] | the blocking, thread-safe client |

@@ -12,6 +12,8 @@ pub struct ReadBuf {
     data: Vec<u8>,
     start: usize,
     end: usize,
+    /// Whether the last read got less than the room it offered.
+    short: bool,
 }
 
 /// Size of one read.
@@ -37,6 +39,15 @@ impl ReadBuf {
         }
     }
 
+    /// Whether the last [`ReadBuf::read_from`] got fewer bytes than it had room for. A stream
+    /// socket's read returns less than asked only when it has emptied the socket's receive
+    /// queue, so after such a read the socket is drained at that instant, and with
+    /// edge-triggered readiness any later arrival is a new event: the read that would only say
+    /// `WouldBlock` can be skipped.
+    pub fn drained(&self) -> bool {
+        self.short
+    }
+
     /// Reads once from `r`, making room for up to `need` unconsumed bytes in all (the frame
     /// being assembled), but growing no faster than the bytes that arrive. `Ok(0)` is end of
     /// stream.
@@ -57,8 +68,10 @@ impl ReadBuf {
             self.start = 0;
             self.end = have;
         }
+        let room = self.data.len() - self.end;
         let n = r.read(&mut self.data[self.end..])?;
         self.end += n;
+        self.short = n < room;
         Ok(n)
     }
 }
@@ -80,10 +93,16 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         let mut src = &data[..];
         let mut rb = ReadBuf::default();
+        let mut reads = Vec::new();
         while rb.bytes().len() < data.len() {
-            assert!(rb.read_from(&mut src, data.len()).unwrap() > 0);
-            assert!(rb.data.len() <= 2 * data.len());
+            // Room for a little more than there is, so the last read comes up short.
+            assert!(rb.read_from(&mut src, data.len() + 100).unwrap() > 0);
+            assert!(rb.data.len() <= 2 * data.len() + 200);
+            reads.push(rb.drained());
         }
+        // Every read but the last filled the room it offered; the last emptied the source.
+        assert_eq!(reads.pop(), Some(true));
+        assert!(reads.iter().all(|&short| !short), "{reads:?}");
         assert_eq!(rb.bytes(), &data[..]);
         rb.consume(data.len());
         assert!(rb.bytes().is_empty());

@@ -573,4 +573,17 @@ fn stats_report_counters(t: Transport) {
     assert_eq!(s["hits"], 1);
     assert_eq!(s["keys"], 1);
     assert_eq!(s["connections"], 1);
+    // One record: two length bytes, the key and the value. The store's allocation holds it.
+    assert_eq!(s["record_bytes"], 4);
+    let held = s["store_bytes"].as_u64().unwrap();
+    assert!(held >= 4, "{s}");
+    // 1,000 keys of 100-byte records: at least that much more is allocated, and at most a
+    // 64 KiB segment per shard plus slots and indexes.
+    for i in 0..1000u32 {
+        c.set(format!("key{i:05}").as_bytes(), [b'v'; 90]).unwrap();
+    }
+    let s: serde_json::Value = serde_json::from_str(&c.stats().unwrap()).unwrap();
+    assert_eq!(s["record_bytes"], 4 + 1000 * 100);
+    let grown = s["store_bytes"].as_u64().unwrap() - held;
+    assert!((100_000..64 * 65_536 + 200_000).contains(&grown), "{s}");
 }

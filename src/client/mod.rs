@@ -556,7 +556,10 @@ impl UpCache {
         Pipeline::new(self)
     }
 
-    /// The server's counters, as JSON.
+    /// The server's counters, as JSON: among them `keys`, `connections`, `requests`, `gets`,
+    /// `hits`, `record_bytes` (bytes of stored records: each key and value plus one to ten
+    /// bytes of lengths) and `store_bytes` (what the store has allocated for them: segments,
+    /// with their garbage and unused room, slots and hash indexes).
     pub fn stats(&self) -> Result<String> {
         match self.call(Request::Stats)? {
             Answer::Text(t) => Ok(t),

@@ -67,15 +67,11 @@ impl OutQueue {
         }
     }
 
-    /// Appends a range of a shared allocation, without copying it.
-    pub fn push_shared(&mut self, data: &Entry, start: usize, end: usize) {
+    /// Appends a range of a stored entry's bytes ([`Entry::bytes`]), without copying them.
+    pub fn push_shared(&mut self, data: Entry, start: usize, end: usize) {
         if end > start {
             self.pending += end - start;
-            self.pieces.push_back(Piece::Shared {
-                data: data.clone(),
-                start,
-                end,
-            });
+            self.pieces.push_back(Piece::Shared { data, start, end });
         }
     }
 
@@ -235,9 +231,9 @@ mod tests {
         let mut q = OutQueue::default();
         q.with_buf(|b| b.extend_from_slice(b"h1"));
         q.with_buf(|b| b.extend_from_slice(b"h2"));
-        q.push_shared(&shared, 3, 8);
+        q.push_shared(shared.clone(), 3, 8);
         q.with_buf(|b| b.extend_from_slice(b"h3"));
-        q.push_shared(&shared, 0, 3);
+        q.push_shared(shared, 0, 3);
         assert_eq!(q.pending(), 2 + 2 + 5 + 2 + 3);
         let mut w = Trickle {
             got: Vec::new(),

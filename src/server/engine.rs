@@ -135,8 +135,7 @@ fn queue_reply<S>(c: &mut Connection<S>, id: RequestId, r: &Reply<'_>) {
 
 /// Queues a `Set` push of a stored entry (key and value go from the store's allocation).
 fn queue_set_push<S>(c: &mut Connection<S>, sub: u32, e: &Entry) {
-    let (data, key_len) = e.shared();
-    let value_len = data.len() - key_len;
+    let (key_len, value_len) = (e.key_len(), e.value().len());
     let h = protocol::Header {
         kind: protocol::FrameKind::Push as u8,
         code: PushKind::Set as u8,
@@ -146,7 +145,7 @@ fn queue_set_push<S>(c: &mut Connection<S>, sub: u32, e: &Entry) {
         arg: 0,
     };
     c.out.with_buf(|b| encode_header(b, &h));
-    c.out.push_shared(data, 0, key_len + value_len);
+    c.out.push_shared(e.clone(), 0, key_len + value_len);
 }
 
 fn queue_push<S>(c: &mut Connection<S>, p: &Push<'_>) {
@@ -285,9 +284,27 @@ impl<S: Read + Write> Engine<S> {
             .min()
     }
 
-    /// The connection can be read: read, apply, reply, until the socket is drained or the
-    /// connection's output is over the high-water mark.
+    /// The connection can be read: read, apply, reply, until a read says `WouldBlock` (or the
+    /// peer closed) or the connection's output is over the high-water mark.
     pub fn readable(&mut self, slot: usize, now: Instant) {
+        self.read_until(slot, now, false);
+    }
+
+    /// A readiness event from an edge-triggered poller said the connection can be read, and
+    /// whether it also said the peer closed its side (or the socket has an error). As
+    /// [`Engine::readable`], except that a read that returns less than it had room for ends
+    /// the turn when the peer has not closed: such a read emptied the socket (see
+    /// `ReadBuf::drained`), and the next arrival is a new event, so the read that would only
+    /// say `WouldBlock` is skipped. An end of stream or error already queued has no later
+    /// event, so when the event reports one every read is made.
+    ///
+    /// Contract for hosts: the stream's reads, like a socket's, return less than asked only
+    /// when nothing more is queued.
+    pub fn read_event(&mut self, slot: usize, now: Instant, closed: bool) {
+        self.read_until(slot, now, !closed);
+    }
+
+    fn read_until(&mut self, slot: usize, now: Instant, stop_when_drained: bool) {
         loop {
             let Some(c) = self.conns.get_mut(slot) else {
                 return;
@@ -299,8 +316,12 @@ impl<S: Read + Write> Engine<S> {
                 Ok(0) => return self.close(slot, now),
                 Ok(n) => {
                     self.stats.bytes_in += n as u64;
+                    let drained = c.rbuf.drained();
                     self.process(slot, now);
                     self.flush(slot, now);
+                    if drained && stop_when_drained {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -520,14 +541,12 @@ impl<S: Read + Write> Engine<S> {
                 match self.store.get(hash, key) {
                     Some(e) => {
                         self.stats.hits += 1;
-                        let (data, key_len) = e.shared();
-                        let h = Reply::Value(&[]).header(id);
                         let h = protocol::Header {
-                            value_len: (data.len() - key_len) as u32,
-                            ..h
+                            value_len: e.value().len() as u32,
+                            ..Reply::Value(&[]).header(id)
                         };
                         c.out.with_buf(|b| encode_header(b, &h));
-                        c.out.push_shared(data, key_len, data.len());
+                        c.out.push_shared(e.to_entry(), e.key_len(), e.len());
                     }
                     None => queue_reply(c, id, &Reply::Nil),
                 }
@@ -537,7 +556,7 @@ impl<S: Read + Write> Engine<S> {
                 queue_reply(c, id, &Reply::Done);
                 let e = self.store.set(hash, key, value);
                 if !self.hub.is_idle() {
-                    let e = e.clone();
+                    let e = e.to_entry();
                     self.publish(hash, Change::Set(&e));
                 }
             }
@@ -559,7 +578,7 @@ impl<S: Read + Write> Engine<S> {
                     Ok((n, e)) => {
                         queue_reply(c, id, &Reply::Int(n));
                         if !self.hub.is_idle() {
-                            let e = e.clone();
+                            let e = e.to_entry();
                             self.publish(hash, Change::Set(&e));
                         }
                     }
@@ -678,6 +697,8 @@ impl<S: Read + Write> Engine<S> {
             "pid": std::process::id(),
             "uptime_ms": now.saturating_duration_since(self.started).as_millis() as u64,
             "keys": self.store.len(),
+            "store_bytes": self.store.allocated_bytes(),
+            "record_bytes": self.store.live_bytes(),
             "connections": self.conns.len(),
             "waits": self.hub.wait_count(),
             "accepted": s.accepted,

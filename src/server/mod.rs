@@ -155,7 +155,7 @@ fn run_loop<T: Transport>(
                         engine.writable(slot, now);
                     }
                     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                        engine.readable(slot, now);
+                        engine.read_event(slot, now, ev.is_read_closed() || ev.is_error());
                     }
                 }
             }

@@ -12,25 +12,47 @@
 //! cursors stay valid across inserts, removals and compactions, and no server state is kept
 //! between chunks.
 //!
-//! Key and value live in one reference-counted allocation ([`Entry`]), so a reply or an event
-//! can hold on to a value while the socket drains, without copying it, even if the key is
-//! overwritten meanwhile. The store belongs to the server's one thread (`Entry` is not `Send`).
+//! Keys and values are stored as records appended to per-shard segments ([`Segment`], 64 KiB,
+//! or one of its own for a record over 16 KiB): no allocation and no allocator header per key.
+//! A slot names its record by segment and offset. An overwrite with a value of the same size
+//! rewrites the record in place when nothing but the store holds its segment; any other
+//! overwrite appends a new record, and the old one becomes garbage, counted per segment. A segment whose live bytes fall to half of what
+//! it holds is reclaimed by copying its live records to the shard's current segment (records
+//! are found through the index, by hashing their keys); one with none left is dropped. So
+//! garbage stays under half of any full segment, and each byte reclaimed costs at most one
+//! byte copied. Segments are reference-counted, so a reply or an event ([`Entry`]) holds on to
+//! a value while the socket drains, without copying it, even after the store moved or dropped
+//! it. (So a connection that stops reading keeps alive the segments its queued replies name,
+//! at most what the store held meanwhile; its queue itself is bounded by the server's
+//! backpressure.) The store belongs to the server's one thread (`Entry` is not `Send`).
+//!
+//! Per key with a 16-byte key and a 64-byte value: an 82-byte record, a 16-byte slot, and the
+//! hash index's 4-byte position plus a control byte per bucket.
 
 mod entry;
+mod segment;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
+use std::rc::Rc;
 
 use hashbrown::HashTable;
 
-pub use entry::Entry;
+pub use entry::{Entry, Record};
+use segment::RecordShape;
+pub use segment::Segment;
 
 use crate::protocol::Chunk;
 
 /// Number of shards (a power of two).
 pub const SHARDS: usize = 64;
 const SHARD_SHIFT: u32 = 51;
+/// Size of a shared segment. Records longer than a quarter of it get a segment of their own,
+/// sized to fit.
+pub const SEGMENT: usize = 64 * 1024;
+/// `Slot::seg` of a removed key.
+const DEAD: u32 = u32::MAX;
 
 /// A shard's index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -45,55 +67,243 @@ pub enum IncrError {
     Overflow,
 }
 
+/// A key's place in insertion order, and where its record is.
 struct Slot {
     seq: u64,
-    entry: Option<Entry>,
+    /// Segment id, or [`DEAD`].
+    seg: u32,
+    off: u32,
 }
 
-#[derive(Default)]
+struct SegInfo {
+    seg: Rc<Segment>,
+    /// Bytes of live records in it.
+    live: usize,
+}
+
+/// The key of slot `i`; empty for a removed one (only hashed while rebuilding the index, where
+/// there are none).
+#[inline]
+fn key_of<'a>(slots: &'a [Slot], segs: &'a [Option<SegInfo>], i: u32) -> &'a [u8] {
+    let slot = &slots[i as usize];
+    if slot.seg == DEAD {
+        return &[];
+    }
+    let seg = segs[slot.seg as usize]
+        .as_ref()
+        .expect("a live slot names a live segment")
+        .seg
+        .bytes();
+    let off = slot.off as usize;
+    let shape = RecordShape::read(&seg[off..]);
+    &seg[off + shape.key_start..off + shape.value_start()]
+}
+
 struct Shard {
+    /// Size of a shared segment.
+    segment: usize,
     slots: Vec<Slot>,
     index: HashTable<u32>,
     dead: usize,
+    /// Segments by id; `None` ids are in `free`.
+    segs: Vec<Option<SegInfo>>,
+    free: Vec<u32>,
+    /// The shared segment records are appended to.
+    active: Option<u32>,
+    /// Segments to look at once the current operation is done: they were sealed, or lost a
+    /// record.
+    check: Vec<u32>,
 }
 
 impl Shard {
-    fn find(&self, hash: u64, key: &[u8]) -> Option<usize> {
-        let slots = &self.slots;
-        self.index
-            .find(hash, |&i| {
-                slots[i as usize]
-                    .entry
-                    .as_ref()
-                    .is_some_and(|e| e.key() == key)
-            })
-            .map(|&i| i as usize)
+    fn new(segment: usize) -> Self {
+        Shard {
+            segment,
+            slots: Vec::new(),
+            index: HashTable::new(),
+            dead: 0,
+            segs: Vec::new(),
+            free: Vec::new(),
+            active: None,
+            check: Vec::new(),
+        }
+    }
+
+    fn info(&self, id: u32) -> &SegInfo {
+        self.segs[id as usize]
+            .as_ref()
+            .expect("a live slot names a live segment")
+    }
+
+    fn info_mut(&mut self, id: u32) -> &mut SegInfo {
+        self.segs[id as usize]
+            .as_mut()
+            .expect("a live slot names a live segment")
+    }
+
+    /// The record of a live slot.
+    fn record(&self, slot: &Slot) -> Record<'_> {
+        Record::at(&self.info(slot.seg).seg, slot.off as usize)
+    }
+
+    /// The key of slot `i`.
+    fn key(&self, i: u32) -> &[u8] {
+        key_of(&self.slots, &self.segs, i)
+    }
+
+    /// The slot of `key` and its record.
+    #[inline]
+    fn find(&self, hash: u64, key: &[u8]) -> Option<(usize, Record<'_>)> {
+        let mut hit = None;
+        self.index.find(hash, |&i| {
+            let slot = &self.slots[i as usize];
+            if slot.seg == DEAD {
+                return false;
+            }
+            let record = self.record(slot);
+            let same = record.key() == key;
+            if same {
+                hit = Some((i as usize, record));
+            }
+            same
+        });
+        hit
     }
 
     fn live(&self) -> usize {
         self.slots.len() - self.dead
     }
 
+    fn new_segment(&mut self, cap: usize) -> u32 {
+        let info = Some(SegInfo {
+            seg: Rc::new(Segment::with_capacity(cap)),
+            live: 0,
+        });
+        match self.free.pop() {
+            Some(id) => {
+                self.segs[id as usize] = info;
+                id
+            }
+            None => {
+                let id = u32::try_from(self.segs.len())
+                    .ok()
+                    .filter(|&id| id != DEAD)
+                    .expect("a shard holds fewer than 2^32 - 1 segments");
+                self.segs.push(info);
+                id
+            }
+        }
+    }
+
+    /// Appends one record made of `parts`; returns its segment and offset.
+    fn append(&mut self, parts: &[&[u8]]) -> (u32, u32) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let id = if len > self.segment / 4 {
+            self.new_segment(len)
+        } else {
+            match self.active {
+                Some(a) if self.info(a).seg.room() >= len => a,
+                sealed => {
+                    self.check.extend(sealed);
+                    let a = self.new_segment(self.segment);
+                    self.active = Some(a);
+                    a
+                }
+            }
+        };
+        let info = self.info_mut(id);
+        let off = info.seg.append(parts);
+        info.live += len;
+        let off = u32::try_from(off).expect("records start in the first 4 GiB of a segment");
+        (id, off)
+    }
+
+    /// Replaces the value of slot `i` where it is, if the new record (`header` then the same
+    /// key then `value`) is as long as the old one and nobody but the store holds the segment
+    /// (no reply or event waiting to send from it). Then the record keeps its place and no
+    /// garbage is made: the common case of a key rewritten with a value of the same size.
+    fn overwrite_in_place(&mut self, i: usize, header: &[u8], value: &[u8]) -> bool {
+        let slot = &self.slots[i];
+        let off = slot.off as usize;
+        let Some(info) = self.segs[slot.seg as usize].as_mut() else {
+            return false;
+        };
+        let shape = RecordShape::read(&info.seg.bytes()[off..]);
+        if shape.key_start != header.len() || shape.value_len != value.len() {
+            return false;
+        }
+        match Rc::get_mut(&mut info.seg) {
+            Some(seg) => {
+                seg.overwrite(off + shape.value_start(), value);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Counts the record of a slot as garbage.
+    fn forget(&mut self, seg: u32, off: u32) {
+        let info = self.info_mut(seg);
+        info.live -= RecordShape::read(&info.seg.bytes()[off as usize..]).len();
+        self.check.push(seg);
+    }
+
+    /// Drops or reclaims the segments in `check` that are mostly garbage.
+    fn settle(&mut self, hasher: &ahash::RandomState) {
+        while let Some(id) = self.check.pop() {
+            if Some(id) == self.active {
+                continue;
+            }
+            let Some(info) = &self.segs[id as usize] else {
+                continue; // listed twice and already gone
+            };
+            if info.live * 2 > info.seg.len() {
+                continue;
+            }
+            if info.live > 0 {
+                self.relocate(id, hasher);
+            }
+            self.segs[id as usize] = None;
+            self.free.push(id);
+        }
+    }
+
+    /// Copies the live records of segment `id` to the active segment.
+    fn relocate(&mut self, id: u32, hasher: &ahash::RandomState) {
+        let seg = Rc::clone(&self.info(id).seg);
+        let bytes = seg.bytes();
+        let mut off = 0;
+        while off < bytes.len() {
+            let shape = RecordShape::read(&bytes[off..]);
+            let rec = &bytes[off..off + shape.len()];
+            let key = &rec[shape.key_start..shape.value_start()];
+            let slots = &self.slots;
+            let here = self.index.find(hasher.hash_one(key), |&i| {
+                let s = &slots[i as usize];
+                s.seg == id && s.off as usize == off
+            });
+            if let Some(&i) = here {
+                let (seg, off) = self.append(&[rec]);
+                let slot = &mut self.slots[i as usize];
+                (slot.seg, slot.off) = (seg, off);
+            }
+            off += shape.len();
+        }
+    }
+
     /// Drops tombstones, keeping order, and rebuilds the index.
     fn compact(&mut self, hasher: &ahash::RandomState) {
-        self.slots.retain(|s| s.entry.is_some());
+        self.slots.retain(|s| s.seg != DEAD);
         self.dead = 0;
-        self.index.clear();
-        self.index.reserve(self.slots.len(), |_| 0);
-        for (i, s) in self.slots.iter().enumerate() {
-            let h = hasher.hash_one(s.entry.as_ref().map_or(&[][..], |e| e.key()));
+        let mut index = HashTable::with_capacity(self.slots.len());
+        for i in 0..self.slots.len() as u32 {
             // Every position is distinct, so insert_unique needs no key comparison; the
             // rehash closure is not called because capacity was reserved above.
-            let slots = &self.slots;
-            self.index.insert_unique(h, i as u32, |&j| {
-                hasher.hash_one(
-                    slots[j as usize]
-                        .entry
-                        .as_ref()
-                        .map_or(&[][..], |e| e.key()),
-                )
+            index.insert_unique(hasher.hash_one(self.key(i)), i, |&j| {
+                hasher.hash_one(self.key(j))
             });
         }
+        self.index = index;
     }
 }
 
@@ -123,8 +333,15 @@ impl Default for Store {
 impl Store {
     /// An empty store hashing with `hasher` (fixed seeds make runs repeatable).
     pub fn new(hasher: ahash::RandomState) -> Self {
+        Store::with_segment_size(hasher, SEGMENT)
+    }
+
+    /// An empty store with shared segments of `segment` bytes instead of [`SEGMENT`]: tests
+    /// and fuzzing use small ones, so that segments fill and are reclaimed within a few
+    /// operations.
+    pub fn with_segment_size(hasher: ahash::RandomState, segment: usize) -> Self {
         Store {
-            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            shards: (0..SHARDS).map(|_| Shard::new(segment)).collect(),
             hasher,
             next_seq: 1,
             len: 0,
@@ -162,24 +379,89 @@ impl Store {
         self.shards[id.0].live()
     }
 
+    /// Bytes held in segments (live records, garbage and unused room) across all shards.
+    pub fn segment_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .flat_map(|s| s.segs.iter().flatten())
+            .map(|i| i.seg.len() + i.seg.room())
+            .sum()
+    }
+
+    /// Bytes of live records across all shards.
+    pub fn live_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .flat_map(|s| s.segs.iter().flatten())
+            .map(|i| i.live)
+            .sum()
+    }
+
+    /// Bytes the store has allocated: segments, slots and hash indexes (not counting the
+    /// allocator's own overhead, a few small vectors, or segments that only replies still hold).
+    pub fn allocated_bytes(&self) -> usize {
+        self.segment_bytes()
+            + self
+                .shards
+                .iter()
+                .map(|s| {
+                    s.slots.capacity() * std::mem::size_of::<Slot>()
+                        + s.index.allocation_size()
+                        + s.segs.capacity() * std::mem::size_of::<Option<SegInfo>>()
+                })
+                .sum::<usize>()
+    }
+
+    /// Bytes a record of this key and value takes in a segment.
+    pub fn record_len(key: &[u8], value: &[u8]) -> usize {
+        let (_, n) = RecordShape::header(key.len() as u32, value.len() as u32);
+        n + key.len() + value.len()
+    }
+
+    /// Whether the segments hold at most what reclamation promises: every segment other than
+    /// a shard's current one is more than half live and, if shared, more than three quarters
+    /// written, so all segments together take less than 8/3 of the live bytes plus one shared
+    /// segment per shard.
+    pub fn footprint_is_bounded(&self) -> bool {
+        let segment = self.shards[0].segment;
+        3 * self.segment_bytes() <= 8 * self.live_bytes() + 3 * SHARDS * segment
+    }
+
     /// The entry for `key` (`hash` from [`Store::hash`]).
     #[inline]
-    pub fn get(&self, hash: u64, key: &[u8]) -> Option<&Entry> {
+    pub fn get(&self, hash: u64, key: &[u8]) -> Option<Record<'_>> {
         let s = self.shard(hash);
-        s.find(hash, key).and_then(|i| s.slots[i].entry.as_ref())
+        s.find(hash, key).map(|(_, record)| record)
     }
 
     /// Stores `value` under `key`, keeping the key's place if it exists. Returns the new entry.
-    pub fn set(&mut self, hash: u64, key: &[u8], value: &[u8]) -> &Entry {
-        self.put(hash, Entry::new(key, value))
+    ///
+    /// Panics if the key or the value is longer than `u32::MAX` bytes (the protocol's limits
+    /// keep them far below).
+    pub fn set(&mut self, hash: u64, key: &[u8], value: &[u8]) -> Record<'_> {
+        let found = self.shard(hash).find(hash, key).map(|(i, _)| i);
+        self.put(hash, found, key, value)
     }
 
-    fn put(&mut self, hash: u64, entry: Entry) -> &Entry {
+    /// Stores `value` under `key`, whose slot is `found` (from [`Shard::find`]).
+    fn put(&mut self, hash: u64, found: Option<usize>, key: &[u8], value: &[u8]) -> Record<'_> {
+        let key_len = u32::try_from(key.len()).expect("key fits in u32 bytes");
+        let value_len = u32::try_from(value.len()).expect("value fits in u32 bytes");
+        let (header, n) = RecordShape::header(key_len, value_len);
         let hasher = &self.hasher;
         let shard = &mut self.shards[Self::shard_of(hash).0];
-        let pos = match shard.find(hash, entry.key()) {
+        if let Some(i) = found {
+            if shard.overwrite_in_place(i, &header[..n], value) {
+                return shard.record(&shard.slots[i]);
+            }
+        }
+        let (seg, off) = shard.append(&[&header[..n], key, value]);
+        let pos = match found {
             Some(i) => {
-                shard.slots[i].entry = Some(entry);
+                let old = &mut shard.slots[i];
+                let (old_seg, old_off) = (old.seg, old.off);
+                (old.seg, old.off) = (seg, off);
+                shard.forget(old_seg, old_off);
                 i
             }
             None => {
@@ -187,40 +469,38 @@ impl Store {
                 let pos = u32::try_from(i).expect("a shard holds fewer than 2^32 entries");
                 shard.slots.push(Slot {
                     seq: self.next_seq,
-                    entry: Some(entry),
+                    seg,
+                    off,
                 });
                 self.next_seq += 1;
                 self.len += 1;
-                let slots = &shard.slots;
-                shard.index.insert_unique(hash, pos, |&j| {
-                    hasher.hash_one(
-                        slots[j as usize]
-                            .entry
-                            .as_ref()
-                            .map_or(&[][..], |e| e.key()),
-                    )
-                });
+                let (slots, segs) = (&shard.slots, &shard.segs);
+                shard
+                    .index
+                    .insert_unique(hash, pos, |&j| hasher.hash_one(key_of(slots, segs, j)));
                 i
             }
         };
-        shard.slots[pos].entry.as_ref().expect("just stored")
+        shard.settle(hasher);
+        shard.record(&shard.slots[pos])
     }
 
     /// Removes `key`; true if it was present.
     pub fn remove(&mut self, hash: u64, key: &[u8]) -> bool {
         let shard = &mut self.shards[Self::shard_of(hash).0];
-        let slots = &shard.slots;
-        let found = shard.index.find_entry(hash, |&i| {
-            slots[i as usize]
-                .entry
-                .as_ref()
-                .is_some_and(|e| e.key() == key)
-        });
-        let Ok(found) = found else { return false };
-        let (pos, _) = found.remove();
-        shard.slots[pos as usize].entry = None;
+        let Some((i, _)) = shard.find(hash, key) else {
+            return false;
+        };
+        if let Ok(found) = shard.index.find_entry(hash, |&j| j as usize == i) {
+            found.remove();
+        }
+        let slot = &mut shard.slots[i];
+        let (seg, off) = (slot.seg, slot.off);
+        slot.seg = DEAD;
+        shard.forget(seg, off);
         shard.dead += 1;
         self.len -= 1;
+        shard.settle(&self.hasher);
         if shard.dead > 32 && shard.dead > shard.live() {
             shard.compact(&self.hasher);
         }
@@ -229,21 +509,28 @@ impl Store {
 
     /// Adds `delta` to the decimal value of `key` (a missing key counts as 0) and stores the
     /// result in ASCII decimal. On error the value is unchanged.
-    pub fn incr(&mut self, hash: u64, key: &[u8], delta: i64) -> Result<(i64, &Entry), IncrError> {
-        let current = match self.get(hash, key) {
-            None => 0,
-            Some(e) => parse_i64(e.value()).ok_or(IncrError::NotAnInteger)?,
+    pub fn incr(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        delta: i64,
+    ) -> Result<(i64, Record<'_>), IncrError> {
+        let (found, current) = match self.shard(hash).find(hash, key) {
+            None => (None, 0),
+            Some((i, record)) => {
+                let n = parse_i64(record.value()).ok_or(IncrError::NotAnInteger)?;
+                (Some(i), n)
+            }
         };
         let new = current.checked_add(delta).ok_or(IncrError::Overflow)?;
         let digits = itoa_buf(new);
-        let entry = self.put(hash, Entry::new(key, digits.as_str().as_bytes()));
-        Ok((new, entry))
+        Ok((new, self.put(hash, found, key, digits.as_str().as_bytes())))
     }
 
     /// Removes every key.
     pub fn clear(&mut self) {
         for s in self.shards.iter_mut() {
-            *s = Shard::default();
+            *s = Shard::new(s.segment);
         }
         self.len = 0;
     }
@@ -286,12 +573,14 @@ impl Store {
             if taken >= max_entries || (taken > 0 && out.len() >= max_bytes) {
                 return seq;
             }
-            let slots = &self.shards[si].slots;
-            if let Some(e) = &slots[i].entry {
+            let shard = &self.shards[si];
+            let slot = &shard.slots[i];
+            if slot.seg != DEAD {
+                let e = shard.record(slot);
                 Chunk::push(out, e.key(), with_values.then(|| e.value()));
                 taken += 1;
             }
-            if let Some(next) = slots.get(i + 1) {
+            if let Some(next) = shard.slots.get(i + 1) {
                 if next.seq < until {
                     heads.push(Reverse((next.seq, si, i + 1)));
                 }
@@ -493,6 +782,98 @@ mod tests {
         s.clear();
         assert_eq!(s.len(), 0);
         assert!(scan_all(&s, false, 10).is_empty());
+    }
+
+    /// Sum of the record lengths of what the store should hold.
+    fn expected_live(s: &Store) -> usize {
+        scan_all(s, true, 1000)
+            .iter()
+            .map(|(k, v)| Store::record_len(k, v))
+            .sum()
+    }
+
+    #[test]
+    fn overwrite_churn_reclaims_segments_and_keeps_every_value() {
+        for segment in [256, 4096, SEGMENT] {
+            let mut s =
+                Store::with_segment_size(ahash::RandomState::with_seeds(1, 2, 3, 4), segment);
+            let mut want = std::collections::HashMap::new();
+            for round in 0..40u32 {
+                for i in 0..500u32 {
+                    let k = format!("key{i}");
+                    let v = vec![b'a' + (round % 26) as u8; ((i * 7 + round * 13) % 90) as usize];
+                    set(&mut s, k.as_bytes(), &v);
+                    want.insert(k, v);
+                }
+                assert_eq!(s.live_bytes(), expected_live(&s), "segment {segment}");
+                assert!(
+                    s.footprint_is_bounded(),
+                    "segment {segment}: {} held for {} live",
+                    s.segment_bytes(),
+                    s.live_bytes()
+                );
+            }
+            for (k, v) in &want {
+                let h = s.hash(k.as_bytes());
+                assert_eq!(s.get(h, k.as_bytes()).unwrap().value(), &v[..]);
+            }
+            for i in 0..500u32 {
+                let k = format!("key{i}");
+                let h = s.hash(k.as_bytes());
+                assert!(s.remove(h, k.as_bytes()));
+            }
+            assert_eq!((s.live_bytes(), s.len()), (0, 0));
+            assert!(s.footprint_is_bounded());
+        }
+    }
+
+    #[test]
+    fn held_entries_outlive_relocation_overwrite_and_clear() {
+        let mut s = Store::with_segment_size(ahash::RandomState::with_seeds(1, 2, 3, 4), 256);
+        let mut held = Vec::new();
+        for i in 0..200u32 {
+            let k = format!("k{}", i % 10);
+            let v = format!("value {i}");
+            let h = s.hash(k.as_bytes());
+            held.push((s.set(h, k.as_bytes(), v.as_bytes()).to_entry(), k, v));
+        }
+        s.clear();
+        for (e, k, v) in &held {
+            assert_eq!((e.key(), e.value()), (k.as_bytes(), v.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn same_size_overwrite_is_in_place_unless_the_segment_is_held() {
+        let mut s = store();
+        set(&mut s, b"k", b"0000");
+        let base = s.segment_bytes();
+        let h = s.hash(b"k");
+        for i in 0..10_000u32 {
+            s.set(h, b"k", format!("{:04}", i % 10_000).as_bytes());
+        }
+        assert_eq!(
+            (s.segment_bytes(), s.live_bytes()),
+            (base, Store::record_len(b"k", b"0000"))
+        );
+        let held = s.get(h, b"k").unwrap().to_entry();
+        s.set(h, b"k", b"abcd");
+        assert_eq!(held.value(), b"9999");
+        assert_eq!(s.get(h, b"k").unwrap().value(), b"abcd");
+    }
+
+    #[test]
+    fn large_values_get_their_own_segment_and_free_it() {
+        let mut s = store();
+        set(&mut s, b"big", b"x"); // the shard's shared segment
+        let base = s.segment_bytes();
+        let big = vec![7u8; 100_000];
+        set(&mut s, b"big", &big);
+        assert_eq!(s.segment_bytes(), base + Store::record_len(b"big", &big));
+        set(&mut s, b"big", b"now small");
+        assert_eq!(s.segment_bytes(), base);
+        let h = s.hash(b"big");
+        assert_eq!(s.get(h, b"big").unwrap().value(), b"now small");
     }
 
     #[test]

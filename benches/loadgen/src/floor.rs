@@ -69,6 +69,8 @@ fn run<T: Transport>(opts: &BindOptions, ready: impl FnOnce(&Endpoint)) -> io::R
             let i = ev.token().0;
             let Some(c) = conns[i].as_mut() else { continue };
             let mut closed = false;
+            // An end of stream already queued has no later event: read it out.
+            let peer_closed = ev.is_read_closed() || ev.is_error();
             loop {
                 match c.s.read(&mut chunk) {
                     Ok(0) => {
@@ -93,6 +95,11 @@ fn run<T: Transport>(opts: &BindOptions, ready: impl FnOnce(&Endpoint)) -> io::R
                             }
                         }
                         c.out.clear();
+                        if n < chunk.len() && !peer_closed {
+                            // A short read emptied the socket; the next arrival is a new
+                            // event (the upcache server's loop does the same).
+                            break;
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(_) => {

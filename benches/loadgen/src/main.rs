@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use proto::Proto;
-use upcache::protocol::{Request, VERSION};
+use upcache::protocol::{self, Decoded, Limits, Reply, Request, VERSION};
 use upcache::UpCache;
 use upcache_transports::{connect, Endpoint, Kind, Stream};
 
@@ -250,14 +250,20 @@ struct Conn {
 impl Conn {
     /// Reads until one whole reply is buffered, and consumes it.
     fn read_reply(&mut self) -> io::Result<()> {
+        self.read_reply_with(|_| ())
+    }
+
+    /// Reads until one whole reply is buffered, consumes it, and gives its bytes to `f`.
+    fn read_reply_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> io::Result<R> {
         loop {
             if let Some(n) = self.proto.reply_len(&self.buf[self.at..]) {
+                let r = f(&self.buf[self.at..self.at + n]);
                 self.at += n;
                 if self.at == self.buf.len() {
                     self.buf.clear();
                     self.at = 0;
                 }
-                return Ok(());
+                return Ok(r);
             }
             if self.at > 0 {
                 self.buf.drain(..self.at);
@@ -536,12 +542,29 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// A statistic a server reports about itself: Redis `used_memory`, memcached `bytes`.
+/// A statistic a server reports about itself: Redis `used_memory`, memcached `bytes`,
+/// upcache's `store_bytes` (the floor server has none).
 fn self_reported(t: &Target) -> io::Result<Option<u64>> {
     let (cmd, field): (&[u8], &str) = match t.proto {
         Proto::Resp => (b"*2\r\n$4\r\nINFO\r\n$6\r\nmemory\r\n", "used_memory:"),
         Proto::Memcached => (b"stats\r\n", "STAT bytes "),
-        Proto::Upcache => return Ok(None),
+        Proto::Upcache if t.token.is_none() => return Ok(None),
+        Proto::Upcache => {
+            let mut c = t.connect()?;
+            let mut out = Vec::new();
+            Request::Stats.encode(1, &mut out);
+            c.s.write_all(&out)?;
+            return c.read_reply_with(|frame| {
+                match protocol::decode_reply(frame, &Limits::unlimited()) {
+                    Ok(Decoded::Frame((_, Reply::Text(json)), _)) => {
+                        serde_json::from_slice::<serde_json::Value>(json)
+                            .ok()
+                            .and_then(|v| v["store_bytes"].as_u64())
+                    }
+                    _ => None,
+                }
+            });
+        }
     };
     let s = connect(&t.endpoint, Duration::from_secs(2))?;
     s.write_all(cmd)?;
@@ -750,7 +773,10 @@ fn main() {
                     transport: transport.into(),
                     bind: upcache_transports::BindOptions {
                         dir: file.parent().map(PathBuf::from).unwrap_or_default(),
-                        name: "foreground".into(),
+                        // Named after the file, so two of them in one directory get two sockets.
+                        name: file
+                            .file_stem()
+                            .map_or("foreground".into(), |s| s.to_string_lossy().into_owned()),
                     },
                     auto_kill: false,
                     linger: Duration::ZERO,
