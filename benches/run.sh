@@ -12,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=""
 MEM_KEYS=1000000
-if [[ "${1:-}" == "--quick" ]]; then QUICK=--quick; MEM_KEYS=100000; fi
+MEM_OVERWRITES=3000000
+if [[ "${1:-}" == "--quick" ]]; then QUICK=--quick; MEM_KEYS=100000; MEM_OVERWRITES=300000; fi
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 if ! command -v redis-server >/dev/null || ! command -v memcached >/dev/null; then
@@ -51,8 +52,9 @@ echo "# servers pinned to CPU $SERVER_CPU, load generator to CPU $CLIENT_CPU"
 echo "# peers: $(redis-server --version | cut -d' ' -f3) (io-threads 1, no persistence); memcached $(memcached -V | cut -d' ' -f2) (-t 1)"
 echo
 
-# Memory first, on servers of its own that hold nothing yet: bytes per key from empty. They are
-# stopped before the matrix, so the matrix's servers hold only the matrix's key space.
+# Memory first, on servers of its own that hold nothing yet: bytes per key from empty, then
+# again after overwrites with values of varying sizes. They are stopped before the matrix, so
+# the matrix's servers hold only the matrix's key space.
 M_REDIS_PORT=$(free_port)
 "${PIN[@]}" redis-server --bind 127.0.0.1 --port "$M_REDIS_PORT" --save '' --appendonly no --io-threads 1 \
   --protected-mode yes --daemonize no --logfile "$W/redis-mem.log" &
@@ -63,7 +65,7 @@ PIDS+=($!); M_MC_PID=$!
 read -r UP_MEM UP_MEM_PID < <("$L" serve --name bench-mem --dir "$W" --transport tcp)
 PIDS+=("$UP_MEM_PID"); taskset -pc "$SERVER_CPU" "$UP_MEM_PID" >/dev/null
 wait_for "$M_REDIS_PORT"; wait_for "$M_MC_PORT"
-taskset -c "$CLIENT_CPU" "$L" memory --keys "$MEM_KEYS" \
+taskset -c "$CLIENT_CPU" "$L" memory --keys "$MEM_KEYS" --overwrites "$MEM_OVERWRITES" \
   --target "upcache=$UP_MEM" --target "redis=tcp:127.0.0.1:$M_REDIS_PORT" --target "memcached=tcp:127.0.0.1:$M_MC_PORT" \
   --pid "upcache=$UP_MEM_PID" --pid "redis=$M_REDIS_PID" --pid "memcached=$M_MC_PID"
 kill "$M_REDIS_PID" "$M_MC_PID" "$UP_MEM_PID"

@@ -103,6 +103,10 @@ enum Cmd {
         key_size: usize,
         #[arg(long, default_value_t = 64)]
         value_size: usize,
+        /// Then overwrite this many random keys of those stored, with values of random sizes
+        /// from half to one and a half times `value_size`, and report again.
+        #[arg(long, default_value_t = 0)]
+        overwrites: usize,
     },
     /// Time of a first open: election, server start, connect, handshake.
     FirstOpen {
@@ -587,11 +591,51 @@ fn self_reported(t: &Target) -> io::Result<Option<u64>> {
         .and_then(|v| v.trim().parse().ok()))
 }
 
-fn memory(targets: &[Target], pids: &[(String, u32)], load: &Load) -> io::Result<()> {
+/// Overwrites `count` random keys of those `preload` stored under `prefix`, with values of
+/// random sizes from half to one and a half times the load's value size, pipelined.
+fn churn(t: &Target, load: &Load, prefix: usize, count: usize) -> io::Result<()> {
+    let mut c = t.connect()?;
+    let value = vec![b'c'; load.value_size * 3 / 2 + 1];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::new();
+    let mut done = 0;
+    while done < count {
+        let batch = (count - done).min(256);
+        out.clear();
+        for i in 0..batch {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = key(prefix + (x % load.keys as u64) as usize, load.key_size);
+            let len = load.value_size / 2 + (x >> 32) as usize % (load.value_size + 1);
+            t.proto.set(&k, &value[..len], i as u32, &mut out);
+        }
+        c.s.write_all(&out)?;
+        for _ in 0..batch {
+            c.read_reply()?;
+        }
+        done += batch;
+    }
+    Ok(())
+}
+
+fn memory(
+    targets: &[Target],
+    pids: &[(String, u32)],
+    load: &Load,
+    overwrites: usize,
+) -> io::Result<()> {
     println!(
         "# memory: {} keys of {} B with values of {} B (bytes per key; the server's own report where it has one)",
         load.keys, load.key_size, load.value_size
     );
+    if overwrites > 0 {
+        println!(
+            "# 'churned': the same keys after {overwrites} overwrites of random keys with values of {} to {} B",
+            load.value_size / 2,
+            load.value_size * 3 / 2
+        );
+    }
     println!(
         "{:<10} {:>14} {:>18} {:>16}",
         "server", "RSS B/key", "self-reported B/key", "payload B/key"
@@ -619,6 +663,25 @@ fn memory(targets: &[Target], pids: &[(String, u32)], load: &Load) -> io::Result
         );
         // What the issue compares: upcache's RSS, Redis's used_memory, memcached's bytes.
         per_key.insert(t.name.clone(), if t.name == "upcache" { rss } else { own });
+        if overwrites > 0 {
+            churn(t, load, 1_000_000_000, overwrites)?;
+            let (rss2, self2) = (pid.map(rss_kib), self_reported(t)?);
+            let per = |a: Option<u64>, b: Option<u64>, scale: u64| {
+                a.zip(b)
+                    .map(|(a, b)| (b.saturating_sub(a) * scale) as f64 / load.keys as f64)
+            };
+            println!(
+                "{:<10} {:>14} {:>18} {:>16}",
+                "  churned",
+                shown(per(rss0, rss2, 1024)),
+                shown(per(self0, self2, 1)),
+                format!(
+                    "{}..{}",
+                    load.key_size + load.value_size / 2,
+                    load.key_size + load.value_size * 3 / 2
+                )
+            );
+        }
     }
     if let (Some(Some(u)), Some(Some(r))) = (per_key.get("upcache"), per_key.get("redis")) {
         println!(
@@ -816,6 +879,7 @@ fn main() {
                 keys,
                 key_size,
                 value_size,
+                overwrites,
             } => {
                 let targets = Target::parse_all(&targets)?;
                 let pids = pids
@@ -833,7 +897,7 @@ fn main() {
                     duration: 0.0,
                     get_percent: 0,
                 };
-                memory(&targets, &pids, &load)?;
+                memory(&targets, &pids, &load, overwrites)?;
             }
             Cmd::FirstOpen { runs, transport } => first_open(runs, transport)?,
             Cmd::Client { transport, ops } => client(transport, ops)?,
