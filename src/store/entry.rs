@@ -84,9 +84,7 @@ impl Entry {
     /// Panics if either is longer than `u32::MAX` bytes (the protocol's limits keep them far
     /// below).
     pub fn new(key: &[u8], value: &[u8]) -> Self {
-        let key_len = u32::try_from(key.len()).expect("key fits in u32 bytes");
-        let value_len = u32::try_from(value.len()).expect("value fits in u32 bytes");
-        let (h, n) = RecordShape::header(key_len, value_len);
+        let (h, n) = RecordShape::header(key, value);
         let seg = Segment::with_capacity(n + key.len() + value.len());
         let off = seg.append(&[&h[..n], key, value]);
         Entry::at(Rc::new(seg), off)
@@ -123,7 +121,7 @@ mod tests {
         drop(e);
         assert_eq!(c.value(), b"value");
         let seg = Rc::new(Segment::with_capacity(100));
-        let (h, n) = RecordShape::header(1, 2);
+        let (h, n) = RecordShape::header(b"k", b"vv");
         let off = seg.append(&[&h[..n], b"k", b"vv"]);
         let owned = Record::at(&seg, off).to_entry();
         drop(seg);

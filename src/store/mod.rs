@@ -414,7 +414,7 @@ impl Store {
 
     /// Bytes a record of this key and value takes in a segment.
     pub fn record_len(key: &[u8], value: &[u8]) -> usize {
-        let (_, n) = RecordShape::header(key.len() as u32, value.len() as u32);
+        let (_, n) = RecordShape::header(key, value);
         n + key.len() + value.len()
     }
 
@@ -445,9 +445,7 @@ impl Store {
 
     /// Stores `value` under `key`, whose slot is `found` (from [`Shard::find`]).
     fn put(&mut self, hash: u64, found: Option<usize>, key: &[u8], value: &[u8]) -> Record<'_> {
-        let key_len = u32::try_from(key.len()).expect("key fits in u32 bytes");
-        let value_len = u32::try_from(value.len()).expect("value fits in u32 bytes");
-        let (header, n) = RecordShape::header(key_len, value_len);
+        let (header, n) = RecordShape::header(key, value);
         let hasher = &self.hasher;
         let shard = &mut self.shards[Self::shard_of(hash).0];
         if let Some(i) = found {

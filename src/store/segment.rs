@@ -149,8 +149,13 @@ impl RecordShape {
         self.value_start() + self.value_len
     }
 
-    /// The record's header (its two varints) for `key_len` and `value_len`, and its length.
-    pub fn header(key_len: u32, value_len: u32) -> ([u8; 2 * MAX_VARINT], usize) {
+    /// The header (the two varints) of a record of `key` and `value`, and its length.
+    ///
+    /// Panics if either is longer than `u32::MAX` bytes (the protocol's limits keep them far
+    /// below).
+    pub fn header(key: &[u8], value: &[u8]) -> ([u8; 2 * MAX_VARINT], usize) {
+        let key_len = u32::try_from(key.len()).expect("key fits in u32 bytes");
+        let value_len = u32::try_from(value.len()).expect("value fits in u32 bytes");
         let mut b = [0u8; 2 * MAX_VARINT];
         let n = put_varint(&mut b, key_len);
         let m = put_varint(&mut b[n..], value_len);
@@ -226,13 +231,13 @@ mod tests {
             let n = put_varint(&mut b, v);
             assert_eq!(get_varint(&b[..n]), (v, n), "{v}");
         }
-        assert_eq!(RecordShape::header(16, 64).1, 2);
+        assert_eq!(RecordShape::header(&[0; 16], &[0; 64]).1, 2);
     }
 
     #[test]
     fn appended_bytes_stay_put_and_records_read_back() {
         let s = Segment::with_capacity(64);
-        let (h, n) = RecordShape::header(3, 200);
+        let (h, n) = RecordShape::header(b"abc", &[0; 200]);
         let value = [9u8; 40];
         assert!(s.room() >= n + 3 + 40);
         let a = s.append(&[&h[..n], b"abc", &value]);

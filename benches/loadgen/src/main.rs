@@ -292,21 +292,44 @@ fn key(i: usize, size: usize) -> Vec<u8> {
 
 /// Stores every key of the key space (so GETs hit), pipelined.
 fn preload(t: &Target, load: &Load, prefix: usize) -> io::Result<()> {
-    let mut c = t.connect()?;
     let value = vec![b'v'; load.value_size];
+    pipelined_sets(t, load.keys, |i, out| {
+        t.proto
+            .set(&key(prefix + i, load.key_size), &value, i as u32, out)
+    })
+}
+
+/// Sends `count` SETs on one connection in pipelined batches of 256, reading every reply;
+/// `encode(i, out)` appends the `i`-th.
+fn pipelined_sets(
+    t: &Target,
+    count: usize,
+    mut encode: impl FnMut(usize, &mut Vec<u8>),
+) -> io::Result<()> {
+    let mut c = t.connect()?;
     let mut out = Vec::new();
-    for batch in (0..load.keys).collect::<Vec<_>>().chunks(256) {
+    let mut done = 0;
+    while done < count {
+        let batch = (count - done).min(256);
         out.clear();
-        for &i in batch {
-            t.proto
-                .set(&key(prefix + i, load.key_size), &value, i as u32, &mut out);
+        for i in done..done + batch {
+            encode(i, &mut out);
         }
         c.s.write_all(&out)?;
-        for _ in batch {
+        for _ in 0..batch {
             c.read_reply()?;
         }
+        done += batch;
     }
     Ok(())
+}
+
+/// The next number of a xorshift64 sequence (`state` must not be 0).
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
 }
 
 /// What one measurement gives.
@@ -349,9 +372,7 @@ fn run(t: &Target, op: Op, load: &Load, depth: usize, conns: usize) -> io::Resul
                     }
                     out.clear();
                     for _ in 0..depth {
-                        rng ^= rng << 13;
-                        rng ^= rng >> 7;
-                        rng ^= rng << 17;
+                        xorshift(&mut rng);
                         let k = &keys[(rng % keys.len() as u64) as usize];
                         id = id.wrapping_add(1);
                         let get = match op {
@@ -594,29 +615,14 @@ fn self_reported(t: &Target) -> io::Result<Option<u64>> {
 /// Overwrites `count` random keys of those `preload` stored under `prefix`, with values of
 /// random sizes from half to one and a half times the load's value size, pipelined.
 fn churn(t: &Target, load: &Load, prefix: usize, count: usize) -> io::Result<()> {
-    let mut c = t.connect()?;
     let value = vec![b'c'; load.value_size * 3 / 2 + 1];
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut out = Vec::new();
-    let mut done = 0;
-    while done < count {
-        let batch = (count - done).min(256);
-        out.clear();
-        for i in 0..batch {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let k = key(prefix + (x % load.keys as u64) as usize, load.key_size);
-            let len = load.value_size / 2 + (x >> 32) as usize % (load.value_size + 1);
-            t.proto.set(&k, &value[..len], i as u32, &mut out);
-        }
-        c.s.write_all(&out)?;
-        for _ in 0..batch {
-            c.read_reply()?;
-        }
-        done += batch;
-    }
-    Ok(())
+    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
+    pipelined_sets(t, count, |i, out| {
+        let x = xorshift(&mut rng);
+        let k = key(prefix + (x % load.keys as u64) as usize, load.key_size);
+        let len = load.value_size / 2 + (x >> 32) as usize % (load.value_size + 1);
+        t.proto.set(&k, &value[..len], i as u32, out);
+    })
 }
 
 fn memory(
@@ -647,12 +653,12 @@ fn memory(
         // Fresh keys (a prefix no other run uses), so the delta is exactly these keys.
         preload(t, load, 1_000_000_000)?;
         let (rss1, self1) = (pid.map(rss_kib), self_reported(t)?);
-        let rss = rss0
-            .zip(rss1)
-            .map(|(a, b)| (b.saturating_sub(a) * 1024) as f64 / load.keys as f64);
-        let own = self0
-            .zip(self1)
-            .map(|(a, b)| b.saturating_sub(a) as f64 / load.keys as f64);
+        // Bytes per key grown from the empty server (`scale`: 1024 for RSS, read in KiB).
+        let per = |a: Option<u64>, b: Option<u64>, scale: u64| {
+            a.zip(b)
+                .map(|(a, b)| (b.saturating_sub(a) * scale) as f64 / load.keys as f64)
+        };
+        let (rss, own) = (per(rss0, rss1, 1024), per(self0, self1, 1));
         let shown = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.1}"));
         println!(
             "{:<10} {:>14} {:>18} {:>16}",
@@ -666,10 +672,6 @@ fn memory(
         if overwrites > 0 {
             churn(t, load, 1_000_000_000, overwrites)?;
             let (rss2, self2) = (pid.map(rss_kib), self_reported(t)?);
-            let per = |a: Option<u64>, b: Option<u64>, scale: u64| {
-                a.zip(b)
-                    .map(|(a, b)| (b.saturating_sub(a) * scale) as f64 / load.keys as f64)
-            };
             println!(
                 "{:<10} {:>14} {:>18} {:>16}",
                 "  churned",
