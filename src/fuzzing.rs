@@ -245,6 +245,8 @@ pub fn store_model_bytes(data: &[u8]) {
             StoreOp::Get(k) => {
                 let k = key_of(k);
                 let h = store.hash(&k);
+                // A server asks for the records of a batch before looking them up.
+                store.prefetch(&[h, h.rotate_left(17)]);
                 let got = store.get(h, &k);
                 assert_eq!(
                     got.as_ref().map(|e| e.value()),

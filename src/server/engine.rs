@@ -7,7 +7,9 @@
 //! write.
 //!
 //! Per connection, in order: read once, decode every whole frame in the buffer, apply each,
-//! queue its reply; then write. A connection whose queued output passes [`HIGH_WATER`] stops
+//! queue its reply; then write. When the read brought a pipelined batch, a first pass over its
+//! frames asks the store to start loading the records they name ([`Store::prefetch`]), so the
+//! batch's cache misses overlap instead of each lookup waiting for its own. A connection whose queued output passes [`HIGH_WATER`] stops
 //! being read until it drains below [`LOW_WATER`] (a client that never reads its replies
 //! cannot make the server buffer without bound).
 //!
@@ -20,6 +22,7 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use slab::Slab;
+use smallvec::SmallVec;
 
 use super::connection::{Connection, Phase, SubState};
 use super::hub::{Hub, Subscriber, Waiter};
@@ -49,6 +52,9 @@ pub const MAX_WAITS_PER_CONN: usize = 65536;
 pub const CHUNK_ENTRIES: usize = 4096;
 /// Bytes after which a keys/items chunk is cut.
 pub const CHUNK_BYTES: usize = 256 * 1024;
+/// Most frames of a batch whose records the engine asks the store for ([`Store::prefetch`])
+/// before applying them.
+pub const PREFETCH_FRAMES: usize = 128;
 
 /// Counters, reported by the `stats` request. Plain integers: nothing logs on the hot path.
 #[derive(Debug, Default, Clone, Copy)]
@@ -465,6 +471,9 @@ impl<S: Read + Write> Engine<S> {
     /// Decodes and applies every whole frame in the connection's buffer.
     fn process(&mut self, slot: usize, now: Instant) {
         let mut rbuf = std::mem::take(&mut self.conns[slot].rbuf);
+        if self.conns[slot].phase == Phase::Ready {
+            self.prefetch(rbuf.bytes());
+        }
         loop {
             let c = &mut self.conns[slot];
             if c.phase == Phase::Closing {
@@ -511,6 +520,33 @@ impl<S: Read + Write> Engine<S> {
         if let Some(c) = self.conns.get_mut(slot) {
             c.rbuf = rbuf;
         }
+    }
+
+    /// Before a pipelined batch is applied: asks the store to start loading the records of
+    /// the keys its first [`PREFETCH_FRAMES`] frames name ([`Store::prefetch`]), so that their
+    /// cache misses overlap. A buffer holding one frame (no pipelining) is left alone.
+    fn prefetch(&self, mut bytes: &[u8]) {
+        let mut hashes: SmallVec<[u64; PREFETCH_FRAMES]> = SmallVec::new();
+        for i in 0..PREFETCH_FRAMES {
+            let Ok(Decoded::Frame((_, req), n)) =
+                protocol::decode_request(bytes, &self.config.limits)
+            else {
+                break;
+            };
+            bytes = &bytes[n..];
+            if i == 0 && bytes.is_empty() {
+                return;
+            }
+            if let Request::Get { key }
+            | Request::Set { key, .. }
+            | Request::Exists { key }
+            | Request::Remove { key }
+            | Request::Incr { key, .. } = req
+            {
+                hashes.push(self.store.hash(key));
+            }
+        }
+        self.store.prefetch(&hashes);
     }
 
     /// Applies one request from connection `slot` and queues its reply.

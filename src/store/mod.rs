@@ -26,6 +26,11 @@
 //! at most what the store held meanwhile; its queue itself is bounded by the server's
 //! backpressure.) The store belongs to the server's one thread (`Entry` is not `Send`).
 //!
+//! A lookup follows three dependent loads after the hash: the index, the slot, the record.
+//! With a store larger than the CPU's caches each can miss, so [`Store::prefetch`] lets a
+//! caller with many keys at hand (a pipelined batch) start all their loads before it looks
+//! any of them up.
+//!
 //! Per key with a 16-byte key and a 64-byte value: an 82-byte record, a 16-byte slot, and the
 //! hash index's 4-byte position plus a control byte per bucket.
 
@@ -38,6 +43,7 @@ use std::fmt;
 use std::rc::Rc;
 
 use hashbrown::HashTable;
+use smallvec::SmallVec;
 
 pub use entry::{Entry, Record};
 use segment::RecordShape;
@@ -97,6 +103,20 @@ fn key_of<'a>(slots: &'a [Slot], segs: &'a [Option<SegInfo>], i: u32) -> &'a [u8
     let off = slot.off as usize;
     let shape = RecordShape::read(&seg[off..]);
     &seg[off + shape.key_start..off + shape.value_start()]
+}
+
+/// Asks the CPU to start loading the cache line holding `at` (a hint; a no-op where the
+/// target has no prefetch instruction).
+#[inline(always)]
+fn prefetch_line<T>(at: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint that never faults, and the address is a live reference.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((at as *const T).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
 }
 
 struct Shard {
@@ -434,6 +454,38 @@ impl Store {
         s.find(hash, key).map(|(_, record)| record)
     }
 
+    /// Starts loading into the cache the records of the keys with these hashes (from
+    /// [`Store::hash`]), without waiting for them and without reading them. A server that
+    /// looks up many keys at once (a pipelined batch) calls this first, so that their cache
+    /// misses overlap instead of following one another: one pass walks the indexes and asks
+    /// for the slots, a second reads the slots and asks for the records. A hint: it changes
+    /// nothing, and a hash of an absent key costs only its index probe.
+    pub fn prefetch(&self, hashes: &[u64]) {
+        let mut found: SmallVec<[(u64, u32); 128]> = SmallVec::new();
+        for &hash in hashes {
+            let s = self.shard(hash);
+            for &i in s.index.iter_hash(hash) {
+                prefetch_line(&s.slots[i as usize].seq);
+                found.push((hash, i));
+            }
+        }
+        for &(hash, i) in &found {
+            let s = self.shard(hash);
+            let slot = &s.slots[i as usize];
+            if slot.seg == DEAD {
+                continue;
+            }
+            // The record's first two lines: its lengths, the key, and a short value.
+            let bytes = s.info(slot.seg).seg.bytes();
+            let off = slot.off as usize;
+            for at in [off, off + 64] {
+                if let Some(byte) = bytes.get(at) {
+                    prefetch_line(byte);
+                }
+            }
+        }
+    }
+
     /// Stores `value` under `key`, keeping the key's place if it exists. Returns the new entry.
     ///
     /// Panics if the key or the value is longer than `u32::MAX` bytes (the protocol's limits
@@ -676,6 +728,33 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert!(s.remove(h, b"a"));
         assert!(!s.remove(h, b"a"));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn prefetch_changes_nothing_for_any_hash() {
+        let mut s = store();
+        let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("k{i}").into_bytes()).collect();
+        for k in &keys {
+            let h = s.hash(k);
+            s.set(h, k, k);
+        }
+        for k in keys.iter().step_by(2) {
+            let h = s.hash(k);
+            s.remove(h, k);
+        }
+        // Live slots, removed ones, absent keys, and hashes no key has.
+        let mut hashes: Vec<u64> = keys.iter().map(|k| s.hash(k)).collect();
+        hashes.extend([s.hash(b"absent"), 0, u64::MAX, 1 << 51]);
+        s.prefetch(&hashes);
+        s.prefetch(&[]);
+        assert_eq!(s.len(), 100);
+        for (i, k) in keys.iter().enumerate() {
+            let got = s.get(s.hash(k), k).map(|e| e.value().to_vec());
+            assert_eq!(got, (i % 2 == 1).then(|| k.clone()), "key {i}");
+        }
+        s.clear();
+        s.prefetch(&hashes);
         assert!(s.is_empty());
     }
 

@@ -9,7 +9,8 @@
 //!
 //! Subcommands: `floor` (run the floor server), `serve` (start an upcache server and print its
 //! connection file), `run` (one measurement), `matrix` (the comparison table), `memory` (bytes
-//! per key), `first-open` (election and start time), `client` (the upcache library's own calls).
+//! per key), `first-open` (election and start time), `client` (the upcache library's own calls),
+//! `send-probe` (what the kernel charges for sending replies from scattered memory).
 
 mod floor;
 mod proto;
@@ -114,6 +115,15 @@ enum Cmd {
         runs: usize,
         #[arg(long, default_value = "tcp")]
         transport: Transport,
+    },
+    /// What the kernel charges for sending a batch of replies: 64 replies of a 24-byte header
+    /// and a 64-byte value written to a Unix socket pair and read back, with the values taken
+    /// from records scattered over `keys` × 82 bytes, three ways (see `send_probe`).
+    SendProbe {
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 100_000)]
+        batches: usize,
     },
     /// The upcache library's own calls: get round trip and pipelined throughput.
     Client {
@@ -738,6 +748,67 @@ fn first_open(runs: usize, transport: Transport) -> upcache::Result<()> {
     Ok(())
 }
 
+/// Time per batch of 64 replies (24-byte header, 64-byte value), written to one end of a Unix
+/// socket pair and read back from the other, on this thread:
+///
+/// - `copied`: headers and values copied into one buffer, one `write` (what the floor does);
+/// - `scattered`: one `writev` of 128 slices, a header and a value per reply, the values in
+///   place in records scattered over `keys` × 82 bytes (what upcache's `get` does);
+/// - `adjacent`: the same 128 slices, the values in 64 adjacent records.
+///
+/// The three differ only in how the kernel reaches the bytes it copies; the scattered case
+/// shows the cost of the kernel touching many pages of the sender's memory per call.
+fn send_probe(keys: usize, batches: usize) -> upcache::Result<()> {
+    use std::io::{IoSlice, Read};
+    const REPLIES: usize = 64;
+    const RECORD: usize = 82;
+    let io = |source| upcache::Error::Io {
+        context: "send probe",
+        source,
+    };
+    let keys = keys.max(REPLIES);
+    let records = vec![b'v'; keys * RECORD];
+    let headers = [b'h'; 24 * REPLIES];
+    let (mut tx, mut rx) = std::os::unix::net::UnixStream::pair().map_err(io)?;
+    let mut out = Vec::with_capacity(88 * REPLIES);
+    let mut back = vec![0u8; 64 * 1024];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for mode in ["copied", "scattered", "adjacent"] {
+        let t0 = Instant::now();
+        for _ in 0..batches {
+            let offsets: [usize; REPLIES] = std::array::from_fn(|i| match mode {
+                "adjacent" => i * RECORD + 18,
+                _ => (xorshift(&mut state) as usize % keys) * RECORD + 18,
+            });
+            let sent = if mode == "copied" {
+                out.clear();
+                for (h, &o) in headers.chunks(24).zip(&offsets) {
+                    out.extend_from_slice(h);
+                    out.extend_from_slice(&records[o..o + 64]);
+                }
+                tx.write(&out).map_err(io)?
+            } else {
+                let iov: Vec<IoSlice<'_>> = headers
+                    .chunks(24)
+                    .zip(&offsets)
+                    .flat_map(|(h, &o)| [IoSlice::new(h), IoSlice::new(&records[o..o + 64])])
+                    .collect();
+                tx.write_vectored(&iov).map_err(io)?
+            };
+            let mut got = 0;
+            while got < sent {
+                got += rx.read(&mut back).map_err(io)?;
+            }
+        }
+        let per = t0.elapsed() / batches as u32;
+        println!(
+            "send probe, {REPLIES} replies of 24 + 64 B, values from {keys} records: {mode:>9}: {per:?} per batch ({:?} per reply)",
+            per / REPLIES as u32
+        );
+    }
+    Ok(())
+}
+
 fn client(transport: Transport, ops: usize) -> upcache::Result<()> {
     let dir = std::env::temp_dir();
     let c = UpCache::builder(&format!("client-bench-{}", std::process::id()))
@@ -903,6 +974,7 @@ fn main() {
             }
             Cmd::FirstOpen { runs, transport } => first_open(runs, transport)?,
             Cmd::Client { transport, ops } => client(transport, ops)?,
+            Cmd::SendProbe { keys, batches } => send_probe(keys, batches)?,
         }
         Ok(())
     })();
