@@ -8,9 +8,12 @@
 #
 #   bash benches/goals.sh          # 3 runs per cell, about 5 minutes
 #   RUNS=5 bash benches/goals.sh
+#   RUNS=9 NETS=tcp DEPTHS=1 bash benches/goals.sh   # only some cells
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
+NETS=${NETS:-tcp unix}
+DEPTHS=${DEPTHS:-1 16 64}
 cargo build --release -q -p upcache-loadgen
 L=$PWD/target/release/loadgen
 W=$(mktemp -d /tmp/upcache-goals.XXXXXX)
@@ -30,11 +33,12 @@ ops() { # ops TARGET OP DEPTH CONNS: ops/s as a plain number
     --warmup 0.5 --duration 3 | grep -o '[0-9.]*[kM] ops/s' | awk '{v=$1; m=1; if (v ~ /k$/) m=1e3; if (v ~ /M$/) m=1e6; sub(/[kM]$/, "", v); print v*m}'
 }
 echo "# goal cells, $RUNS runs each, upcache and floor alternating; ratio = upcache / floor"
-for net in tcp unix; do
+for net in $NETS; do
   if [[ $net == tcp ]]; then U=upcache=$W/up.json; F=floor=$(head -1 "$W/floor.txt")
   else U=upcache=$W/upu.json; F=floor=$(head -1 "$W/flooru.txt"); fi
   for cell in "1 1 0.95" "16 4 0.6" "64 4 0.5"; do
     read -r depth conns goal <<<"$cell"
+    [[ " $DEPTHS " == *" $depth "* ]] || continue
     for op in get set; do
       ratios=(); line=""
       for _ in $(seq "$RUNS"); do

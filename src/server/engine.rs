@@ -7,10 +7,11 @@
 //! write.
 //!
 //! Per connection, in order: read once, decode every whole frame in the buffer, apply each,
-//! queue its reply; then write. When the read brought a pipelined batch, a first pass over its
-//! frames asks the store to start loading the records they name ([`Store::prefetch`]), so the
-//! batch's cache misses overlap instead of each lookup waiting for its own. A connection whose queued output passes [`HIGH_WATER`] stops
-//! being read until it drains below [`LOW_WATER`] (a client that never reads its replies
+//! queue its reply; then write. When the read brought a pipelined batch, a pass over each
+//! [`PREFETCH_FRAMES`] of its frames, before they are applied, asks the store to start loading
+//! the records they name ([`Store::prefetch`]), so the batch's cache misses overlap instead of
+//! each lookup waiting for its own. A connection whose queued output passes [`HIGH_WATER`]
+//! stops being read until it drains below [`LOW_WATER`] (a client that never reads its replies
 //! cannot make the server buffer without bound).
 //!
 //! Errors: a semantic error (not an integer) is an error reply and the connection goes on; an
@@ -52,8 +53,8 @@ pub const MAX_WAITS_PER_CONN: usize = 65536;
 pub const CHUNK_ENTRIES: usize = 4096;
 /// Bytes after which a keys/items chunk is cut.
 pub const CHUNK_BYTES: usize = 256 * 1024;
-/// Most frames of a batch whose records the engine asks the store for ([`Store::prefetch`])
-/// before applying them.
+/// Frames of a batch whose records the engine asks the store for at once
+/// ([`Store::prefetch`]), before applying them.
 pub const PREFETCH_FRAMES: usize = 128;
 
 /// Counters, reported by the `stats` request. Plain integers: nothing logs on the hot path.
@@ -471,10 +472,12 @@ impl<S: Read + Write> Engine<S> {
     /// Decodes and applies every whole frame in the connection's buffer.
     fn process(&mut self, slot: usize, now: Instant) {
         let mut rbuf = std::mem::take(&mut self.conns[slot].rbuf);
-        if self.conns[slot].phase == Phase::Ready {
-            self.prefetch(rbuf.bytes());
-        }
+        // Frames whose records were asked for and not yet applied.
+        let mut prefetched = 0;
         loop {
+            if prefetched == 0 && self.conns[slot].phase == Phase::Ready {
+                prefetched = self.prefetch(rbuf.bytes()).max(1);
+            }
             let c = &mut self.conns[slot];
             if c.phase == Phase::Closing {
                 break;
@@ -487,6 +490,7 @@ impl<S: Read + Write> Engine<S> {
                 Ok(Decoded::Frame((id, req), n)) => {
                     self.apply(slot, id, req, now);
                     rbuf.consume(n);
+                    prefetched = prefetched.saturating_sub(1);
                 }
                 Ok(Decoded::Incomplete { need }) => {
                     c.need = need;
@@ -522,20 +526,23 @@ impl<S: Read + Write> Engine<S> {
         }
     }
 
-    /// Before a pipelined batch is applied: asks the store to start loading the records of
-    /// the keys its first [`PREFETCH_FRAMES`] frames name ([`Store::prefetch`]), so that their
-    /// cache misses overlap. A buffer holding one frame (no pipelining) is left alone.
-    fn prefetch(&self, mut bytes: &[u8]) {
+    /// Before the frames at the start of `bytes` are applied: asks the store to start loading
+    /// the records of the keys that the next [`PREFETCH_FRAMES`] whole frames name
+    /// ([`Store::prefetch`]), so that their cache misses overlap. Returns how many frames it
+    /// looked at; a buffer holding a single frame (no pipelining) is left alone.
+    fn prefetch(&self, mut bytes: &[u8]) -> usize {
         let mut hashes: SmallVec<[u64; PREFETCH_FRAMES]> = SmallVec::new();
-        for i in 0..PREFETCH_FRAMES {
+        let mut frames = 0;
+        while frames < PREFETCH_FRAMES {
             let Ok(Decoded::Frame((_, req), n)) =
                 protocol::decode_request(bytes, &self.config.limits)
             else {
                 break;
             };
             bytes = &bytes[n..];
-            if i == 0 && bytes.is_empty() {
-                return;
+            frames += 1;
+            if frames == 1 && bytes.is_empty() {
+                return 1;
             }
             if let Request::Get { key }
             | Request::Set { key, .. }
@@ -547,6 +554,7 @@ impl<S: Read + Write> Engine<S> {
             }
         }
         self.store.prefetch(&hashes);
+        frames
     }
 
     /// Applies one request from connection `slot` and queues its reply.
