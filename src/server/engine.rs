@@ -7,12 +7,12 @@
 //! write.
 //!
 //! Per connection, in order: read once, decode every whole frame in the buffer, apply each,
-//! queue its reply; then write. When the read brought a pipelined batch, a pass over each
-//! [`PREFETCH_FRAMES`] of its frames, before they are applied, asks the store to start loading
-//! the records they name ([`Store::prefetch`]), so the batch's cache misses overlap instead of
-//! each lookup waiting for its own. A connection whose queued output passes [`HIGH_WATER`]
-//! stops being read until it drains below [`LOW_WATER`] (a client that never reads its replies
-//! cannot make the server buffer without bound).
+//! queue its reply; then write. Frames are decoded in windows of up to [`PREFETCH_FRAMES`]:
+//! when a window holds a pipelined batch, the store is asked to start loading the records its
+//! frames name before any is applied ([`Store::prefetch`]), so the batch's cache misses
+//! overlap instead of each lookup waiting for its own. A connection whose queued output
+//! passes [`HIGH_WATER`] stops being read until it drains below [`LOW_WATER`] (a client that
+//! never reads its replies cannot make the server buffer without bound).
 //!
 //! Errors: a semantic error (not an integer) is an error reply and the connection goes on; an
 //! unknown opcode is an error reply and the frame is skipped; any other framing error queues an
@@ -53,8 +53,8 @@ pub const MAX_WAITS_PER_CONN: usize = 65536;
 pub const CHUNK_ENTRIES: usize = 4096;
 /// Bytes after which a keys/items chunk is cut.
 pub const CHUNK_BYTES: usize = 256 * 1024;
-/// Frames of a batch whose records the engine asks the store for at once
-/// ([`Store::prefetch`]), before applying them.
+/// Most frames decoded at once: the window whose records the engine asks the store for
+/// together ([`Store::prefetch`]) before applying them.
 pub const PREFETCH_FRAMES: usize = 128;
 
 /// Counters, reported by the `stats` request. Plain integers: nothing logs on the hot path.
@@ -102,6 +102,30 @@ struct Timer {
     serial: u64,
 }
 
+/// Why [`Engine::apply_window`] stopped.
+enum WindowEnd {
+    /// It applied [`PREFETCH_FRAMES`] frames; more may follow.
+    Full,
+    /// The connection takes no more requests for now ([`Engine::stops_reading`]).
+    Stopped,
+    /// Every whole frame was applied; the next needs this many bytes in all.
+    Incomplete(usize),
+    /// Every frame before it was applied; then the bytes did not decode.
+    Error(DecodeError),
+}
+
+/// The key a request looks up in the store, if it does.
+fn stored_key<'a>(req: &Request<'a>) -> Option<&'a [u8]> {
+    match *req {
+        Request::Get { key }
+        | Request::Set { key, .. }
+        | Request::Exists { key }
+        | Request::Remove { key }
+        | Request::Incr { key, .. } => Some(key),
+        _ => None,
+    }
+}
+
 /// The server's state.
 pub struct Engine<S> {
     store: Store,
@@ -140,7 +164,7 @@ fn queue_reply<S>(c: &mut Connection<S>, id: RequestId, r: &Reply<'_>) {
     c.out.with_buf(|b| r.encode(id, b));
 }
 
-/// Queues a `Set` push of a stored entry (key and value go from the store's allocation).
+/// Queues a `Set` push of a stored entry (key and value go from its segment, not copied).
 fn queue_set_push<S>(c: &mut Connection<S>, sub: u32, e: &Entry) {
     let (key_len, value_len) = (e.key_len(), e.value().len());
     let h = protocol::Header {
@@ -469,38 +493,26 @@ impl<S: Read + Write> Engine<S> {
         )));
     }
 
-    /// Decodes and applies every whole frame in the connection's buffer.
+    /// Decodes and applies every whole frame in the connection's buffer, a window of up to
+    /// [`PREFETCH_FRAMES`] frames at a time ([`Engine::apply_window`]).
     fn process(&mut self, slot: usize, now: Instant) {
         let mut rbuf = std::mem::take(&mut self.conns[slot].rbuf);
-        // Frames whose records were asked for and not yet applied.
-        let mut prefetched = 0;
         loop {
-            if prefetched == 0 && self.conns[slot].phase == Phase::Ready {
-                prefetched = self.prefetch(rbuf.bytes()).max(1);
-            }
+            let (applied, end) = self.apply_window(slot, rbuf.bytes(), now);
+            rbuf.consume(applied);
             let c = &mut self.conns[slot];
-            if c.phase == Phase::Closing {
-                break;
-            }
-            if c.out.pending() > HIGH_WATER {
-                c.read_paused = true;
-                break;
-            }
-            match protocol::decode_request(rbuf.bytes(), &self.config.limits) {
-                Ok(Decoded::Frame((id, req), n)) => {
-                    self.apply(slot, id, req, now);
-                    rbuf.consume(n);
-                    prefetched = prefetched.saturating_sub(1);
-                }
-                Ok(Decoded::Incomplete { need }) => {
+            match end {
+                WindowEnd::Full => {}
+                WindowEnd::Stopped => break,
+                WindowEnd::Incomplete(need) => {
                     c.need = need;
                     break;
                 }
-                Err(DecodeError::UnknownCode { id, len, .. }) => {
+                WindowEnd::Error(DecodeError::UnknownCode { id, len, .. }) => {
                     queue_reply(c, id, &error_reply(ErrorCode::UnknownOp, 0));
                     rbuf.consume(len);
                 }
-                Err(e) => {
+                WindowEnd::Error(e) => {
                     let (code, arg) = match e {
                         DecodeError::KeyTooLarge { len, .. } => (ErrorCode::KeyTooLarge, len),
                         DecodeError::ValueTooLarge { len, .. } => (ErrorCode::ValueTooLarge, len),
@@ -526,35 +538,67 @@ impl<S: Read + Write> Engine<S> {
         }
     }
 
-    /// Before the frames at the start of `bytes` are applied: asks the store to start loading
-    /// the records of the keys that the next [`PREFETCH_FRAMES`] whole frames name
-    /// ([`Store::prefetch`]), so that their cache misses overlap. Returns how many frames it
-    /// looked at; a buffer holding a single frame (no pipelining) is left alone.
-    fn prefetch(&self, mut bytes: &[u8]) -> usize {
-        let mut hashes: SmallVec<[u64; PREFETCH_FRAMES]> = SmallVec::new();
-        let mut frames = 0;
-        while frames < PREFETCH_FRAMES {
-            let Ok(Decoded::Frame((_, req), n)) =
-                protocol::decode_request(bytes, &self.config.limits)
-            else {
-                break;
-            };
-            bytes = &bytes[n..];
-            frames += 1;
-            if frames == 1 && bytes.is_empty() {
-                return 1;
-            }
-            if let Request::Get { key }
-            | Request::Set { key, .. }
-            | Request::Exists { key }
-            | Request::Remove { key }
-            | Request::Incr { key, .. } = req
-            {
-                hashes.push(self.store.hash(key));
+    /// Decodes up to [`PREFETCH_FRAMES`] whole frames from the start of `bytes`, each once;
+    /// when there are several (a pipelined batch) and the connection is past its handshake,
+    /// asks the store to start loading the records their keys name ([`Store::prefetch`]), so
+    /// that the batch's cache misses overlap; then applies them in order while the connection
+    /// takes requests ([`Engine::stops_reading`]). Returns the bytes of the frames applied and
+    /// why the window ended.
+    fn apply_window(&mut self, slot: usize, bytes: &[u8], now: Instant) -> (usize, WindowEnd) {
+        let mut frames: SmallVec<[(RequestId, Request<'_>, usize); PREFETCH_FRAMES]> =
+            SmallVec::new();
+        let mut end = WindowEnd::Full;
+        let mut at = 0;
+        while frames.len() < PREFETCH_FRAMES {
+            match protocol::decode_request(&bytes[at..], &self.config.limits) {
+                Ok(Decoded::Frame((id, req), n)) => {
+                    frames.push((id, req, n));
+                    at += n;
+                }
+                Ok(Decoded::Incomplete { need }) => {
+                    end = WindowEnd::Incomplete(need);
+                    break;
+                }
+                Err(e) => {
+                    end = WindowEnd::Error(e);
+                    break;
+                }
             }
         }
-        self.store.prefetch(&hashes);
-        frames
+        if frames.len() > 1 && self.conns[slot].phase == Phase::Ready {
+            let hashes: SmallVec<[u64; PREFETCH_FRAMES]> = frames
+                .iter()
+                .filter_map(|(_, req, _)| stored_key(req))
+                .map(|key| self.store.hash(key))
+                .collect();
+            self.store.prefetch(&hashes);
+        }
+        let mut applied = 0;
+        for (id, req, n) in frames {
+            if self.stops_reading(slot) {
+                return (applied, WindowEnd::Stopped);
+            }
+            self.apply(slot, id, req, now);
+            applied += n;
+        }
+        if self.stops_reading(slot) {
+            return (applied, WindowEnd::Stopped);
+        }
+        (applied, end)
+    }
+
+    /// Whether the connection takes no more requests for now: it is closing, or its queued
+    /// output passed [`HIGH_WATER`] (then its reading pauses until the output drains).
+    fn stops_reading(&mut self, slot: usize) -> bool {
+        let c = &mut self.conns[slot];
+        if c.phase == Phase::Closing {
+            return true;
+        }
+        if c.out.pending() > HIGH_WATER {
+            c.read_paused = true;
+            return true;
+        }
+        false
     }
 
     /// Applies one request from connection `slot` and queues its reply.

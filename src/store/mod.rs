@@ -16,11 +16,11 @@
 //! or one of its own for a record over 16 KiB): no allocation and no allocator header per key.
 //! A slot names its record by segment and offset. An overwrite with a value of the same size
 //! rewrites the record in place when nothing but the store holds its segment; any other
-//! overwrite appends a new record, and the old one becomes garbage, counted per segment. A segment whose live bytes fall to half of what
-//! it holds is reclaimed by copying its live records to the shard's current segment (records
-//! are found through the index, by hashing their keys); one with none left is dropped. So
-//! garbage stays under half of any full segment, and each byte reclaimed costs at most one
-//! byte copied. Segments are reference-counted, so a reply or an event ([`Entry`]) holds on to
+//! overwrite appends a new record, and the old one becomes garbage, counted per segment. A
+//! segment whose live bytes fall to half of what it holds is reclaimed by copying its live
+//! records to the shard's current segment (records are found through the index, by hashing
+//! their keys); one with none left is dropped. So garbage stays under half of any full
+//! segment, and each byte reclaimed costs at most one byte copied. Segments are reference-counted, so a reply or an event ([`Entry`]) holds on to
 //! a value while the socket drains, without copying it, even after the store moved or dropped
 //! it. (So a connection that stops reading keeps alive the segments its queued replies name,
 //! at most what the store held meanwhile; its queue itself is bounded by the server's
@@ -243,11 +243,8 @@ impl Shard {
     /// (no reply or event waiting to send from it). Then the record keeps its place and no
     /// garbage is made: the common case of a key rewritten with a value of the same size.
     fn overwrite_in_place(&mut self, i: usize, header: &[u8], value: &[u8]) -> bool {
-        let slot = &self.slots[i];
-        let off = slot.off as usize;
-        let Some(info) = self.segs[slot.seg as usize].as_mut() else {
-            return false;
-        };
+        let (id, off) = (self.slots[i].seg, self.slots[i].off as usize);
+        let info = self.info_mut(id);
         let shape = RecordShape::read(&info.seg.bytes()[off..]);
         if shape.key_start != header.len() || shape.value_len != value.len() {
             return false;
@@ -538,13 +535,13 @@ impl Store {
     /// Removes `key`; true if it was present.
     pub fn remove(&mut self, hash: u64, key: &[u8]) -> bool {
         let shard = &mut self.shards[Self::shard_of(hash).0];
-        let Some((i, _)) = shard.find(hash, key) else {
-            return false;
-        };
-        if let Ok(found) = shard.index.find_entry(hash, |&j| j as usize == i) {
-            found.remove();
-        }
-        let slot = &mut shard.slots[i];
+        let (slots, segs) = (&shard.slots, &shard.segs);
+        let found = shard.index.find_entry(hash, |&j| {
+            slots[j as usize].seg != DEAD && key_of(slots, segs, j) == key
+        });
+        let Ok(found) = found else { return false };
+        let (i, _) = found.remove();
+        let slot = &mut shard.slots[i as usize];
         let (seg, off) = (slot.seg, slot.off);
         slot.seg = DEAD;
         shard.forget(seg, off);

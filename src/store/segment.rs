@@ -10,8 +10,9 @@
 //! Bytes once written are never written again while anyone else holds the segment: appending
 //! only touches the unwritten tail, which no slice handed out covers, and rewriting bytes in
 //! place ([`Segment::overwrite`]) takes `&mut`, which only the segment's one holder can have.
-//! That is what makes sharing sound without locks; the count is not atomic, and `Segment` is neither `Send` nor `Sync` (it holds a raw pointer and
-//! a `Cell`), so it stays on the server's one thread.
+//! That is what makes sharing sound without locks; the count is not atomic, and `Segment` is
+//! neither `Send` nor `Sync` (it holds a raw pointer and a `Cell`), so it stays on the
+//! server's one thread.
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::cell::Cell;

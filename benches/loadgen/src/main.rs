@@ -772,6 +772,7 @@ fn send_probe(keys: usize, batches: usize) -> upcache::Result<()> {
     let (mut tx, mut rx) = std::os::unix::net::UnixStream::pair().map_err(io)?;
     let mut out = Vec::with_capacity(88 * REPLIES);
     let mut back = vec![0u8; 64 * 1024];
+    let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(2 * REPLIES);
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     for mode in ["copied", "scattered", "adjacent"] {
         let t0 = Instant::now();
@@ -788,11 +789,13 @@ fn send_probe(keys: usize, batches: usize) -> upcache::Result<()> {
                 }
                 tx.write(&out).map_err(io)?
             } else {
-                let iov: Vec<IoSlice<'_>> = headers
-                    .chunks(24)
-                    .zip(&offsets)
-                    .flat_map(|(h, &o)| [IoSlice::new(h), IoSlice::new(&records[o..o + 64])])
-                    .collect();
+                iov.clear();
+                iov.extend(
+                    headers
+                        .chunks(24)
+                        .zip(&offsets)
+                        .flat_map(|(h, &o)| [IoSlice::new(h), IoSlice::new(&records[o..o + 64])]),
+                );
                 tx.write_vectored(&iov).map_err(io)?
             };
             let mut got = 0;
