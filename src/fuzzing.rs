@@ -7,10 +7,8 @@
 //! ([`round_trip_bytes`]); and model-based runs ([`store_model_bytes`] against a `HashMap`,
 //! [`engine_split_bytes`] against the same stream fed in one piece).
 
-use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
-use std::rc::Rc;
+use std::collections::HashMap;
+
 use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -19,7 +17,7 @@ use crate::protocol::{
     self, decode_incoming, decode_push, decode_reply, decode_request, Chunk, Decoded, Incoming,
     Limits, Request,
 };
-use crate::server::{Engine, EngineConfig};
+use crate::server::{mock, Engine, EngineConfig};
 use crate::store::{Entry, IncrError, Store};
 
 /// Small limits, so the fuzzer reaches them.
@@ -352,111 +350,77 @@ fn model_set_only(
     }
 }
 
-/// A socket stand-in: reads come from queued chunks (then `WouldBlock`), writes go to a
-/// shared buffer, at most `write_max` bytes per call.
-#[derive(Debug)]
-struct MockStream {
-    input: Rc<RefCell<VecDeque<Vec<u8>>>>,
-    output: Rc<RefCell<Vec<u8>>>,
-    write_max: usize,
+/// How the peer of [`run_engine`] behaves.
+struct PeerPlan<'a> {
+    /// The server's send buffer, in bytes.
+    capacity: usize,
+    /// The connection's output marks (high, low).
+    marks: (usize, usize),
+    /// After piece i, the peer reads `reads[i] * 16` bytes (0: it reads nothing for now);
+    /// missing entries read everything.
+    reads: &'a [u16],
 }
 
-impl Read for MockStream {
-    /// Like a socket: takes from as many queued chunks as fit, and returns less than asked
-    /// only when nothing more is queued.
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut input = self.input.borrow_mut();
-        if input.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let mut n = 0;
-        while let Some(front) = input.front_mut() {
-            let k = front.len().min(buf.len() - n);
-            buf[n..n + k].copy_from_slice(&front[..k]);
-            front.drain(..k);
-            n += k;
-            if !front.is_empty() {
-                break;
-            }
-            input.pop_front();
-        }
-        Ok(n)
-    }
-}
-
-impl Write for MockStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = buf.len().min(self.write_max);
-        self.output.borrow_mut().extend_from_slice(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Feeds `pieces` to a fresh engine, one readable event per piece, and returns every byte the
-/// engine wrote to the connection.
-fn run_engine(pieces: &[&[u8]], write_max: usize) -> Vec<u8> {
+/// Feeds `pieces` to a fresh engine through an edge-triggered mock socket
+/// ([`crate::server::mock`]), one arrival per piece, the peer reading as `plan` says; then the
+/// peer reads until nothing more comes, with only the edges a poller would report (no new
+/// request nudges the server). Returns every byte the engine wrote to the connection.
+fn run_engine(pieces: &[&[u8]], plan: &PeerPlan<'_>) -> Vec<u8> {
     let now = Instant::now();
     let token = b"fuzz-token".to_vec();
-    let config = EngineConfig {
-        auto_kill: true,
-        linger: Duration::from_secs(1),
-        limits: FUZZ_LIMITS,
-        token: token.clone(),
-    };
+    let mut config = EngineConfig::new(true, Duration::from_secs(1), FUZZ_LIMITS, token.clone());
+    (config.high_water, config.low_water) = plan.marks;
     let mut engine = Engine::new(
         config,
         Store::new(ahash::RandomState::with_seeds(1, 2, 3, 4)),
         now,
     );
-    let input = Rc::new(RefCell::new(VecDeque::new()));
-    let output = Rc::new(RefCell::new(Vec::new()));
-    let stream = MockStream {
-        input: Rc::clone(&input),
-        output: Rc::clone(&output),
-        write_max,
-    };
-    let slot = engine.accept(stream, now);
+    let (socket, peer) = mock::pair(plan.capacity);
+    let slot = engine.accept(socket, now);
     let mut hello = Vec::new();
     Request::Hello {
         version: protocol::VERSION,
         token: &token,
     }
     .encode(0, &mut hello);
-    input.borrow_mut().push_back(hello);
-    engine.readable(slot, now);
-    for piece in pieces {
+    peer.send(&hello);
+    peer.pump(&mut engine, slot, now);
+    let mut out = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
         if !piece.is_empty() {
-            input.borrow_mut().push_back(piece.to_vec());
+            peer.send(piece);
         }
-        // As the server loop does for a readiness event: a short read ends the turn.
-        engine.read_event(slot, now, false);
-        engine.writable(slot, now);
-        engine.tick(now);
+        peer.pump(&mut engine, slot, now);
+        let read = plan.reads.get(i).map_or(usize::MAX, |&r| r as usize * 16);
+        out.extend(peer.read(read));
+        peer.pump(&mut engine, slot, now);
     }
-    // Drain what is left (a paused connection resumes as its output drains).
-    for _ in 0..10_000 {
-        if engine.pending_output(slot).unwrap_or(0) == 0 && input.borrow().is_empty() {
+    loop {
+        let got = peer.read(usize::MAX);
+        if got.is_empty() {
             break;
         }
-        engine.writable(slot, now);
-        engine.readable(slot, now);
+        out.extend(got);
+        peer.pump(&mut engine, slot, now);
     }
-    let out = output.borrow().clone();
     out
 }
 
 /// Target 5: the server's connection handling fed one byte stream cut at arbitrary points
-/// (partial frames, many frames per read, a socket that takes few bytes per write) produces
-/// exactly the bytes it produces when fed the stream in one piece.
+/// (partial frames, many frames per read), through a socket with a small send buffer whose
+/// peer stops reading for a while (so the connection's output passes its high-water mark and
+/// reading pauses), with edge-triggered readiness, produces exactly the bytes it produces
+/// when fed the stream in one piece and read at once: every request eventually gets its
+/// reply, in order, and nothing depends on how the input was cut.
 pub fn engine_split_bytes(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let Ok(cuts) = Vec::<u16>::arbitrary(&mut u) else {
         return;
     };
-    let Ok(write_max) = u8::arbitrary(&mut u) else {
+    let Ok(reads) = Vec::<u16>::arbitrary(&mut u) else {
+        return;
+    };
+    let Ok((capacity, high)) = <(u8, u8)>::arbitrary(&mut u) else {
         return;
     };
     let Ok(reqs) = Vec::<(u32, ArbRequest)>::arbitrary(&mut u) else {
@@ -473,7 +437,14 @@ pub fn engine_split_bytes(data: &[u8]) {
         }
     }
     stream.extend_from_slice(&tail);
-    let whole = run_engine(&[&stream], usize::MAX);
+    let whole = run_engine(
+        &[&stream],
+        &PeerPlan {
+            capacity: usize::MAX,
+            marks: (usize::MAX, 0),
+            reads: &[],
+        },
+    );
     let mut points: Vec<usize> = cuts
         .iter()
         .map(|&c| c as usize % (stream.len() + 1))
@@ -486,7 +457,15 @@ pub fn engine_split_bytes(data: &[u8]) {
         at = p;
     }
     pieces.push(&stream[at..]);
-    let split = run_engine(&pieces, 1 + write_max as usize * 16);
+    let high = 1 + high as usize * 32;
+    let split = run_engine(
+        &pieces,
+        &PeerPlan {
+            capacity: 1 + capacity as usize * 16,
+            marks: (high, high / 4),
+            reads: &reads,
+        },
+    );
     assert_eq!(normalize(&whole), normalize(&split));
 }
 

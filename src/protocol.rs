@@ -378,6 +378,8 @@ codes! {
         Event = 1,
         /// The server is shutting down.
         Shutdown = 2,
+        /// The cache was cleared.
+        Cleared = 3,
     }
 }
 
@@ -895,6 +897,36 @@ impl<'a> Reply<'a> {
                 }
             },
         })
+    }
+}
+
+/// TEMPORARY (replaced by the protocol split): header of a VALUE reply.
+pub fn encode_value_head(out: &mut Vec<u8>, id: RequestId, value_len: usize) {
+    let h = Header {
+        value_len: value_len as u32,
+        ..Reply::Value(&[]).header(id)
+    };
+    encode_header(out, &h);
+}
+
+/// TEMPORARY: header of a Set push.
+pub fn encode_set_push_head(out: &mut Vec<u8>, sub: SubId, key_len: usize, value_len: usize) {
+    let h = Header {
+        kind: FrameKind::Push as u8,
+        code: PushKind::Set as u8,
+        id: sub,
+        key_len: key_len as u32,
+        value_len: value_len as u32,
+        arg: 0,
+    };
+    encode_header(out, &h);
+}
+
+/// TEMPORARY: id of a partial frame.
+pub fn peek_id(buf: &[u8]) -> RequestId {
+    match buf.get(4..8) {
+        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
+        _ => 0,
     }
 }
 

@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
-use crate::protocol::SubId;
 use crate::readbuf::ReadBuf;
 use crate::store::Entry;
 
@@ -135,17 +134,6 @@ pub enum Phase {
     Closing,
 }
 
-/// One subscription of this connection.
-#[derive(Debug)]
-pub struct SubState {
-    /// Its id.
-    pub id: SubId,
-    /// Its key, or `None` for all keys.
-    pub key: Option<Box<[u8]>>,
-    /// Events dropped since the last `Lagged` push.
-    pub lagged: u64,
-}
-
 /// A client connection.
 #[derive(Debug)]
 pub struct Connection<S> {
@@ -161,12 +149,8 @@ pub struct Connection<S> {
     pub phase: Phase,
     /// Reading stopped because too much output is queued.
     pub read_paused: bool,
-    /// Its subscriptions.
-    pub subs: SmallVec<[SubState; 1]>,
-    /// Ids of its registered waits (in the hub's slab).
-    pub waits: SmallVec<[usize; 2]>,
-    /// Next subscription id.
-    pub next_sub: SubId,
+    /// Listed in the engine's dirty list (output queued by another connection's request).
+    pub dirty: bool,
     /// Distinguishes this connection from earlier ones with the same token.
     pub serial: u64,
 }
@@ -181,9 +165,7 @@ impl<S> Connection<S> {
             out: OutQueue::default(),
             phase: Phase::Handshake(deadline),
             read_paused: false,
-            subs: SmallVec::new(),
-            waits: SmallVec::new(),
-            next_sub: 1,
+            dirty: false,
             serial,
         }
     }

@@ -9,10 +9,17 @@
 //! Signals arrive through a `signalfd` registered with the poll, so no handler runs in signal
 //! context.
 
+mod commands;
+mod conn_io;
 mod connection;
 pub mod engine;
+mod fanout;
 pub mod hub;
 pub mod lifecycle;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod mock;
+mod stats;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -23,7 +30,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use upcache_transports::{BindOptions, Endpoint, Kind, Tcp, Transport, Unix};
 
-pub use engine::{Engine, EngineConfig, Stats};
+pub use engine::{Engine, EngineConfig};
+pub use stats::Stats;
 
 use crate::protocol::Limits;
 use crate::store::Store;
@@ -89,12 +97,12 @@ fn run_loop<T: Transport>(
     )?;
 
     let token = random_token()?;
-    let engine_config = EngineConfig {
-        auto_kill: config.auto_kill,
-        linger: config.linger,
-        limits: config.limits,
-        token: token.clone().into_bytes(),
-    };
+    let engine_config = EngineConfig::new(
+        config.auto_kill,
+        config.linger,
+        config.limits,
+        token.clone().into_bytes(),
+    );
     let mut engine: Engine<T::Conn> = Engine::new(engine_config, Store::default(), Instant::now());
     host.ready(endpoint, &token)?;
 

@@ -1,0 +1,85 @@
+//! The key/value family: `GET`, `SET`, `EXISTS`, `REMOVE`, `INCR`, `CLEAR`, `COUNT`.
+
+use std::io::{Read, Write};
+
+use super::queue_reply;
+use crate::protocol::{self, ErrorCode, Reply, RequestId};
+use crate::server::conn_io::queue_error;
+use crate::server::engine::Engine;
+use crate::server::fanout::Change;
+use crate::store::IncrError;
+
+impl<S: Read + Write> Engine<S> {
+    /// `GET`: the value goes from its segment to the socket, not copied.
+    pub(super) fn get(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8]) {
+        self.stats.gets += 1;
+        let c = &mut self.conns[slot];
+        match self.store.get(hash, key) {
+            Some(e) => {
+                self.stats.hits += 1;
+                c.out
+                    .with_buf(|b| protocol::encode_value_head(b, id, e.value().len()));
+                c.out.push_shared(e.to_entry(), e.key_len(), e.len());
+            }
+            None => queue_reply(c, id, &Reply::Nil),
+        }
+    }
+
+    /// `SET`: always an event, even for the same value.
+    pub(super) fn set(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8], value: &[u8]) {
+        queue_reply(&mut self.conns[slot], id, &Reply::Done);
+        let e = self.store.set(hash, key, value);
+        if !self.hub.is_idle() {
+            let e = e.to_entry();
+            self.publish(hash, Change::Set(&e));
+        }
+    }
+
+    /// `EXISTS`.
+    pub(super) fn exists(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8]) {
+        let found = self.store.get(hash, key).is_some();
+        queue_reply(&mut self.conns[slot], id, &Reply::Bool(found));
+    }
+
+    /// `REMOVE`: an event only if the key existed.
+    pub(super) fn remove(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8]) {
+        let existed = self.store.remove(hash, key);
+        queue_reply(&mut self.conns[slot], id, &Reply::Bool(existed));
+        if existed && !self.hub.is_idle() {
+            self.publish(hash, Change::Removed(key));
+        }
+    }
+
+    /// `INCR`: an error leaves the value unchanged and sends no event.
+    pub(super) fn incr(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8], delta: i64) {
+        match self.store.incr(hash, key, delta) {
+            Ok((n, e)) => {
+                queue_reply(&mut self.conns[slot], id, &Reply::Int(n));
+                if !self.hub.is_idle() {
+                    let e = e.to_entry();
+                    self.publish(hash, Change::Set(&e));
+                }
+            }
+            Err(IncrError::NotAnInteger) => {
+                queue_error(&mut self.conns[slot], id, ErrorCode::NotAnInteger, 0)
+            }
+            Err(IncrError::Overflow) => {
+                queue_error(&mut self.conns[slot], id, ErrorCode::Overflow, 0)
+            }
+        }
+    }
+
+    /// `CLEAR`: every subscription gets `Cleared`, every wait ends (reason `Cleared`), even
+    /// when the cache was already empty.
+    pub(super) fn clear(&mut self, slot: usize, id: RequestId) {
+        queue_reply(&mut self.conns[slot], id, &Reply::Done);
+        self.store.clear();
+        self.publish_clear();
+    }
+
+    /// `COUNT`.
+    pub(super) fn count(&mut self, slot: usize, id: RequestId) {
+        let n = self.store.len() as u64;
+        queue_reply(&mut self.conns[slot], id, &Reply::Uint(n));
+    }
+}

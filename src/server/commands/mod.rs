@@ -1,0 +1,71 @@
+//! Request handling, one file per command family; [`Engine::apply`] dispatches.
+//!
+//! | file | requests |
+//! |---|---|
+//! | `kv.rs` | `GET`, `SET`, `EXISTS`, `REMOVE`, `INCR`, `CLEAR`, `COUNT` |
+//! | `scan.rs` | `KEYS`, `ITEMS` |
+//! | `wait.rs` | `WAIT`, `WAIT_VALUE` |
+//! | `subscribe.rs` | `SUBSCRIBE`, `SUBSCRIBE_ALL`, `UNSUBSCRIBE` |
+//! | `admin.rs` | `HELLO` (the handshake), `STATS`, `SHUTDOWN`, `PING` |
+//!
+//! A command queues its reply on its connection before it publishes what it changed, so on
+//! one connection a reply always precedes the events and wakes its request caused.
+
+mod admin;
+mod kv;
+mod scan;
+mod subscribe;
+mod wait;
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use super::connection::{Connection, Phase};
+use super::engine::Engine;
+use crate::protocol::{Reply, Request, RequestId};
+
+/// Queues a reply.
+pub(super) fn queue_reply<S>(c: &mut Connection<S>, id: RequestId, r: &Reply<'_>) {
+    c.out.with_buf(|b| r.encode(id, b));
+}
+
+impl<S: Read + Write> Engine<S> {
+    /// Applies one request from connection `slot` and queues its reply. `hash` is the store's
+    /// hash of the request's key (0 for a request without one), computed once when the frame
+    /// was decoded.
+    pub(super) fn apply(
+        &mut self,
+        slot: usize,
+        id: RequestId,
+        req: Request<'_>,
+        hash: u64,
+        now: Instant,
+    ) {
+        self.stats.requests += 1;
+        if let Phase::Handshake(_) = self.conns[slot].phase {
+            return self.handshake(slot, id, req, now);
+        }
+        match req {
+            Request::Hello { .. } => self.hello_again(slot, id),
+            Request::Get { key } => self.get(slot, id, hash, key),
+            Request::Set { key, value } => self.set(slot, id, hash, key, value),
+            Request::Exists { key } => self.exists(slot, id, hash, key),
+            Request::Remove { key } => self.remove(slot, id, hash, key),
+            Request::Incr { key, delta } => self.incr(slot, id, hash, key, delta),
+            Request::Clear => self.clear(slot, id),
+            Request::Count => self.count(slot, id),
+            Request::Keys { cursor, until } => self.scan(slot, id, cursor, until, false),
+            Request::Items { cursor, until } => self.scan(slot, id, cursor, until, true),
+            Request::Wait {
+                key,
+                value,
+                timeout_ms,
+            } => self.wait(slot, id, hash, key, value, timeout_ms, now),
+            Request::Subscribe { key } => self.subscribe(slot, id, hash, key),
+            Request::Unsubscribe { sub } => self.unsubscribe(slot, id, sub),
+            Request::Stats => self.stats_request(slot, id, now),
+            Request::Shutdown => self.shutdown_request(slot, id),
+            Request::Ping => queue_reply(&mut self.conns[slot], id, &Reply::Done),
+        }
+    }
+}

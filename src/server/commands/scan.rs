@@ -1,0 +1,41 @@
+//! The scan family: `KEYS` and `ITEMS`, one chunk per request, no state kept between chunks.
+
+use std::io::{Read, Write};
+
+use super::queue_reply;
+use crate::protocol::{Reply, RequestId};
+use crate::server::engine::{Engine, CHUNK_BYTES, CHUNK_ENTRIES};
+
+impl<S: Read + Write> Engine<S> {
+    /// One chunk of keys (or items) from `cursor`, of entries first stored before the bound
+    /// `until` (0: this request starts an enumeration, and the bound is now).
+    pub(super) fn scan(
+        &mut self,
+        slot: usize,
+        id: RequestId,
+        cursor: u64,
+        until: u64,
+        with_values: bool,
+    ) {
+        let until = if until == 0 {
+            self.store.next_seq()
+        } else {
+            until
+        };
+        self.scratch.clear();
+        let next = self.store.scan(
+            cursor,
+            until,
+            with_values,
+            CHUNK_ENTRIES,
+            CHUNK_BYTES,
+            &mut self.scratch,
+        );
+        let reply = Reply::Chunk {
+            next,
+            until,
+            body: &self.scratch,
+        };
+        queue_reply(&mut self.conns[slot], id, &reply);
+    }
+}

@@ -1,0 +1,341 @@
+//! A connection's I/O: reading, decoding windows, backpressure, writing, closing.
+//!
+//! Per connection, in order: read once, decode every whole frame in the buffer, apply each,
+//! queue its reply; then write. Frames are decoded in windows of up to [`PREFETCH_FRAMES`],
+//! each frame once, its key hashed once (the hash travels with the frame to the command):
+//! when a window holds a pipelined batch, the store is asked to start loading the records its
+//! frames name before any is applied ([`Store::prefetch`](crate::store::Store::prefetch)), so the batch's cache misses
+//! overlap instead of each lookup waiting for its own.
+//!
+//! ## Backpressure, with edge-triggered readiness
+//!
+//! A connection whose queued output passes [`EngineConfig::high_water`](super::engine::EngineConfig::high_water) stops taking requests:
+//! frames already buffered stay there, and the socket is not read, until its output drains
+//! below [`EngineConfig::low_water`](super::engine::EngineConfig::low_water). Readiness is edge-triggered, so every way out of the pause
+//! must be taken without waiting for a new event, wherever the output drains: in a write after
+//! a writable event, in the write that follows a read, and in the end-of-turn flush of
+//! connections that others' requests queued events for. All of them go through
+//! [`Engine::drive`], which after any write that leaves a paused connection below the low mark
+//! applies the buffered frames and then reads the socket until it says `WouldBlock` (the
+//! events that arrived during the pause were consumed unanswered). A pause that persists
+//! means a write stopped at `WouldBlock` with output still queued, so a writable event will
+//! come.
+//!
+//! Errors: a semantic error (not an integer) is an error reply and the connection goes on; an
+//! unknown opcode is an error reply and the frame is skipped; any other framing error queues an
+//! error reply and closes that connection once the reply is sent (or after
+//! [`CLOSE_TIMEOUT`](super::engine::CLOSE_TIMEOUT)).
+
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+use smallvec::SmallVec;
+
+use super::connection::{Connection, Phase};
+use super::engine::{Engine, PREFETCH_FRAMES};
+use super::fanout::error_reply;
+use crate::protocol::{self, DecodeError, Decoded, ErrorCode, Request, RequestId};
+
+/// How far [`Engine::drive`] reads the socket.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ReadMode {
+    /// Not at all (a writable event, an end-of-turn flush), unless a pause ends.
+    None,
+    /// Until a read returns less than it had room for: the socket was then empty, and the next
+    /// arrival is a new edge.
+    UntilShort,
+    /// Until a read says `WouldBlock` (the peer closed, or a pause consumed edges).
+    UntilWouldBlock,
+}
+
+/// Why [`Engine::apply_window`] stopped.
+enum WindowEnd {
+    /// It applied [`PREFETCH_FRAMES`] frames; more may follow.
+    Full,
+    /// The connection takes no more requests for now ([`Engine::stops_reading`]).
+    Stopped,
+    /// Every whole frame was applied; the next needs this many bytes in all.
+    Incomplete(usize),
+    /// Every frame before it was applied; then the bytes did not decode.
+    Error(DecodeError),
+}
+
+/// The key a request names, if any: the one its hash is computed for.
+fn key_of<'a>(req: &Request<'a>) -> Option<&'a [u8]> {
+    match *req {
+        Request::Get { key }
+        | Request::Set { key, .. }
+        | Request::Exists { key }
+        | Request::Remove { key }
+        | Request::Incr { key, .. }
+        | Request::Wait { key, .. }
+        | Request::Subscribe { key: Some(key) } => Some(key),
+        _ => None,
+    }
+}
+
+/// Whether a request reads or writes a stored record (worth prefetching).
+fn touches_store(req: &Request<'_>) -> bool {
+    matches!(
+        req,
+        Request::Get { .. }
+            | Request::Set { .. }
+            | Request::Exists { .. }
+            | Request::Remove { .. }
+            | Request::Incr { .. }
+    )
+}
+
+impl<S: Read + Write> Engine<S> {
+    /// The connection can be read: read, apply, reply, until a read says `WouldBlock` (or the
+    /// peer closed) or the connection's output is over the high-water mark.
+    pub fn readable(&mut self, slot: usize, now: Instant) {
+        self.drive(slot, now, ReadMode::UntilWouldBlock);
+    }
+
+    /// A readiness event from an edge-triggered poller said the connection can be read, and
+    /// whether it also said the peer closed its side (or the socket has an error). As
+    /// [`Engine::readable`], except that a read that returns less than it had room for ends
+    /// the turn when the peer has not closed: such a read emptied the socket (see
+    /// `ReadBuf::drained`), and the next arrival is a new event, so the read that would only
+    /// say `WouldBlock` is skipped. An end of stream or error already queued has no later
+    /// event, so when the event reports one every read is made.
+    ///
+    /// Contract for hosts: the stream's reads, like a socket's, return less than asked only
+    /// when nothing more is queued.
+    pub fn read_event(&mut self, slot: usize, now: Instant, closed: bool) {
+        let mode = if closed {
+            ReadMode::UntilWouldBlock
+        } else {
+            ReadMode::UntilShort
+        };
+        self.drive(slot, now, mode);
+    }
+
+    /// The connection can be written: send what is queued; if that ends a pause, apply the
+    /// buffered frames and read what arrived meanwhile.
+    pub fn writable(&mut self, slot: usize, now: Instant) {
+        self.drive(slot, now, ReadMode::None);
+    }
+
+    /// The one place a connection is served: write, end a pause when the output drained,
+    /// apply buffered frames, read (as far as `mode` says), and again, until nothing more
+    /// can be done without a new event. See the module docs for why every path ends here.
+    fn drive(&mut self, slot: usize, now: Instant, mut mode: ReadMode) {
+        loop {
+            let Some(c) = self.conns.get_mut(slot) else {
+                return;
+            };
+            if c.phase == Phase::Closing {
+                return self.flush(slot, now);
+            }
+            if c.read_paused {
+                self.flush(slot, now);
+                let low = self.config.low_water;
+                let Some(c) = self.conns.get_mut(slot) else {
+                    return;
+                };
+                if c.out.pending() >= low {
+                    // The write stopped at WouldBlock: a writable event follows.
+                    return;
+                }
+                c.read_paused = false;
+                // Edges that arrived during the pause went unanswered.
+                mode = ReadMode::UntilWouldBlock;
+                self.process(slot, now);
+                continue;
+            }
+            if mode == ReadMode::None {
+                return self.flush(slot, now);
+            }
+            match c.rbuf.read_from(&mut c.stream, c.need) {
+                Ok(0) => return self.close(slot, now),
+                Ok(n) => {
+                    self.stats.bytes_in += n as u64;
+                    let drained = c.rbuf.drained();
+                    self.process(slot, now);
+                    self.flush(slot, now);
+                    if drained && mode == ReadMode::UntilShort {
+                        // Unless the pause began: the loop then decides.
+                        if !self.conns.get(slot).is_some_and(|c| c.read_paused) {
+                            return;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return self.flush(slot, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(slot, now),
+            }
+        }
+    }
+
+    /// Marks a connection as having output queued by another's request.
+    pub(super) fn mark_dirty(&mut self, slot: usize) {
+        if let Some(c) = self.conns.get_mut(slot) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    /// Sends what others' requests queued, ending pauses that this drains.
+    pub(super) fn flush_dirty(&mut self, now: Instant) {
+        while let Some(slot) = self.dirty.pop() {
+            if let Some(c) = self.conns.get_mut(slot) {
+                c.dirty = false;
+                self.drive(slot, now, ReadMode::None);
+            }
+        }
+    }
+
+    /// Writes what the socket takes; closes the connection when it is closing and drained, or
+    /// when the write fails.
+    pub(super) fn flush(&mut self, slot: usize, now: Instant) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let before = c.out.pending();
+        let result = c.out.write_to(&mut c.stream);
+        self.stats.bytes_out += (before - c.out.pending()) as u64;
+        match result {
+            Ok(true) if c.phase == Phase::Closing => self.close(slot, now),
+            Ok(true) => self.report_lag(slot),
+            Ok(false) => {}
+            Err(_) => self.close(slot, now),
+        }
+    }
+
+    /// Closes a connection: its subscriptions and waits end with it.
+    pub fn close(&mut self, slot: usize, now: Instant) {
+        if self.conns.try_remove(slot).is_none() {
+            return;
+        }
+        // A slot still listed as dirty is skipped by flush_dirty (and a new connection in the
+        // same slot is flushed once more, which is harmless).
+        self.hub.close_conn(slot);
+        self.lifecycle.disconnected(now);
+    }
+
+    /// A protocol error: stop reading, send what is queued (the error reply), then close, or
+    /// close at [`CLOSE_TIMEOUT`](super::engine::CLOSE_TIMEOUT) whatever happens.
+    pub(super) fn begin_close(&mut self, slot: usize, now: Instant) {
+        self.conns[slot].phase = Phase::Closing;
+        self.stats.protocol_errors += 1;
+        self.add_timer(now + super::engine::CLOSE_TIMEOUT, slot);
+    }
+
+    /// Decodes and applies every whole frame in the connection's buffer, a window of up to
+    /// [`PREFETCH_FRAMES`] frames at a time ([`Engine::apply_window`]).
+    fn process(&mut self, slot: usize, now: Instant) {
+        let mut rbuf = std::mem::take(&mut self.conns[slot].rbuf);
+        loop {
+            let (applied, end) = self.apply_window(slot, rbuf.bytes(), now);
+            rbuf.consume(applied);
+            let c = &mut self.conns[slot];
+            match end {
+                WindowEnd::Full => {}
+                WindowEnd::Stopped => break,
+                WindowEnd::Incomplete(need) => {
+                    c.need = need;
+                    break;
+                }
+                WindowEnd::Error(DecodeError::UnknownCode { id, len, .. }) => {
+                    queue_error(c, id, ErrorCode::UnknownOp, 0);
+                    rbuf.consume(len);
+                }
+                WindowEnd::Error(e) => {
+                    let (code, arg) = match e {
+                        DecodeError::KeyTooLarge { len, .. } => (ErrorCode::KeyTooLarge, len),
+                        DecodeError::ValueTooLarge { len, .. } => (ErrorCode::ValueTooLarge, len),
+                        _ => (ErrorCode::BadFrame, 0),
+                    };
+                    // Bytes that are not a frame have no id (0); an error found from a whole
+                    // header echoes that header's id, so a client can match it.
+                    let id = match e {
+                        DecodeError::BadMagic(_) | DecodeError::WrongKind { .. } => 0,
+                        _ => protocol::peek_id(rbuf.bytes()),
+                    };
+                    queue_error(c, id, code, arg as u64);
+                    self.begin_close(slot, now);
+                    break;
+                }
+            }
+        }
+        if let Some(c) = self.conns.get_mut(slot) {
+            c.rbuf = rbuf;
+        }
+    }
+
+    /// Decodes up to [`PREFETCH_FRAMES`] whole frames from the start of `bytes`, each once,
+    /// hashing each key once; when there are several (a pipelined batch) and the connection is
+    /// past its handshake, asks the store to start loading the records their keys name
+    /// ([`Store::prefetch`](crate::store::Store::prefetch)); then applies them in order while the connection takes requests
+    /// ([`Engine::stops_reading`]). Returns the bytes of the frames applied and why the window
+    /// ended.
+    fn apply_window(&mut self, slot: usize, bytes: &[u8], now: Instant) -> (usize, WindowEnd) {
+        let mut frames: SmallVec<[(RequestId, Request<'_>, u64, usize); PREFETCH_FRAMES]> =
+            SmallVec::new();
+        let mut end = WindowEnd::Full;
+        let mut at = 0;
+        while frames.len() < PREFETCH_FRAMES {
+            match protocol::decode_request(&bytes[at..], &self.config.limits) {
+                Ok(Decoded::Frame((id, req), n)) => {
+                    let hash = key_of(&req).map_or(0, |k| self.store.hash(k));
+                    frames.push((id, req, hash, n));
+                    at += n;
+                }
+                Ok(Decoded::Incomplete { need }) => {
+                    end = WindowEnd::Incomplete(need);
+                    break;
+                }
+                Err(e) => {
+                    end = WindowEnd::Error(e);
+                    break;
+                }
+            }
+        }
+        if frames.len() > 1 && self.conns[slot].phase == Phase::Ready {
+            let hashes: SmallVec<[u64; PREFETCH_FRAMES]> = frames
+                .iter()
+                .filter(|(_, req, _, _)| touches_store(req))
+                .map(|&(_, _, hash, _)| hash)
+                .collect();
+            self.store.prefetch(&hashes);
+        }
+        let mut applied = 0;
+        for (id, req, hash, n) in frames {
+            if self.stops_reading(slot) {
+                return (applied, WindowEnd::Stopped);
+            }
+            self.apply(slot, id, req, hash, now);
+            applied += n;
+        }
+        if self.stops_reading(slot) {
+            return (applied, WindowEnd::Stopped);
+        }
+        (applied, end)
+    }
+
+    /// Whether the connection takes no more requests for now: it is closing, or its queued
+    /// output passed the high-water mark (then it pauses until the output drains).
+    fn stops_reading(&mut self, slot: usize) -> bool {
+        let high = self.config.high_water;
+        let c = &mut self.conns[slot];
+        if c.phase == Phase::Closing {
+            return true;
+        }
+        if c.out.pending() > high {
+            c.read_paused = true;
+            return true;
+        }
+        false
+    }
+}
+
+/// Queues an error reply.
+pub(super) fn queue_error<S>(c: &mut Connection<S>, id: RequestId, code: ErrorCode, arg: u64) {
+    c.out.with_buf(|b| error_reply(code, arg).encode(id, b));
+}

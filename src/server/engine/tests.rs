@@ -1,0 +1,374 @@
+//! The engine with a mock socket and synthetic time: timers, backpressure with edge-triggered
+//! readiness, fan-out order and cost.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::protocol::{decode_incoming, Incoming, Reply, Request, VERSION};
+use crate::server::mock::{pair, MockSocket, Peer};
+
+const TOKEN: &[u8] = b"test-token";
+
+fn engine(now: Instant, high_water: usize, low_water: usize) -> Engine<MockSocket> {
+    let mut config = EngineConfig::new(
+        true,
+        Duration::from_secs(1),
+        Limits::default(),
+        TOKEN.into(),
+    );
+    config.high_water = high_water;
+    config.low_water = low_water;
+    Engine::new(config, Store::default(), now)
+}
+
+/// A decoded frame from the server, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Frame {
+    Reply(u32, String),
+    Push(PushKind, u32, u64),
+}
+
+/// Reads everything the peer has been sent into `buf`, then decodes the whole frames in it.
+fn take_frames(peer: &Peer, buf: &mut Vec<u8>, max_read: usize) -> Vec<Frame> {
+    buf.extend(peer.read(max_read));
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while let Ok(crate::protocol::Decoded::Frame(f, n)) =
+        decode_incoming(&buf[at..], &Limits::unlimited())
+    {
+        frames.push(match f {
+            Incoming::Reply(id, Reply::Value(v)) => Frame::Reply(id, format!("value {}", v.len())),
+            Incoming::Reply(id, r) => Frame::Reply(id, format!("{r:?}")),
+            Incoming::Push(p) => Frame::Push(p.kind, p.id, p.arg),
+        });
+        at += n;
+    }
+    buf.drain(..at);
+    frames
+}
+
+fn request(id: u32, r: Request<'_>) -> Vec<u8> {
+    let mut b = Vec::new();
+    r.encode(id, &mut b);
+    b
+}
+
+/// A connection past its handshake, its send buffer holding `capacity` bytes.
+fn connect(e: &mut Engine<MockSocket>, now: Instant, capacity: usize) -> (usize, Peer) {
+    let (sock, peer) = pair(capacity);
+    let slot = e.accept(sock, now);
+    peer.send(&request(
+        1,
+        Request::Hello {
+            version: VERSION,
+            token: TOKEN,
+        },
+    ));
+    peer.pump(e, slot, now);
+    let mut buf = Vec::new();
+    let got = take_frames(&peer, &mut buf, usize::MAX);
+    assert_eq!(
+        got,
+        [Frame::Reply(1, format!("{:?}", Reply::Uint(VERSION)))]
+    );
+    (slot, peer)
+}
+
+#[test]
+fn a_silent_connection_is_closed_at_the_handshake_deadline() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, HIGH_WATER, LOW_WATER);
+    let (sock, _peer) = pair(1 << 16);
+    e.accept(sock, t0);
+    assert_eq!(e.next_deadline(), Some(t0 + HANDSHAKE_TIMEOUT));
+    e.tick(t0 + HANDSHAKE_TIMEOUT - Duration::from_millis(1));
+    assert_eq!(e.connections(), 1);
+    e.tick(t0 + HANDSHAKE_TIMEOUT);
+    assert_eq!(e.connections(), 0);
+}
+
+#[test]
+fn a_ready_connection_outlives_the_handshake_deadline() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, HIGH_WATER, LOW_WATER);
+    connect(&mut e, t0, 1 << 16);
+    e.tick(t0 + HANDSHAKE_TIMEOUT * 2);
+    assert_eq!(e.connections(), 1);
+}
+
+#[test]
+fn a_wrong_token_is_answered_with_its_id_then_closed() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, HIGH_WATER, LOW_WATER);
+    let (sock, peer) = pair(1 << 16);
+    let slot = e.accept(sock, t0);
+    peer.send(&request(
+        9,
+        Request::Hello {
+            version: VERSION + 1,
+            token: b"nope",
+        },
+    ));
+    peer.pump(&mut e, slot, t0);
+    let got = take_frames(&peer, &mut Vec::new(), usize::MAX);
+    assert_eq!(got.len(), 1);
+    assert!(
+        matches!(&got[0], Frame::Reply(9, s) if s.contains("Unauthorized")),
+        "{got:?}"
+    );
+    assert_eq!(e.connections(), 0, "closed once its reply was sent");
+}
+
+#[test]
+fn an_erring_connection_that_takes_no_reply_is_closed_at_the_close_deadline() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, HIGH_WATER, LOW_WATER);
+    // The handshake reply (24 bytes) fills the send buffer, so the error reply stays queued.
+    let (slot, peer) = {
+        let (sock, peer) = pair(24);
+        let slot = e.accept(sock, t0);
+        peer.send(&request(
+            1,
+            Request::Hello {
+                version: VERSION,
+                token: TOKEN,
+            },
+        ));
+        peer.pump(&mut e, slot, t0);
+        (slot, peer)
+    };
+    let t1 = t0 + Duration::from_secs(1);
+    peer.send(b"garbage that is not a frame at all");
+    peer.pump(&mut e, slot, t1);
+    assert!(e.pending_output(slot).unwrap() > 0);
+    e.tick(t1 + CLOSE_TIMEOUT - Duration::from_millis(1));
+    assert_eq!(e.connections(), 1);
+    e.tick(t1 + CLOSE_TIMEOUT);
+    assert_eq!(e.connections(), 0);
+    assert_eq!(e.stats().protocol_errors, 1);
+}
+
+/// `n` pipelined GETs of a `len`-byte value, sent at once; the peer reads nothing until the
+/// server has paused, then reads `chunk` bytes at a time, with only the edges a real poller
+/// would report. Every reply must arrive.
+fn pipelined_gets_read_late(
+    n: u32,
+    len: usize,
+    capacity: usize,
+    chunk: usize,
+    marks: (usize, usize),
+) {
+    let t0 = Instant::now();
+    let mut e = engine(t0, marks.0, marks.1);
+    let (slot, peer) = connect(&mut e, t0, capacity);
+    peer.send(&request(
+        2,
+        Request::Set {
+            key: b"k",
+            value: &vec![7u8; len],
+        },
+    ));
+    let mut batch = Vec::new();
+    for id in 0..n {
+        Request::Get { key: b"k" }.encode(100 + id, &mut batch);
+    }
+    peer.send(&batch);
+    peer.pump(&mut e, slot, t0);
+    let mut buf = Vec::new();
+    let mut got = Vec::new();
+    for _ in 0..(n as usize * (len + 64) / chunk + 1000) {
+        got.extend(take_frames(&peer, &mut buf, chunk));
+        peer.pump(&mut e, slot, t0);
+        if got.len() == n as usize + 1 {
+            break;
+        }
+    }
+    assert_eq!(got.len(), n as usize + 1, "every request got its reply");
+    assert_eq!(got[0], Frame::Reply(2, "Done".into()));
+    for (i, f) in got[1..].iter().enumerate() {
+        assert_eq!(*f, Frame::Reply(100 + i as u32, format!("value {len}")));
+    }
+    assert_eq!(peer.unread(), 0);
+    assert_eq!(e.pending_output(slot), Some(0));
+}
+
+#[test]
+fn pipelined_large_gets_read_late_all_get_replies() {
+    pipelined_gets_read_late(500, 64 << 10, 256 << 10, 64 << 10, (HIGH_WATER, LOW_WATER));
+}
+
+#[test]
+fn pipelined_huge_gets_read_late_all_get_replies() {
+    pipelined_gets_read_late(40, 1 << 20, 256 << 10, 100_000, (HIGH_WATER, LOW_WATER));
+}
+
+#[test]
+fn a_pause_that_ends_in_the_write_after_a_read_resumes() {
+    // The send buffer takes everything at once, so no write ever stops at WouldBlock and no
+    // writable edge ever comes: the pause must end in the write that follows the read.
+    pipelined_gets_read_late(300, 1000, 1 << 30, 1 << 30, (4000, 1000));
+    // Tiny marks, small reads: many pauses, some ending on writable edges.
+    pipelined_gets_read_late(300, 1000, 3000, 777, (4000, 1000));
+}
+
+#[test]
+fn woken_follows_the_reply_of_the_set_that_woke_it_and_clear_has_its_own_reason() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, HIGH_WATER, LOW_WATER);
+    let (slot, peer) = connect(&mut e, t0, 1 << 20);
+    let mut out = Vec::new();
+    for (id, r) in [
+        (
+            2,
+            Request::Wait {
+                key: b"k",
+                value: None,
+                timeout_ms: 60_000,
+            },
+        ),
+        (
+            3,
+            Request::Set {
+                key: b"k",
+                value: b"v",
+            },
+        ),
+        (
+            4,
+            Request::Wait {
+                key: b"k",
+                value: Some(b"never"),
+                timeout_ms: 60_000,
+            },
+        ),
+        (5, Request::Clear),
+    ] {
+        r.encode(id, &mut out);
+    }
+    peer.send(&out);
+    peer.pump(&mut e, slot, t0);
+    let got = take_frames(&peer, &mut Vec::new(), usize::MAX);
+    let woken = |id, reason: WakeReason| Frame::Push(PushKind::Woken, id, reason as u64);
+    assert_eq!(
+        got,
+        [
+            Frame::Reply(2, "Done".into()),
+            Frame::Reply(3, "Done".into()),
+            woken(2, WakeReason::Event),
+            Frame::Reply(4, "Done".into()),
+            Frame::Reply(5, "Done".into()),
+            woken(4, WakeReason::Cleared),
+        ]
+    );
+}
+
+#[test]
+fn a_wait_times_out_on_synthetic_time() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, HIGH_WATER, LOW_WATER);
+    let (slot, peer) = connect(&mut e, t0, 1 << 20);
+    peer.send(&request(
+        2,
+        Request::Wait {
+            key: b"k",
+            value: None,
+            timeout_ms: 250,
+        },
+    ));
+    peer.pump(&mut e, slot, t0);
+    assert_eq!(e.next_deadline(), Some(t0 + Duration::from_millis(250)));
+    e.tick(t0 + Duration::from_millis(249));
+    let got = take_frames(&peer, &mut Vec::new(), usize::MAX);
+    assert_eq!(got, [Frame::Reply(2, "Done".into())]);
+    e.tick(t0 + Duration::from_millis(250));
+    let got = take_frames(&peer, &mut Vec::new(), usize::MAX);
+    assert_eq!(
+        got,
+        [Frame::Push(PushKind::Woken, 2, WakeReason::TimedOut as u64)]
+    );
+}
+
+#[test]
+fn the_most_waits_on_one_key_are_woken_by_one_clear_and_released_by_one_close() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, usize::MAX, 0);
+    let (a, peer_a) = connect(&mut e, t0, usize::MAX);
+    let (b, peer_b) = connect(&mut e, t0, usize::MAX);
+    let mut out = Vec::new();
+    for id in 0..MAX_WAITS_PER_CONN as u32 {
+        Request::Wait {
+            key: b"k",
+            value: None,
+            timeout_ms: 60_000,
+        }
+        .encode(id + 10, &mut out);
+    }
+    Request::Wait {
+        key: b"k",
+        value: None,
+        timeout_ms: 60_000,
+    }
+    .encode(5, &mut out);
+    peer_a.send(&out);
+    peer_a.pump(&mut e, a, t0);
+    let got = take_frames(&peer_a, &mut Vec::new(), usize::MAX);
+    assert_eq!(got.len(), MAX_WAITS_PER_CONN + 1);
+    assert!(matches!(&got[MAX_WAITS_PER_CONN], Frame::Reply(5, s) if s.contains("Busy")));
+    assert_eq!(e.hub.wait_count(), MAX_WAITS_PER_CONN);
+    peer_b.send(&request(2, Request::Clear));
+    peer_b.pump(&mut e, b, t0);
+    let mut woken: Vec<u32> = take_frames(&peer_a, &mut Vec::new(), usize::MAX)
+        .into_iter()
+        .map(|f| match f {
+            Frame::Push(PushKind::Woken, id, r) if r == WakeReason::Cleared as u64 => id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    woken.sort_unstable();
+    assert_eq!(
+        woken,
+        (10..10 + MAX_WAITS_PER_CONN as u32).collect::<Vec<_>>()
+    );
+    assert_eq!(e.hub.wait_count(), 0);
+    // Register them again and close: every one is released.
+    peer_a.send(&out);
+    peer_a.pump(&mut e, a, t0);
+    assert_eq!(e.hub.wait_count(), MAX_WAITS_PER_CONN);
+    e.close(a, t0);
+    assert_eq!(e.hub.wait_count(), 0);
+    assert!(e.hub.is_idle());
+}
+
+#[test]
+fn events_reach_every_subscription_and_lag_is_reported_after_a_drain() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, usize::MAX, 0);
+    let (a, peer_a) = connect(&mut e, t0, 1 << 30);
+    let (b, peer_b) = connect(&mut e, t0, 1 << 30);
+    let mut out = Vec::new();
+    for id in 0..MAX_SUBS_PER_CONN as u32 {
+        Request::Subscribe { key: Some(b"k") }.encode(id + 10, &mut out);
+    }
+    peer_a.send(&out);
+    peer_a.pump(&mut e, a, t0);
+    assert_eq!(
+        take_frames(&peer_a, &mut Vec::new(), usize::MAX).len(),
+        MAX_SUBS_PER_CONN
+    );
+    let mut sets = Vec::new();
+    for id in 0..10 {
+        Request::Set {
+            key: b"k",
+            value: b"v",
+        }
+        .encode(id, &mut sets);
+    }
+    peer_b.send(&sets);
+    peer_b.pump(&mut e, b, t0);
+    let got = take_frames(&peer_a, &mut Vec::new(), usize::MAX);
+    assert_eq!(got.len(), 10 * MAX_SUBS_PER_CONN);
+    assert!(got
+        .iter()
+        .all(|f| matches!(f, Frame::Push(PushKind::Set, _, 0))));
+    assert_eq!(e.stats().events, 10 * MAX_SUBS_PER_CONN as u64);
+}
