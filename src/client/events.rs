@@ -434,7 +434,9 @@ fn route(shared: &Shared, item: Incoming<'_>) {
                         // A clear ends a wait for a change with true, a wait for a value with
                         // false (the key no longer holds it).
                         let cleared = p.arg == WakeReason::Cleared as u64;
-                        s.fill(Ok(p.arg == WakeReason::Event as u64 || (cleared && !for_value)));
+                        s.fill(Ok(
+                            p.arg == WakeReason::Event as u64 || (cleared && !for_value)
+                        ));
                     }
                 }
                 PushKind::Closed => {
