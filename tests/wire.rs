@@ -231,7 +231,7 @@ impl Frame {
     }
 
     /// (next, bound, entries) of a chunk reply.
-    fn chunk(&self, with_values: bool) -> (u64, u64, Vec<(Vec<u8>, Vec<u8>)>) {
+    fn chunk(&self, with_values: bool) -> (u64, u64, Vec<Entry>) {
         assert_eq!(self.code, CHUNK, "{self:?}");
         let bound = u64::from_le_bytes(self.key[..].try_into().expect("8-byte bound"));
         let entries = Chunk::new(&self.value, with_values)
@@ -240,6 +240,12 @@ impl Frame {
         (self.arg, bound, entries)
     }
 }
+
+/// A key and its value (empty in a keys chunk).
+type Entry = (Vec<u8>, Vec<u8>);
+
+/// An INCR case: (stored, delta, reply code, reply arg, stored after).
+type IncrCase = (&'static [u8], i64, u8, i64, &'static [u8]);
 
 /// A frame with these header fields and body.
 fn frame_bytes(code: u8, id: u32, key: &[u8], value: &[u8], arg: u64) -> Vec<u8> {
@@ -838,7 +844,7 @@ fn an_enumeration_skips_keys_stored_again_and_sees_current_values(t: Transport) 
         next = n;
         id += 1;
     }
-    let want: Vec<(Vec<u8>, Vec<u8>)> = (4096..5000)
+    let want: Vec<Entry> = (4096..5000)
         .filter(|&i| i != 4500)
         .map(|i| {
             let v: &[u8] = if i == 4600 { b"new" } else { b"old" };
@@ -887,8 +893,7 @@ fn incr_parses_decimal_strictly(t: Transport) {
     let c = sb.open(&sb.name("incrparse"));
     let mut r = Raw::hello(&c);
     let not_int = ErrorCode::NotAnInteger as u8;
-    let cases: &[(&[u8], i64, u8, i64, &[u8])] = &[
-        // (stored, delta, reply code, reply arg, stored after)
+    let cases: &[IncrCase] = &[
         (b"", 1, not_int, 0, b""),
         (
             b"99999999999999999999",

@@ -188,6 +188,9 @@ impl SubQueue {
     }
 }
 
+/// Where a wait's outcome goes, and whether it waits for a value.
+type WaitSlot = (Arc<Slot<Result<bool>>>, bool);
+
 enum Pending {
     /// A wait, and whether it waits for a value.
     Wait(Arc<Slot<Result<bool>>>, bool),
@@ -198,7 +201,7 @@ enum Pending {
 #[derive(Default)]
 struct Routes {
     pending: HashMap<RequestId, Pending>,
-    waits: HashMap<RequestId, (Arc<Slot<Result<bool>>>, bool)>,
+    waits: HashMap<RequestId, WaitSlot>,
     subs: HashMap<SubId, Arc<SubQueue>>,
     ended: bool,
 }
