@@ -31,7 +31,7 @@ pub enum Reply<'a> {
     Int(i64),
     /// `count`, a subscription id, the server's version in a handshake.
     Uint(u64),
-    /// One chunk of `keys` or `items`: packed entries (see [`Chunk`]), the cursor for the
+    /// One chunk of `keys` or `items`: packed entries (see [`super::Chunk`]), the cursor for the
     /// next chunk (0 when this was the last) and the snapshot bound to send with it.
     Chunk {
         /// The cursor to ask for next, 0 at the end.

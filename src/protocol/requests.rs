@@ -68,7 +68,7 @@ pub enum Request<'a> {
         key: &'a [u8],
         /// The value awaited, if any.
         value: Option<&'a [u8]>,
-        /// Milliseconds, or [`NO_TIMEOUT`].
+        /// Milliseconds, or [`super::NO_TIMEOUT`].
         timeout_ms: u64,
     },
     /// Subscribe to one key (`Some`) or to every key (`None`).
