@@ -40,6 +40,7 @@ each_transport!(
     woken_comes_after_the_reply_of_the_set_that_caused_it,
     subscription_ids_are_u32_per_connection,
     the_token_is_32_lowercase_hex_digits,
+    a_max_value_over_the_cap_is_refused_before_any_server_starts,
 );
 
 // Rules that need the engine to report a clear as its own wake reason.
@@ -1184,4 +1185,26 @@ fn the_token_is_32_lowercase_hex_digits(t: Transport) {
         8,
     );
     r.expect_error_id_then_close(8, ErrorCode::Unauthorized, 0);
+}
+
+fn a_max_value_over_the_cap_is_refused_before_any_server_starts(t: Transport) {
+    let sb = Sandbox::new(t);
+    let name = sb.name("cap");
+    let e = sb
+        .builder(&name)
+        .max_value_len(protocol::MAX_VALUE_LEN_CAP + 1)
+        .open()
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            e,
+            upcache::Error::InvalidOption {
+                option: "max_value_len",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(!sb.file(&name).exists(), "no election took place");
 }
