@@ -26,6 +26,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: NameError,
     },
+    /// A builder option outside what the protocol allows, such as a `max_value_len` over
+    /// [`crate::protocol::MAX_VALUE_LEN_CAP`].
+    InvalidOption {
+        /// The option.
+        option: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// A key longer than the limit (checked before sending).
     KeyTooLarge {
         /// Its length.
@@ -121,6 +129,9 @@ impl fmt::Display for Error {
                 f,
                 "invalid cache name {name:?}: {c:?} is not allowed, use only A-Z a-z 0-9 _ -"
             ),
+            Error::InvalidOption { option, detail } => {
+                write!(f, "invalid option `{option}`: {detail}")
+            }
             Error::KeyTooLarge { len, max } => {
                 write!(f, "key of {len} bytes is over the limit of {max} bytes")
             }

@@ -355,7 +355,7 @@ impl Conn {
         let first = tx.next_id;
         tx.next_id = first.wrapping_add(n as u32);
         for (i, &at) in starts.iter().enumerate() {
-            frames[at + 4..at + 8].copy_from_slice(&first.wrapping_add(i as u32).to_le_bytes());
+            protocol::set_frame_id(&mut frames[at..], first.wrapping_add(i as u32));
         }
         let mut answers = Vec::with_capacity(n);
         // Replies to earlier requests of other threads may still be in flight: stash them.

@@ -188,8 +188,12 @@ impl SubQueue {
     }
 }
 
+/// Where a wait's outcome goes, and whether it waits for a value.
+type WaitSlot = (Arc<Slot<Result<bool>>>, bool);
+
 enum Pending {
-    Wait(Arc<Slot<Result<bool>>>),
+    /// A wait, and whether it waits for a value.
+    Wait(Arc<Slot<Result<bool>>>, bool),
     Subscribe(Arc<Slot<Result<Answer>>>, Arc<SubQueue>),
     Ignore,
 }
@@ -197,7 +201,7 @@ enum Pending {
 #[derive(Default)]
 struct Routes {
     pending: HashMap<RequestId, Pending>,
-    waits: HashMap<RequestId, Arc<Slot<Result<bool>>>>,
+    waits: HashMap<RequestId, WaitSlot>,
     subs: HashMap<SubId, Arc<SubQueue>>,
     ended: bool,
 }
@@ -296,7 +300,7 @@ impl Events {
                 value,
                 timeout_ms,
             },
-            Pending::Wait(Arc::clone(&slot)),
+            Pending::Wait(Arc::clone(&slot), value.is_some()),
         )?;
         // The server ends the wait at its deadline; the grace only guards against a server that
         // stopped answering altogether.
@@ -384,11 +388,11 @@ fn read_loop(stream: &Stream, shared: &Shared, mut rbuf: ReadBuf) {
     for (_, p) in r.pending.drain() {
         match p {
             Pending::Subscribe(s, _) => s.fill(Err(shared.peer.gone())),
-            Pending::Wait(s) => s.fill(Err(shared.peer.gone())),
+            Pending::Wait(s, _) => s.fill(Err(shared.peer.gone())),
             Pending::Ignore => {}
         }
     }
-    for (_, s) in r.waits.drain() {
+    for (_, (s, _)) in r.waits.drain() {
         s.fill(Err(shared.peer.gone()));
     }
     for (_, q) in r.subs.drain() {
@@ -402,10 +406,10 @@ fn route(shared: &Shared, item: Incoming<'_>) {
         Incoming::Reply(id, reply) => {
             let answer = Answer::from_reply(&reply);
             match r.pending.remove(&id) {
-                Some(Pending::Wait(s)) => match answer {
+                Some(Pending::Wait(s, for_value)) => match answer {
                     Answer::Bool(b) => s.fill(Ok(b)),
                     Answer::Done => {
-                        r.waits.insert(id, s);
+                        r.waits.insert(id, (s, for_value));
                     }
                     Answer::Failed(code, arg, msg) => {
                         s.fill(Err(shared.peer.failed(code, arg, msg)))
@@ -429,8 +433,13 @@ fn route(shared: &Shared, item: Incoming<'_>) {
             };
             match p.kind {
                 PushKind::Woken => {
-                    if let Some(s) = r.waits.remove(&p.id) {
-                        s.fill(Ok(p.arg == WakeReason::Event as u64));
+                    if let Some((s, for_value)) = r.waits.remove(&p.id) {
+                        // A clear ends a wait for a change with true, a wait for a value with
+                        // false (the key no longer holds it).
+                        let cleared = p.arg == WakeReason::Cleared as u64;
+                        s.fill(Ok(
+                            p.arg == WakeReason::Event as u64 || (cleared && !for_value)
+                        ));
                     }
                 }
                 PushKind::Closed => {

@@ -78,7 +78,9 @@ impl Builder {
         self.transport = t;
         self
     }
-    /// The longest value a new server accepts (default 64 MiB, at most 4 GiB − 1).
+    /// The longest value a new server accepts (default 64 MiB, at most
+    /// [`protocol::MAX_VALUE_LEN_CAP`], 4 GiB − 320 KiB − 8 bytes, so that every reply fits
+    /// the frame format). [`Builder::open`] fails with [`Error::InvalidOption`] above the cap.
     pub fn max_value_len(mut self, n: u32) -> Self {
         self.max_value_len = n;
         self
@@ -98,8 +100,17 @@ impl Builder {
     }
 
     /// Opens the cache: joins its server, or wins the election and starts one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`], [`Error::InvalidOption`] (a `max_value_len` over the cap), or
+    /// whatever stopped it from reaching a working server in time.
     pub fn open(self) -> Result<UpCache> {
         validate_name(&self.name)?;
+        Limits::new(self.max_value_len).map_err(|e| Error::InvalidOption {
+            option: "max_value_len",
+            detail: e.to_string(),
+        })?;
         watch_forks();
         let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
         let path = election::file_path(&dir, &self.name);
@@ -449,8 +460,8 @@ impl UpCache {
         }
     }
 
-    /// Removes every key, wakes every waiter (their `wait_for` returns true), and sends a
-    /// `Cleared` event to every subscriber.
+    /// Removes every key, ends every wait (a `wait_for` for a change returns true, one for a
+    /// value returns false), and sends a `Cleared` event to every subscriber.
     pub fn clear(&self) -> Result<()> {
         self.expect_done(Request::Clear)
     }
@@ -517,8 +528,8 @@ impl UpCache {
     ///   the wait: a set (even to the same value), incr/decr, a remove of an existing key, or a
     ///   clear.
     /// - `wait_for(key, Some(v), t)`: true as soon as `key` holds `v`: at once if it already
-    ///   does, else at the first set/incr/decr that stores `v`. A clear also ends it with true,
-    ///   as in the original (a clear wakes every waiter).
+    ///   does, else at the first set/incr/decr that stores `v`. A clear ends it with false:
+    ///   the key no longer holds `v` (the server ends the wait with its own reason, `CLEARED`).
     /// - False when `timeout` passes (measured on the server's monotonic clock; any length
     ///   works, `Some(Duration::ZERO)` just checks) or when the server shuts down.
     /// - `Err(ServerGone)` if the server dies.

@@ -51,10 +51,6 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a connection in error has to take its error reply before it is closed.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub use super::hub::{MAX_SUBS_PER_CONN, MAX_WAITS_PER_CONN};
-/// Most entries in one keys/items chunk.
-pub const CHUNK_ENTRIES: usize = 4096;
-/// Bytes after which a keys/items chunk is cut.
-pub const CHUNK_BYTES: usize = 256 * 1024;
 /// Most frames decoded at once: the window whose records the engine asks the store for
 /// together ([`Store::prefetch`]) before applying them.
 pub const PREFETCH_FRAMES: usize = 128;

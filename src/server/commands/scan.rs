@@ -3,12 +3,13 @@
 use std::io::{Read, Write};
 
 use super::queue_reply;
-use crate::protocol::{Reply, RequestId};
-use crate::server::engine::{Engine, CHUNK_BYTES, CHUNK_ENTRIES};
+use crate::protocol::{Reply, RequestId, CHUNK_MAX_ENTRIES, CHUNK_SOFT_BYTES};
+use crate::server::engine::Engine;
 
 impl<S: Read + Write> Engine<S> {
     /// One chunk of keys (or items) from `cursor`, of entries first stored before the bound
-    /// `until` (0: this request starts an enumeration, and the bound is now).
+    /// `until` (0: this request starts an enumeration, and the bound is now). The chunk's size
+    /// limits are the protocol's ([`CHUNK_SOFT_BYTES`]): the value cap relies on them.
     pub(super) fn scan(
         &mut self,
         slot: usize,
@@ -27,8 +28,8 @@ impl<S: Read + Write> Engine<S> {
             cursor,
             until,
             with_values,
-            CHUNK_ENTRIES,
-            CHUNK_BYTES,
+            CHUNK_MAX_ENTRIES,
+            CHUNK_SOFT_BYTES,
             &mut self.scratch,
         );
         let reply = Reply::Chunk {

@@ -1,0 +1,283 @@
+//! Requests: what a client sends.
+
+use super::header::{decode_raw, encode_header, FrameKind, Header, RawFrame, HEADER_LEN};
+use super::{
+    check, word, DecodeError, Decoded, Field, Limits, Op, RequestId, SubId, MAX_TOKEN_LEN,
+};
+
+/// A decoded request, borrowing key and value from the read buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// The handshake.
+    Hello {
+        /// Protocol version of the client.
+        version: u64,
+        /// The token from the connection file.
+        token: &'a [u8],
+    },
+    /// Read a key.
+    Get {
+        /// The key.
+        key: &'a [u8],
+    },
+    /// Store a value.
+    Set {
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+    },
+    /// Whether a key is present.
+    Exists {
+        /// The key.
+        key: &'a [u8],
+    },
+    /// Delete a key.
+    Remove {
+        /// The key.
+        key: &'a [u8],
+    },
+    /// Add to a decimal value.
+    Incr {
+        /// The key.
+        key: &'a [u8],
+        /// The amount to add (negative to decrement).
+        delta: i64,
+    },
+    /// Delete every key.
+    Clear,
+    /// Number of keys.
+    Count,
+    /// A chunk of keys.
+    Keys {
+        /// 0 to start; then the `next` of the previous chunk.
+        cursor: u64,
+        /// 0 to start; then the `until` of the previous chunk (the snapshot bound).
+        until: u64,
+    },
+    /// A chunk of key/value pairs.
+    Items {
+        /// 0 to start; then the `next` of the previous chunk.
+        cursor: u64,
+        /// 0 to start; then the `until` of the previous chunk (the snapshot bound).
+        until: u64,
+    },
+    /// Wait for a change of a key, or for it to hold a value.
+    Wait {
+        /// The key.
+        key: &'a [u8],
+        /// The value awaited, if any.
+        value: Option<&'a [u8]>,
+        /// Milliseconds, or [`super::NO_TIMEOUT`].
+        timeout_ms: u64,
+    },
+    /// Subscribe to one key (`Some`) or to every key (`None`).
+    Subscribe {
+        /// The key, or `None` for all keys.
+        key: Option<&'a [u8]>,
+    },
+    /// End a subscription.
+    Unsubscribe {
+        /// Its id.
+        sub: SubId,
+    },
+    /// Server counters.
+    Stats,
+    /// Stop the server.
+    Shutdown,
+    /// Do nothing, answer.
+    Ping,
+}
+
+impl<'a> Request<'a> {
+    /// The opcode.
+    pub fn op(&self) -> Op {
+        match self {
+            Request::Hello { .. } => Op::Hello,
+            Request::Get { .. } => Op::Get,
+            Request::Set { .. } => Op::Set,
+            Request::Exists { .. } => Op::Exists,
+            Request::Remove { .. } => Op::Remove,
+            Request::Incr { .. } => Op::Incr,
+            Request::Clear => Op::Clear,
+            Request::Count => Op::Count,
+            Request::Keys { .. } => Op::Keys,
+            Request::Items { .. } => Op::Items,
+            Request::Wait { value: None, .. } => Op::Wait,
+            Request::Wait { value: Some(_), .. } => Op::WaitValue,
+            Request::Subscribe { key: Some(_) } => Op::Subscribe,
+            Request::Subscribe { key: None } => Op::SubscribeAll,
+            Request::Unsubscribe { .. } => Op::Unsubscribe,
+            Request::Stats => Op::Stats,
+            Request::Shutdown => Op::Shutdown,
+            Request::Ping => Op::Ping,
+        }
+    }
+
+    /// (key, value, arg) as they go on the wire.
+    fn fields(&self) -> (Field<'a>, &'a [u8], u64) {
+        use Field::Bytes;
+        match *self {
+            Request::Hello { version, token } => (Bytes(token), &[], version),
+            Request::Get { key } | Request::Exists { key } | Request::Remove { key } => {
+                (Bytes(key), &[], 0)
+            }
+            Request::Set { key, value } => (Bytes(key), value, 0),
+            Request::Incr { key, delta } => (Bytes(key), &[], delta as u64),
+            Request::Keys { cursor, until } | Request::Items { cursor, until } => {
+                (Field::Word(until.to_le_bytes()), &[], cursor)
+            }
+            Request::Wait {
+                key,
+                value,
+                timeout_ms,
+            } => (Bytes(key), value.unwrap_or(&[]), timeout_ms),
+            Request::Subscribe { key } => (Bytes(key.unwrap_or(&[])), &[], 0),
+            Request::Unsubscribe { sub } => (Bytes(&[]), &[], sub as u64),
+            Request::Clear
+            | Request::Count
+            | Request::Stats
+            | Request::Shutdown
+            | Request::Ping => (Bytes(&[]), &[], 0),
+        }
+    }
+
+    /// The length of the encoded frame.
+    pub fn encoded_len(&self) -> usize {
+        let (k, v, _) = self.fields();
+        HEADER_LEN + k.as_slice().len() + v.len()
+    }
+
+    /// Appends the encoded frame to `out`.
+    ///
+    /// Panics if the key or value is longer than `u32::MAX`: callers check [`Limits`] first.
+    pub fn encode(&self, id: RequestId, out: &mut Vec<u8>) {
+        let value = self.encode_head(id, out);
+        out.extend_from_slice(value);
+    }
+
+    /// Appends the header and key to `out` and returns the value bytes, which complete the
+    /// frame: a client sends them from where they are, with a vectored write.
+    pub fn encode_head(&self, id: RequestId, out: &mut Vec<u8>) -> &'a [u8] {
+        let (key, value, arg) = self.fields();
+        let key = key.as_slice();
+        let h = Header {
+            kind: FrameKind::Request as u8,
+            code: self.op() as u8,
+            id,
+            key_len: u32::try_from(key.len()).expect("key length checked by caller"),
+            value_len: u32::try_from(value.len()).expect("value length checked by caller"),
+            arg,
+        };
+        out.reserve(HEADER_LEN + key.len());
+        encode_header(out, &h);
+        out.extend_from_slice(key);
+        value
+    }
+
+    fn from_raw(f: &RawFrame<'a>) -> Result<Self, DecodeError> {
+        let h = &f.header;
+        let Some(op) = Op::from_u8(h.code) else {
+            return Err(DecodeError::UnknownCode {
+                code: h.code,
+                id: h.id,
+                len: h.frame_len(),
+            });
+        };
+        let (key, value, arg) = (f.key, f.value, h.arg);
+        let no_value = || check(value.is_empty(), "this request carries no value");
+        let no_key = || check(key.is_empty(), "this request carries no key");
+        let no_arg = || check(arg == 0, "this request carries no argument");
+        Ok(match op {
+            Op::Hello => {
+                no_value()?;
+                check(key.len() <= MAX_TOKEN_LEN, "token too long")?;
+                Request::Hello {
+                    version: arg,
+                    token: key,
+                }
+            }
+            Op::Get | Op::Exists | Op::Remove => {
+                no_value()?;
+                no_arg()?;
+                match op {
+                    Op::Get => Request::Get { key },
+                    Op::Exists => Request::Exists { key },
+                    _ => Request::Remove { key },
+                }
+            }
+            Op::Set => {
+                no_arg()?;
+                Request::Set { key, value }
+            }
+            Op::Incr => {
+                no_value()?;
+                Request::Incr {
+                    key,
+                    delta: arg as i64,
+                }
+            }
+            Op::Keys | Op::Items => {
+                no_value()?;
+                let until = word(key).ok_or(DecodeError::Malformed("bound must be 8 bytes"))?;
+                if op == Op::Keys {
+                    Request::Keys { cursor: arg, until }
+                } else {
+                    Request::Items { cursor: arg, until }
+                }
+            }
+            Op::Wait => {
+                no_value()?;
+                Request::Wait {
+                    key,
+                    value: None,
+                    timeout_ms: arg,
+                }
+            }
+            Op::WaitValue => Request::Wait {
+                key,
+                value: Some(value),
+                timeout_ms: arg,
+            },
+            Op::Subscribe | Op::SubscribeAll => {
+                no_value()?;
+                no_arg()?;
+                if op == Op::Subscribe {
+                    Request::Subscribe { key: Some(key) }
+                } else {
+                    no_key()?;
+                    Request::Subscribe { key: None }
+                }
+            }
+            Op::Unsubscribe => {
+                no_key()?;
+                no_value()?;
+                check(arg <= u32::MAX as u64, "subscription id out of range")?;
+                Request::Unsubscribe { sub: arg as u32 }
+            }
+            Op::Clear | Op::Count | Op::Stats | Op::Shutdown | Op::Ping => {
+                no_key()?;
+                no_value()?;
+                no_arg()?;
+                match op {
+                    Op::Clear => Request::Clear,
+                    Op::Count => Request::Count,
+                    Op::Stats => Request::Stats,
+                    Op::Shutdown => Request::Shutdown,
+                    _ => Request::Ping,
+                }
+            }
+        })
+    }
+}
+
+/// Decodes one request from the front of `buf`.
+pub fn decode_request<'a>(
+    buf: &'a [u8],
+    limits: &Limits,
+) -> Result<Decoded<(RequestId, Request<'a>)>, DecodeError> {
+    match decode_raw(buf, FrameKind::Request, limits)? {
+        Decoded::Incomplete { need } => Ok(Decoded::Incomplete { need }),
+        Decoded::Frame(f, len) => Ok(Decoded::Frame((f.header.id, Request::from_raw(&f)?), len)),
+    }
+}
