@@ -467,8 +467,17 @@ fn route(shared: &Shared, item: Incoming<'_>) {
 /// When the server goes away (or shuts down), queued events are still delivered, then
 /// `recv` fails with [`Error::ServerGone`] and the iterator ends.
 ///
-/// Keep the value for as long as you want events: `let _ = cache.subscribe(k)?` drops it at
-/// once, and so unsubscribes.
+/// Keep the value bound to a name (`let sub = …`, or `let _sub = …`) for as long as you want
+/// events: `let _ = cache.subscribe(k)?` drops it at once, and so unsubscribes (no lint can see
+/// that one); a subscription discarded as a statement is a `must_use` warning:
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// fn watch(cache: &upcache::UpCache) -> upcache::Result<()> {
+///     cache.subscribe(b"config")?; // unsubscribes at once
+///     Ok(())
+/// }
+/// ```
 #[must_use = "dropping a Subscription unsubscribes at once; keep it and read its events"]
 pub struct Subscription {
     queue: Arc<SubQueue>,

@@ -33,7 +33,15 @@ pub enum PipelineReply {
 /// operations were queued. Other threads' calls on the same handle wait while a pipeline
 /// executes. Operations are applied one by one, in order; a pipeline is not a transaction.
 ///
-/// Nothing is sent until [`Pipeline::execute`]: a pipeline dropped before that does nothing.
+/// Nothing is sent until [`Pipeline::execute`]: a pipeline dropped before that does nothing,
+/// and discarding one is a `must_use` warning:
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// fn forgot(cache: &upcache::UpCache) {
+///     cache.pipeline(); // sends nothing
+/// }
+/// ```
 #[derive(Debug)]
 #[must_use = "a pipeline sends nothing until `execute()` is called"]
 pub struct Pipeline<'c> {

@@ -6,7 +6,6 @@ use crate::error::{Error, Result};
 use crate::protocol::{Chunk, Request};
 
 /// One enumeration: the server's cursor and bound, and the entries of the chunk last read.
-#[derive(Debug)]
 struct Scan<'c> {
     cache: &'c UpCache,
     with_values: bool,
@@ -17,6 +16,17 @@ struct Scan<'c> {
     chunk: std::vec::IntoIter<(Vec<u8>, Vec<u8>)>,
     /// No chunk is left to ask for: the last one was read, or a request failed.
     done: bool,
+}
+
+impl std::fmt::Debug for Scan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scan")
+            .field("cache", &self.cache.name())
+            .field("cursor", &self.cursor)
+            .field("pending", &self.chunk.len())
+            .field("done", &self.done)
+            .finish()
+    }
 }
 
 impl<'c> Scan<'c> {
