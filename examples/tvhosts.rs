@@ -38,6 +38,15 @@ fn reader() -> upcache::Result<()> {
         std::process::id(),
         value.as_deref().map(String::from_utf8_lossy)
     );
+    // The whole cache, fetched chunk by chunk, and the server's counters.
+    for key in cache.keys_iter() {
+        println!("reader: key {:?}", String::from_utf8_lossy(&key?));
+    }
+    let stats = cache.stats()?;
+    println!(
+        "reader: server pid {}, keys {}, connections {}",
+        stats.pid, stats.keys, stats.connections
+    );
     cache.set(b"reader done", b"yes")?;
     assert_eq!(value.as_deref(), Some(&b"Dickie Attenborough"[..]));
     Ok(())

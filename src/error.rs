@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::protocol::{DecodeError, ErrorCode};
 
-/// Why a cache name is not valid.
+/// Why a cache name is not valid (the `reason` of [`Error::InvalidName`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NameError {
     /// Names are 1 to 128 characters long; this one has this many.
@@ -14,6 +14,19 @@ pub enum NameError {
     /// Names are made of `[A-Za-z0-9_-]`; this is the first character that is not.
     Char(char),
 }
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameError::Length(n) => {
+                write!(f, "{n} characters, names are 1 to 128 characters long")
+            }
+            NameError::Char(c) => write!(f, "{c:?} is not allowed, use only A-Z a-z 0-9 _ -"),
+        }
+    }
+}
+
+impl std::error::Error for NameError {}
 
 /// Everything that can go wrong, with what to do about it in the message.
 #[derive(Debug)]
@@ -93,6 +106,15 @@ pub enum Error {
     },
     /// The server sent bytes that are not a valid reply. The connection is closed.
     Protocol(DecodeError),
+    /// The server sent a well-formed reply that does not answer the request (another kind of
+    /// reply than the request expects, or `stats` that are not the JSON object of
+    /// [`ServerStats`](crate::ServerStats)): a server of another upcache version, or a bug.
+    UnexpectedReply {
+        /// The cache name.
+        name: String,
+        /// What was expected, and what came.
+        detail: String,
+    },
     /// The server answered with an error this call did not expect.
     Server {
         /// The server's code.
@@ -112,23 +134,19 @@ pub enum Error {
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+// Errors cross threads and end up in `Box<dyn Error + Send + Sync>` (anyhow and the like).
+const _: () = {
+    const fn error_type<T: std::error::Error + Send + Sync + 'static>() {}
+    error_type::<Error>();
+    error_type::<NameError>();
+};
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidName {
-                name,
-                reason: NameError::Length(n),
-            } => write!(
-                f,
-                "invalid cache name {name:?}: {n} characters, names are 1 to 128 characters long"
-            ),
-            Error::InvalidName {
-                name,
-                reason: NameError::Char(c),
-            } => write!(
-                f,
-                "invalid cache name {name:?}: {c:?} is not allowed, use only A-Z a-z 0-9 _ -"
-            ),
+            Error::InvalidName { name, reason } => {
+                write!(f, "invalid cache name {name:?}: {reason}")
+            }
             Error::InvalidOption { option, detail } => {
                 write!(f, "invalid option `{option}`: {detail}")
             }
@@ -176,6 +194,11 @@ impl fmt::Display for Error {
                  stop the old server or use a matching upcache version"
             ),
             Error::Protocol(e) => write!(f, "the server sent an invalid frame: {e}"),
+            Error::UnexpectedReply { name, detail } => write!(
+                f,
+                "the cache server for `{name}` sent a reply this client does not understand \
+                 ({detail}); is it running the same upcache version?"
+            ),
             Error::Server { code, message } => {
                 write!(f, "the server refused the request: {code}")?;
                 if !message.is_empty() {
@@ -240,6 +263,10 @@ impl Error {
 
 /// Checks a cache name: 1–128 characters of `[A-Za-z0-9_-]`; length first, then the first bad
 /// character, as in the original.
+///
+/// # Errors
+///
+/// [`Error::InvalidName`], whose `reason` says what is wrong.
 pub fn validate_name(name: &str) -> Result<()> {
     let n = name.chars().count();
     let bad = |reason| {
@@ -291,5 +318,15 @@ mod tests {
             "the cache server for `TVHosts` went away; reopen to elect a new one"
         );
         assert!(Error::NotAnInteger.to_string().contains("unchanged"));
+        let e = validate_name("a/b").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid cache name \"a/b\": '/' is not allowed, use only A-Z a-z 0-9 _ -"
+        );
+        let e = validate_name("").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid cache name \"\": 0 characters, names are 1 to 128 characters long"
+        );
     }
 }

@@ -441,7 +441,7 @@ pub fn engine_split_bytes(data: &[u8]) {
         &[&stream],
         &PeerPlan {
             capacity: usize::MAX,
-            marks: (usize::MAX, 0),
+            marks: (usize::MAX, 1),
             reads: &[],
         },
     );
@@ -462,7 +462,7 @@ pub fn engine_split_bytes(data: &[u8]) {
         &pieces,
         &PeerPlan {
             capacity: 1 + capacity as usize * 16,
-            marks: (high, high / 4),
+            marks: (high, high / 4 + 1),
             reads: &reads,
         },
     );

@@ -13,18 +13,33 @@
 //! # Ok::<(), upcache::Error>(())
 //! ```
 //!
-//! ## Map
+//! ## What a program uses
+//!
+//! | item | what |
+//! |---|---|
+//! | [`UpCache`], [`Builder`] | a handle to a named cache: open, get/set/…, waits, subscriptions |
+//! | [`Pipeline`], [`PipelineReply`] | many operations sent in one go, their replies in order |
+//! | [`Subscription`], [`Event`], [`EventKind`] | the changes of one key, or of every key |
+//! | [`Keys`], [`Items`] | the whole cache, fetched chunk by chunk ([`UpCache::keys_iter`]) |
+//! | [`ServerStats`] | the server's counters ([`UpCache::stats`]) |
+//! | [`Error`], [`NameError`], [`Result`] | what went wrong, and what to do about it |
+//! | [`TransportKind`] | TCP on 127.0.0.1, or a Unix socket ([`Builder::transport`]) |
+//!
+//! ## Map of the source
 //!
 //! | layer | module | job |
 //! |---|---|---|
 //! | wire protocol | [`protocol`] | sans-IO, zero-copy frame decoding and encoding, limits |
-//! | store | [`store`] | hashbrown shards selected by one ahash per key, records in segments, insertion order |
-//! | server | [`server`] | the mio event loop, connections, subscriptions and waits, lifecycle |
+//! | store | `store` | hashbrown shards selected by one ahash per key, records in segments, insertion order |
+//! | server | `server` | the mio event loop, connections, subscriptions and waits, lifecycle |
 //! | election | `election`, `launch` | the connection file and its lock, the detached server process |
-//! | client | [`UpCache`], [`Pipeline`], [`Subscription`] | the blocking, thread-safe client |
+//! | client | `client`: [`UpCache`], [`Pipeline`], [`Subscription`], [`Keys`] | the blocking, thread-safe client |
+//! | stats | `stats`: [`ServerStats`] | the server's counters, as both sides read them |
 //! | transports | [`transports`] (crate `upcache-transports`) | TCP and Unix sockets behind one trait |
 //!
-//! The wire format is specified in `PROTOCOL.md`.
+//! The wire format is specified in `PROTOCOL.md`. `store` and `server` are internals: they are
+//! reachable (hidden from the documentation) only for this repository's benchmarks, load
+//! generator and fuzz targets, and may change in any release.
 //!
 //! ## How the server process starts
 //!
@@ -45,12 +60,21 @@ pub mod fuzzing;
 mod launch;
 pub mod protocol;
 mod readbuf;
+// Internals, not part of the API: public only for benches/, benches/loadgen and fuzz/.
+#[doc(hidden)]
 pub mod server;
+mod stats;
+// Internals, not part of the API: public only for benches/ and fuzz/.
+#[doc(hidden)]
 pub mod store;
 
 pub use client::{
-    Builder, Event, EventKind, Pipeline, Reply, Subscription, UpCache, SUBSCRIPTION_QUEUE,
+    Builder, Event, EventKind, Items, Keys, Pipeline, PipelineReply, Subscription, UpCache,
+    SUBSCRIPTION_QUEUE,
 };
 pub use error::{validate_name, Error, NameError, Result};
+pub use stats::ServerStats;
 pub use upcache_transports as transports;
-pub use upcache_transports::Kind as Transport;
+/// The transport a server listens on: TCP on 127.0.0.1, or a Unix socket beside the
+/// connection file. (The [`transports::Transport`] trait is what implements one.)
+pub use upcache_transports::Kind as TransportKind;

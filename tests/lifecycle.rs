@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use upcache::{Error, Transport, UpCache};
+use upcache::{Error, TransportKind as Transport, UpCache};
 use util::{alive, eventually, finish, kill, server_pid, Sandbox};
 
 each_transport!(
@@ -158,7 +158,8 @@ fn killed_server_fails_pending_calls_and_is_replaced(t: Transport) {
     assert!(eventually(Duration::from_secs(5), || c
         .stats()
         .unwrap()
-        .contains("\"waits\":1")));
+        .waits
+        == 1));
     kill(pid, libc::SIGKILL);
     let t0 = Instant::now();
     assert!(matches!(
@@ -194,7 +195,8 @@ fn sigterm_and_shutdown_remove_the_file(t: Transport) {
     assert!(eventually(Duration::from_secs(5), || c
         .stats()
         .unwrap()
-        .contains("\"waits\":1")));
+        .waits
+        == 1));
     kill(pid, libc::SIGTERM);
     assert!(
         !w.join().unwrap().unwrap(),

@@ -77,7 +77,10 @@ impl<T> Slot<T> {
 }
 
 /// What changed, as a subscriber sees it.
+///
+/// Later versions add kinds (expiry, eviction): match with a `_` arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EventKind {
     /// The key was set, incremented or decremented; `value` holds the new value.
     Set,
@@ -332,7 +335,7 @@ impl Events {
                 events: Arc::clone(self),
             }),
             Answer::Failed(code, arg, msg) => Err(self.shared.peer.failed(code, arg, msg)),
-            other => Err(Error::Handshake {
+            other => Err(Error::UnexpectedReply {
                 name: self.shared.peer.name.clone(),
                 detail: format!("unexpected reply to subscribe: {other:?}"),
             }),
@@ -472,6 +475,19 @@ fn route(shared: &Shared, item: Incoming<'_>) {
 ///
 /// When the server goes away (or shuts down), queued events are still delivered, then
 /// `recv` fails with [`Error::ServerGone`] and the iterator ends.
+///
+/// Keep the value bound to a name (`let sub = …`, or `let _sub = …`) for as long as you want
+/// events: `let _ = cache.subscribe(k)?` drops it at once, and so unsubscribes (no lint can see
+/// that one); a subscription discarded as a statement is a `must_use` warning:
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// fn watch(cache: &upcache::UpCache) -> upcache::Result<()> {
+///     cache.subscribe(b"config")?; // unsubscribes at once
+///     Ok(())
+/// }
+/// ```
+#[must_use = "dropping a Subscription unsubscribes at once; keep it and read its events"]
 pub struct Subscription {
     queue: Arc<SubQueue>,
     sub: SubId,
@@ -488,6 +504,11 @@ impl std::fmt::Debug for Subscription {
 
 impl Subscription {
     /// The next event, waiting as long as it takes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ServerGone`] once the server went away or shut down and every event queued
+    /// before was taken.
     pub fn recv(&self) -> Result<Event> {
         let gone = || self.events.shared.peer.gone();
         self.queue
@@ -496,12 +517,20 @@ impl Subscription {
     }
 
     /// The next event, or `Ok(None)` if none arrives within `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Subscription::recv`].
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Event>> {
         let gone = || self.events.shared.peer.gone();
         self.queue.recv(Instant::now().checked_add(timeout), &gone)
     }
 
     /// The next event if one is queued.
+    ///
+    /// # Errors
+    ///
+    /// As [`Subscription::recv`].
     pub fn try_recv(&self) -> Result<Option<Event>> {
         self.recv_timeout(Duration::ZERO)
     }

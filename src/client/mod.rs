@@ -3,21 +3,22 @@
 mod conn;
 mod events;
 mod pipeline;
+mod scan;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once, RwLock};
 use std::time::{Duration, Instant};
 
-use upcache_transports::Kind;
-
 pub use events::{Event, EventKind, Subscription, SUBSCRIPTION_QUEUE};
-pub use pipeline::{Pipeline, Reply};
+pub use pipeline::{Pipeline, PipelineReply};
+pub use scan::{Items, Keys};
 
 use crate::election::{self, Backoff, Look};
 use crate::error::{validate_name, Error, Result};
 use crate::launch::{self, ServerSpec};
-use crate::protocol::{self, Chunk, Limits, Request};
+use crate::protocol::{self, Limits, Request};
+use crate::stats::ServerStats;
 use conn::{Answer, Conn, ConnectError, Peer};
 use events::Events;
 
@@ -51,7 +52,7 @@ pub struct Builder {
     dir: Option<PathBuf>,
     auto_kill: bool,
     linger: Duration,
-    transport: Kind,
+    transport: crate::TransportKind,
     max_value_len: u32,
     open_timeout: Duration,
     request_timeout: Option<Duration>,
@@ -73,8 +74,12 @@ impl Builder {
         self.linger = d;
         self
     }
-    /// The transport a new server listens on (default TCP on 127.0.0.1).
-    pub fn transport(mut self, t: Kind) -> Self {
+    /// The transport a new server listens on (default [`TransportKind::Tcp`] on 127.0.0.1;
+    /// [`TransportKind::Unix`] for a Unix socket beside the connection file).
+    ///
+    /// [`TransportKind::Tcp`]: crate::TransportKind::Tcp
+    /// [`TransportKind::Unix`]: crate::TransportKind::Unix
+    pub fn transport(mut self, t: crate::TransportKind) -> Self {
         self.transport = t;
         self
     }
@@ -103,8 +108,14 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidName`], [`Error::InvalidOption`] (a `max_value_len` over the cap), or
-    /// whatever stopped it from reaching a working server in time.
+    /// - [`Error::InvalidName`] for a name that is not 1–128 characters of `[A-Za-z0-9_-]`.
+    /// - [`Error::InvalidOption`] for a `max_value_len` over
+    ///   [`MAX_VALUE_LEN_CAP`](crate::protocol::MAX_VALUE_LEN_CAP), before any election.
+    /// - [`Error::OpenTimedOut`] when no working server was reached within
+    ///   [`Builder::open_timeout`] (the error says what was last seen).
+    /// - [`Error::VersionMismatch`] when the running server speaks another protocol version,
+    ///   [`Error::Handshake`] when it refuses this client's token or is not an upcache server.
+    /// - [`Error::Io`] when the connection file cannot be created or read.
     pub fn open(self) -> Result<UpCache> {
         validate_name(&self.name)?;
         Limits::new(self.max_value_len).map_err(|e| Error::InvalidOption {
@@ -255,6 +266,18 @@ impl Drop for Inner {
 ///
 /// A child process forked after the handle was opened does not use the parent's connection:
 /// its first call opens a new connection to the same server.
+///
+/// # Errors
+///
+/// Besides the errors each method names, every call that talks to the server can fail with:
+///
+/// - [`Error::ServerGone`]: the server died or shut down; reopen the cache.
+/// - [`Error::Timeout`]: the server did not answer within [`Builder::request_timeout`]; the
+///   handle is closed, reopen the cache.
+/// - [`Error::Protocol`] or [`Error::UnexpectedReply`]: the server's reply made no sense (a
+///   server of another version, or a bug); the first closes the connection.
+/// - After a `fork`, the child's first call connects again, and can fail as
+///   [`Builder::open`] does ([`Error::Handshake`], [`Error::VersionMismatch`]).
 #[derive(Clone)]
 pub struct UpCache {
     inner: Arc<Inner>,
@@ -276,11 +299,22 @@ pub(crate) fn answer_of(r: &protocol::Reply<'_>) -> impl std::fmt::Debug {
 }
 
 pub(crate) fn unexpected(peer: &Peer, a: Answer) -> Error {
-    Error::Handshake {
+    Error::UnexpectedReply {
         name: peer.name.clone(),
         detail: format!("unexpected reply {a:?}"),
     }
 }
+
+// A handle is shared between threads and stored in statics; subscriptions move to the thread
+// that reads them.
+const _: () = {
+    const fn shared<T: Send + Sync + Clone + 'static>() {}
+    const fn sent<T: Send + 'static>() {}
+    shared::<UpCache>();
+    shared::<crate::ServerStats>();
+    sent::<Subscription>();
+    sent::<Event>();
+};
 
 impl UpCache {
     /// Opens the cache `name` with default options: joins its server or starts one.
@@ -291,6 +325,10 @@ impl UpCache {
     /// assert_eq!(cache.get(b"Light Entertainment Awards")?.as_deref(), Some(&b"Dickie Attenborough"[..]));
     /// # Ok::<(), upcache::Error>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::open`].
     pub fn open(name: &str) -> Result<Self> {
         Self::builder(name).open()
     }
@@ -302,7 +340,7 @@ impl UpCache {
             dir: None,
             auto_kill: true,
             linger: Duration::from_secs(1),
-            transport: Kind::Tcp,
+            transport: crate::TransportKind::Tcp,
             max_value_len: protocol::DEFAULT_MAX_VALUE_LEN,
             open_timeout: Duration::from_secs(10),
             request_timeout: Some(Duration::from_secs(30)),
@@ -383,6 +421,10 @@ impl UpCache {
     }
 
     /// The value of `key`, or `None` if it is missing (an empty value is `Some(vec![])`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyTooLarge`] before anything is sent, and those of [every call](UpCache#errors).
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
         let key = key.as_ref();
         self.check(key, &[])?;
@@ -396,6 +438,11 @@ impl UpCache {
     /// Stores `value` under `key`. An existing key keeps its place in [`UpCache::keys`]
     /// order. Every set is an event (subscribers and waiters see it), even if the value did not
     /// change.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyTooLarge`] or [`Error::ValueTooLarge`] before anything is sent, and those of
+    /// [every call](UpCache#errors).
     pub fn set(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
         let (key, value) = (key.as_ref(), value.as_ref());
         self.check(key, value)?;
@@ -417,6 +464,10 @@ impl UpCache {
     }
 
     /// Whether `key` is present.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyTooLarge`] before anything is sent, and those of [every call](UpCache#errors).
     pub fn exists(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         let key = key.as_ref();
         self.check(key, &[])?;
@@ -424,6 +475,10 @@ impl UpCache {
     }
 
     /// Removes `key`; true only if it existed (only then is it an event). The original's `drop`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyTooLarge`] before anything is sent, and those of [every call](UpCache#errors).
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         let key = key.as_ref();
         self.check(key, &[])?;
@@ -431,11 +486,19 @@ impl UpCache {
     }
 
     /// Adds 1 to the value of `key`; see [`UpCache::incr_by`].
+    ///
+    /// # Errors
+    ///
+    /// As [`UpCache::incr_by`].
     pub fn incr(&self, key: impl AsRef<[u8]>) -> Result<i64> {
         self.incr_by(key, 1)
     }
 
     /// Subtracts 1 from the value of `key`; see [`UpCache::incr_by`].
+    ///
+    /// # Errors
+    ///
+    /// As [`UpCache::incr_by`].
     pub fn decr(&self, key: impl AsRef<[u8]>) -> Result<i64> {
         self.incr_by(key, -1)
     }
@@ -451,6 +514,12 @@ impl UpCache {
     ///   with [`Error::NotAnInteger`]; a result outside the i64 range fails with
     ///   [`Error::Overflow`]. In both cases the stored value is unchanged (the original silently
     ///   reset it).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotAnInteger`] and [`Error::Overflow`] as above (the handle stays usable),
+    /// [`Error::KeyTooLarge`] before anything is sent, and those of
+    /// [every call](UpCache#errors).
     pub fn incr_by(&self, key: impl AsRef<[u8]>, delta: i64) -> Result<i64> {
         let key = key.as_ref();
         self.check(key, &[])?;
@@ -462,11 +531,19 @@ impl UpCache {
 
     /// Removes every key, ends every wait (a `wait_for` for a change returns true, one for a
     /// value returns false), and sends a `Cleared` event to every subscriber.
+    ///
+    /// # Errors
+    ///
+    /// Those of [every call](UpCache#errors).
     pub fn clear(&self) -> Result<()> {
         self.expect_done(Request::Clear)
     }
 
     /// The number of keys.
+    ///
+    /// # Errors
+    ///
+    /// Those of [every call](UpCache#errors).
     pub fn count(&self) -> Result<u64> {
         match self.call(Request::Count)? {
             Answer::Uint(n) => Ok(n),
@@ -474,30 +551,8 @@ impl UpCache {
         }
     }
 
-    fn scan(&self, with_values: bool, mut each: impl FnMut(&[u8], &[u8])) -> Result<()> {
-        let (mut cursor, mut until) = (0, 0);
-        loop {
-            let req = if with_values {
-                Request::Items { cursor, until }
-            } else {
-                Request::Keys { cursor, until }
-            };
-            let (next, bound, body) = match self.call(req)? {
-                Answer::Chunk { next, until, body } => (next, until, body),
-                a => return Err(unexpected(&self.inner.peer, a)),
-            };
-            for item in Chunk::new(&body, with_values) {
-                let (k, v) = item.map_err(Error::Protocol)?;
-                each(k, v);
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            (cursor, until) = (next, bound);
-        }
-    }
-
     /// Every key, in the order the keys were first stored (an overwrite keeps a key's place).
+    /// Holds every key in memory at once; [`UpCache::keys_iter`] holds one chunk at a time.
     ///
     /// # Consistency
     ///
@@ -506,18 +561,49 @@ impl UpCache {
     /// whole call are returned exactly once; keys first stored after the call began are not
     /// returned; a key removed during the call is returned only if its chunk was read before
     /// the removal. No key is returned twice.
+    ///
+    /// # Errors
+    ///
+    /// Those of [every call](UpCache#errors), for any of the chunks.
     pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
-        let mut out = Vec::new();
-        self.scan(false, |k, _| out.push(k.to_vec()))?;
-        Ok(out)
+        self.keys_iter().collect()
     }
 
     /// Every key and value, in [`UpCache::keys`] order and with its consistency; each value
-    /// is the one current when its chunk was read.
+    /// is the one current when its chunk was read. Holds the whole cache in memory at once;
+    /// [`UpCache::items_iter`] holds one chunk at a time.
+    ///
+    /// # Errors
+    ///
+    /// Those of [every call](UpCache#errors), for any of the chunks.
     pub fn items(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::new();
-        self.scan(true, |k, v| out.push((k.to_vec(), v.to_vec())))?;
-        Ok(out)
+        self.items_iter().collect()
+    }
+
+    /// Every key, as [`UpCache::keys`] returns them (same order, same consistency), fetched
+    /// chunk by chunk as the iterator is read: at most one chunk (4096 keys or 256 KiB, or one
+    /// longer key) is held at a time, so it serves caches that do not fit twice in memory.
+    ///
+    /// The enumeration begins when the first key is asked for: "keys first stored after the
+    /// call began" means after that first chunk was read. Reading slowly is allowed; the server
+    /// keeps no state for an enumeration between chunks. A failed chunk yields one `Err`, after
+    /// which the iterator ends.
+    ///
+    /// ```no_run
+    /// let cache = upcache::UpCache::open("TVHosts")?;
+    /// for key in cache.keys_iter() {
+    ///     println!("{}", String::from_utf8_lossy(&key?));
+    /// }
+    /// # Ok::<(), upcache::Error>(())
+    /// ```
+    pub fn keys_iter(&self) -> Keys<'_> {
+        Keys::new(self)
+    }
+
+    /// Every key and value, as [`UpCache::items`] returns them, fetched chunk by chunk as
+    /// [`UpCache::keys_iter`] does. Each value is the one current when its chunk was read.
+    pub fn items_iter(&self) -> Items<'_> {
+        Items::new(self)
     }
 
     /// Waits for a change of `key` (`value` None), or for `key` to hold `value`.
@@ -537,6 +623,13 @@ impl UpCache {
     /// Waits run on the handle's event connection: a blocked `wait_for` never delays other
     /// threads' calls, and concurrent waits never lose a wake-up (each is registered on the
     /// server before any later change is applied).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyTooLarge`] or [`Error::ValueTooLarge`] before anything is sent,
+    /// [`Error::ServerGone`] if the server dies while waiting, and those of
+    /// [every call](UpCache#errors) (the first wait or subscription of a handle opens its event
+    /// connection).
     pub fn wait_for(
         &self,
         key: impl AsRef<[u8]>,
@@ -551,6 +644,12 @@ impl UpCache {
     /// Subscribes to changes of `key`. Returns once the server has registered the
     /// subscription: every change applied after this returns is delivered. See
     /// [`Subscription`] for ordering and what a slow subscriber gets.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyTooLarge`] before anything is sent, and those of
+    /// [every call](UpCache#errors) (the first wait or subscription of a handle opens its event
+    /// connection).
     pub fn subscribe(&self, key: impl AsRef<[u8]>) -> Result<Subscription> {
         let key = key.as_ref();
         self.check(key, &[])?;
@@ -558,6 +657,10 @@ impl UpCache {
     }
 
     /// Subscribes to changes of every key (and clears).
+    ///
+    /// # Errors
+    ///
+    /// As [`UpCache::subscribe`].
     pub fn subscribe_all(&self) -> Result<Subscription> {
         self.events()?.subscribe(None)
     }
@@ -567,19 +670,37 @@ impl UpCache {
         Pipeline::new(self)
     }
 
-    /// The server's counters, as JSON: among them `keys`, `connections`, `requests`, `gets`,
-    /// `hits`, `record_bytes` (bytes of stored records: each key and value plus one to ten
-    /// bytes of lengths) and `store_bytes` (what the store has allocated for them: segments,
-    /// with their garbage and unused room, slots and hash indexes).
-    pub fn stats(&self) -> Result<String> {
+    /// The server's counters: keys, connections, waits, requests, hits, bytes held, … (see
+    /// [`ServerStats`] for each). They travel as JSON (PROTOCOL.md), and parse from older and
+    /// newer servers alike: a field the server does not send is 0.
+    ///
+    /// ```no_run
+    /// let cache = upcache::UpCache::open("TVHosts")?;
+    /// let s = cache.stats()?;
+    /// println!("{} keys, {} of {} gets hit", s.keys, s.hits, s.gets);
+    /// # Ok::<(), upcache::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnexpectedReply`] if the reply is not the JSON object of [`ServerStats`], and
+    /// those of [every call](UpCache#errors).
+    pub fn stats(&self) -> Result<ServerStats> {
         match self.call(Request::Stats)? {
-            Answer::Text(t) => Ok(t),
+            Answer::Text(t) => ServerStats::from_json(&t).map_err(|e| Error::UnexpectedReply {
+                name: self.inner.peer.name.clone(),
+                detail: format!("stats that are not a JSON object of counters: {e}"),
+            }),
             a => Err(unexpected(&self.inner.peer, a)),
         }
     }
 
     /// Asks the server to exit now (for servers opened with `auto_kill(false)`). Waits and
     /// subscriptions end; every client then gets [`Error::ServerGone`].
+    ///
+    /// # Errors
+    ///
+    /// Those of [every call](UpCache#errors).
     pub fn shutdown_server(&self) -> Result<()> {
         self.expect_done(Request::Shutdown)
     }

@@ -5,10 +5,11 @@ use super::UpCache;
 use crate::error::{Error, Result};
 use crate::protocol::Request;
 
-/// The reply to one operation of a [`Pipeline`].
+/// The reply to one operation of a [`Pipeline`]. (Not to be confused with
+/// [`protocol::Reply`](crate::protocol::Reply), a frame on the wire.)
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum Reply {
+pub enum PipelineReply {
     /// `set` and `clear` succeeded.
     Done,
     /// `get`: the value, or `None` if the key is missing.
@@ -31,7 +32,18 @@ pub enum Reply {
 /// beyond the queued requests is bounded by the replies. Replies come back in the order the
 /// operations were queued. Other threads' calls on the same handle wait while a pipeline
 /// executes. Operations are applied one by one, in order; a pipeline is not a transaction.
+///
+/// Nothing is sent until [`Pipeline::execute`]: a pipeline dropped before that does nothing,
+/// and discarding one is a `must_use` warning:
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// fn forgot(cache: &upcache::UpCache) {
+///     cache.pipeline(); // sends nothing
+/// }
+/// ```
 #[derive(Debug)]
+#[must_use = "a pipeline sends nothing until `execute()` is called"]
 pub struct Pipeline<'c> {
     cache: &'c UpCache,
     frames: Vec<u8>,
@@ -125,9 +137,18 @@ impl<'c> Pipeline<'c> {
     }
 
     /// Sends every queued operation and returns their replies, in order. The pipeline is empty
-    /// afterwards and can be reused. A key or value over the limit fails the whole pipeline
-    /// before anything is sent.
-    pub fn execute(&mut self) -> Result<Vec<Reply>> {
+    /// afterwards and can be reused.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::KeyTooLarge`] or [`Error::ValueTooLarge`] if any queued operation was over
+    ///   the limit: the whole pipeline fails before anything is sent.
+    /// - Those of [every call](UpCache#errors): then no reply is returned, and which of the
+    ///   operations the server applied is unknown.
+    ///
+    /// An operation that fails on its own (`NotAnInteger`, `Overflow`) is not an error of the
+    /// pipeline: its reply is [`PipelineReply::Failed`] and the others still run.
+    pub fn execute(&mut self) -> Result<Vec<PipelineReply>> {
         let frames = std::mem::take(&mut self.frames);
         let starts = std::mem::take(&mut self.starts);
         if let Some(e) = self.error.take() {
@@ -143,14 +164,16 @@ impl<'c> Pipeline<'c> {
         Ok(answers
             .into_iter()
             .map(|a| match a {
-                Answer::Done => Reply::Done,
-                Answer::Nil => Reply::Value(None),
-                Answer::Value(v) => Reply::Value(Some(v)),
-                Answer::Bool(b) => Reply::Bool(b),
-                Answer::Int(i) => Reply::Int(i),
-                Answer::Uint(u) => Reply::Count(u),
-                Answer::Failed(code, arg, msg) => Reply::Failed(peer.failed(code, arg, msg)),
-                other => Reply::Failed(super::unexpected(peer, other)),
+                Answer::Done => PipelineReply::Done,
+                Answer::Nil => PipelineReply::Value(None),
+                Answer::Value(v) => PipelineReply::Value(Some(v)),
+                Answer::Bool(b) => PipelineReply::Bool(b),
+                Answer::Int(i) => PipelineReply::Int(i),
+                Answer::Uint(u) => PipelineReply::Count(u),
+                Answer::Failed(code, arg, msg) => {
+                    PipelineReply::Failed(peer.failed(code, arg, msg))
+                }
+                other => PipelineReply::Failed(super::unexpected(peer, other)),
             })
             .collect())
     }

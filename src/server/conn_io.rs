@@ -131,7 +131,7 @@ impl<S: Read + Write> Engine<S> {
             }
             if c.read_paused {
                 self.flush(slot, now);
-                let low = self.config.low_water;
+                let low = self.config.low_water.max(1);
                 let Some(c) = self.conns.get_mut(slot) else {
                     return;
                 };

@@ -68,7 +68,9 @@ pub struct EngineConfig {
     pub token: Vec<u8>,
     /// Queued output above which a connection is no longer read ([`HIGH_WATER`]).
     pub high_water: usize,
-    /// Queued output below which a paused connection is read again ([`LOW_WATER`]).
+    /// Queued output below which a paused connection is read again ([`LOW_WATER`]); at least
+    /// 1 (a connection resumes at the latest when its output is empty) and at most
+    /// `high_water`.
     pub low_water: usize,
 }
 

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use upcache::{Transport, UpCache};
+use upcache::{TransportKind as Transport, UpCache};
 
 const ROLE_ENV: &str = "UPCACHE_TEST_ROLE";
 
@@ -19,10 +19,10 @@ const ROLE_ENV: &str = "UPCACHE_TEST_ROLE";
 macro_rules! each_transport {
     ($($name:ident),* $(,)?) => {
         mod tcp {
-            $( #[test] fn $name() { super::$name(upcache::Transport::Tcp) } )*
+            $( #[test] fn $name() { super::$name(upcache::TransportKind::Tcp) } )*
         }
         mod unix {
-            $( #[test] fn $name() { super::$name(upcache::Transport::Unix) } )*
+            $( #[test] fn $name() { super::$name(upcache::TransportKind::Unix) } )*
         }
     };
 }

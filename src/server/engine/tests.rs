@@ -291,7 +291,7 @@ fn a_wait_times_out_on_synthetic_time() {
 #[test]
 fn the_most_waits_on_one_key_are_woken_by_one_clear_and_released_by_one_close() {
     let t0 = Instant::now();
-    let mut e = engine(t0, usize::MAX, 0);
+    let mut e = engine(t0, usize::MAX, 1);
     let (a, peer_a) = connect(&mut e, t0, usize::MAX);
     let (b, peer_b) = connect(&mut e, t0, usize::MAX);
     let mut out = Vec::new();
@@ -342,7 +342,7 @@ fn the_most_waits_on_one_key_are_woken_by_one_clear_and_released_by_one_close() 
 #[test]
 fn events_reach_every_subscription_and_lag_is_reported_after_a_drain() {
     let t0 = Instant::now();
-    let mut e = engine(t0, usize::MAX, 0);
+    let mut e = engine(t0, usize::MAX, 1);
     let (a, peer_a) = connect(&mut e, t0, 1 << 30);
     let (b, peer_b) = connect(&mut e, t0, 1 << 30);
     let mut out = Vec::new();
