@@ -42,6 +42,7 @@ each_transport!(
     the_token_is_32_lowercase_hex_digits,
     a_max_value_over_the_cap_is_refused_before_any_server_starts,
     a_wait_ended_by_clear_is_woken_with_reason_cleared,
+    pipelined_large_gets_read_late_all_get_replies,
 );
 
 /// A raw connection with a read buffer.
@@ -272,6 +273,41 @@ fn token(c: &UpCache) -> String {
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(c.connection_file()).unwrap()).unwrap();
     v["token"].as_str().unwrap().to_string()
+}
+
+/// Many large GETs pipelined at once, the client reading nothing for 300 ms, so the server's
+/// output passes its high-water mark and it stops reading that connection; then the client
+/// reads: every reply arrives, in order. (It hung, mostly over TCP: a pause could end only on
+/// a writable event that an edge-triggered poller never sends when the write that followed a
+/// read had already drained the output.) Each read waits at most 5 s.
+fn pipelined_large_gets_read_late_all_get_replies(t: Transport) {
+    for (n, len) in [(2000u32, 64 << 10), (200, 1 << 20)] {
+        let sb = Sandbox::new(t);
+        let c = sb.open(&sb.name("late"));
+        c.set(b"big", vec![b'x'; len]).unwrap();
+        let mut r = Raw::hello(&c);
+        let mut batch = Vec::new();
+        for i in 0..n {
+            Request::Get { key: b"big" }.encode(10 + i, &mut batch);
+        }
+        let s = &r.s;
+        std::thread::scope(|scope| {
+            // A thread writes, so a server that stops reading cannot block this test's reads.
+            scope.spawn(move || s.write_all(&batch).unwrap());
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        for i in 0..n {
+            let got = r
+                .frame()
+                .unwrap_or_else(|| panic!("closed before reply {i} of {n}"));
+            assert_eq!(
+                (got.id, got.code, got.value.len()),
+                (10 + i, 0x02, len),
+                "reply {i}"
+            );
+        }
+        assert_healthy(&c);
+    }
 }
 
 fn assert_healthy(c: &UpCache) {

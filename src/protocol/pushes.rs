@@ -28,6 +28,8 @@ impl<'a> Push<'a> {
             kind: FrameKind::Push as u8,
             code: self.kind as u8,
             id: self.id,
+            // Unreachable for a server's pushes: keys come from decoded requests (at most
+            // `MAX_KEY_LEN`) and values from the store (at most `MAX_VALUE_LEN_CAP`).
             key_len: u32::try_from(self.key.len()).expect("key fits the protocol"),
             value_len: u32::try_from(self.value.len()).expect("value fits the protocol"),
             arg: self.arg,

@@ -281,6 +281,7 @@ impl<S: Read + Write> Engine<S> {
         let mut end = WindowEnd::Full;
         let mut at = 0;
         while frames.len() < PREFETCH_FRAMES {
+            // `at` is a sum of lengths of frames decoded from `bytes`, so at most its length.
             match protocol::decode_request(&bytes[at..], &self.config.limits) {
                 Ok(Decoded::Frame((id, req), n)) => {
                     let hash = key_of(&req).map_or(0, |k| self.store.hash(k));

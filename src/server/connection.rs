@@ -102,6 +102,7 @@ impl OutQueue {
     fn advance(&mut self, mut n: usize) {
         self.pending -= n;
         while n > 0 {
+            // Unreachable: `n` is what one write took of the slices of these pieces.
             let front = self.pieces.front().expect("advanced past the queue");
             let len = match front {
                 Piece::Buf { start, end } | Piece::Shared { start, end, .. } => end - start,
