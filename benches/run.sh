@@ -3,7 +3,9 @@
 # same client, same run. Installs redis-server and memcached if missing, starts every server
 # on loopback TCP and on a Unix socket with explicit settings, pinned to one CPU while the load
 # generator is pinned to another, measures memory (on servers of its own), runs the matrix, one
-# cell over a larger key space, first-open and client measurements, and stops every server it
+# cell over a larger key space, first-open and client measurements, the cost of fan-out to
+# another client (`loadgen fanout`: 65,536 waits woken by a CLEAR, 1,000 SETs to 4,096
+# subscriptions, each next to the same work with nobody listening), and stops every server it
 # started by its pid.
 #
 #   bash benches/run.sh           # full matrix (GET/SET x depth 1,16,64 x 1,4,50 connections x TCP/Unix), < 10 min
@@ -11,9 +13,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=""
+FANOUT_ROUNDS=5
 MEM_KEYS=1000000
 MEM_OVERWRITES=3000000
-if [[ "${1:-}" == "--quick" ]]; then QUICK=--quick; MEM_KEYS=100000; MEM_OVERWRITES=300000; fi
+if [[ "${1:-}" == "--quick" ]]; then QUICK=--quick; MEM_KEYS=100000; MEM_OVERWRITES=300000; FANOUT_ROUNDS=1; fi
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 if ! command -v redis-server >/dev/null || ! command -v memcached >/dev/null; then
@@ -111,3 +114,8 @@ fi
 echo
 taskset -c "$CLIENT_CPU" "$L" client --transport tcp
 taskset -c "$CLIENT_CPU" "$L" client --transport unix
+echo
+# Last: its CLEARs empty the matrix's servers. Not pinned: the prober and the subscriber's reader
+# are threads of one process, kept apart from each other where the CPUs allow.
+"$L" fanout --rounds "$FANOUT_ROUNDS" --target "upcache=$UP_TCP"
+"$L" fanout --rounds "$FANOUT_ROUNDS" --target "upcache=$UP_UNIX"

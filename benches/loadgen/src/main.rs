@@ -10,8 +10,10 @@
 //! Subcommands: `floor` (run the floor server), `serve` (start an upcache server and print its
 //! connection file), `run` (one measurement), `matrix` (the comparison table), `memory` (bytes
 //! per key), `first-open` (election and start time), `client` (the upcache library's own calls),
-//! `send-probe` (what the kernel charges for sending replies from scattered memory).
+//! `send-probe` (what the kernel charges for sending replies from scattered memory), `fanout`
+//! (another client's GET latency while waits are woken and events fan out; see `fanout.rs`).
 
+mod fanout;
 mod floor;
 mod proto;
 
@@ -124,6 +126,26 @@ enum Cmd {
         keys: usize,
         #[arg(long, default_value_t = 100_000)]
         batches: usize,
+    },
+    /// Another client's GET latency at depth 1 while a CLEAR wakes `waits` waits and while
+    /// `sets` SETs of one key fan out to `subs` subscriptions, next to the same work with
+    /// nobody listening, same run (see `fanout.rs`).
+    Fanout {
+        /// `upcache=FILE` (a connection file, as for `run`).
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 65_536)]
+        waits: u32,
+        #[arg(long, default_value_t = 4_096)]
+        subs: u32,
+        #[arg(long, default_value_t = 1_000)]
+        sets: u32,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = 16)]
+        key_size: usize,
+        #[arg(long, default_value_t = 64)]
+        value_size: usize,
     },
     /// The upcache library's own calls: get round trip and pipelined throughput.
     Client {
@@ -978,6 +1000,25 @@ fn main() {
             Cmd::FirstOpen { runs, transport } => first_open(runs, transport)?,
             Cmd::Client { transport, ops } => client(transport, ops)?,
             Cmd::SendProbe { keys, batches } => send_probe(keys, batches)?,
+            Cmd::Fanout {
+                target,
+                waits,
+                subs,
+                sets,
+                rounds,
+                key_size,
+                value_size,
+            } => fanout::run(
+                &Target::parse(&target)?,
+                &fanout::Dims {
+                    waits,
+                    subs,
+                    sets,
+                    rounds,
+                    key_size,
+                    value_size,
+                },
+            )?,
         }
         Ok(())
     })();
