@@ -20,7 +20,7 @@ use upcache::protocol::{
     VERSION,
 };
 use upcache::transports::{connect, Stream};
-use upcache::{Transport, UpCache};
+use upcache::{TransportKind as Transport, UpCache};
 use util::Sandbox;
 
 each_transport!(
