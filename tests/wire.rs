@@ -110,9 +110,9 @@ fn owned(f: Incoming<'_>) -> Owned {
 }
 
 fn token(c: &UpCache) -> String {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(c.connection_file()).unwrap()).unwrap();
-    v["token"].as_str().unwrap().to_string()
+    upcache::ServerInfo::read(c.connection_file())
+        .unwrap()
+        .token
 }
 
 fn assert_healthy(c: &UpCache) {
