@@ -188,7 +188,7 @@ impl ServerInfo {
             .map_err(|e| foreign(line).unwrap_or_else(|| ServerInfoError::Invalid(e.to_string())))
     }
 
-    /// Reads and parses the connection file at `path` (at most [`MAX_INFO_LEN`] bytes).
+    /// Reads and parses the connection file at `path` (at most 64 KiB of it).
     ///
     /// # Errors
     ///

@@ -490,9 +490,10 @@ impl fmt::Display for StartError {
             StartError::Server(m) => write!(f, "the server failed to start: {m}"),
             StartError::Exited => write!(
                 f,
-                "the server process exited without reporting that it listens (if this program \
-                 turned off upcache's `auto-server` feature, its `main` must call \
-                 `upcache::serve_if_requested()` first)"
+                "the server process exited without reporting that it listens (a program built \
+                 without upcache's `auto-server` feature must call \
+                 `upcache::serve_if_requested()` first in `main`; a setuid or setgid program \
+                 cannot start a server)"
             ),
             StartError::BadAnswer(a) => write!(f, "the server process answered {a:?}"),
             StartError::NoAnswer => write!(f, "the server process did not report that it listens"),
