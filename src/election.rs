@@ -34,29 +34,111 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use upcache_transports::Endpoint;
 
-/// What the server writes into the connection file.
+/// The connection file's content (PROTOCOL.md §1): where a server listens and how to greet it.
+///
+/// The server writes it as one JSON object on one line, ended by `\n`, once it listens; an
+/// opener that finds the line incomplete reads again. Read one with [`ServerInfo::read`] or
+/// [`ServerInfo::parse`]; [`UpCache::connection_file`](crate::UpCache::connection_file) names
+/// the file of an open cache.
+///
+/// ```no_run
+/// let cache = upcache::UpCache::open("TVHosts")?;
+/// let info = upcache::ServerInfo::read(cache.connection_file())?;
+/// println!("server {} listens at {}", info.pid, info.address);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ServerInfo {
-    /// TCP port (0 for the Unix transport), as in the original's `{"port": N}`.
+    /// The TCP port on 127.0.0.1, or 0 for the Unix transport. The field has the name and
+    /// meaning of the original's (Python) `{"port": N}`.
     pub port: u16,
-    /// Always 127.0.0.1.
+    /// The host of the TCP port: always `"127.0.0.1"`.
     pub host: String,
     /// The server's process id.
     pub pid: u32,
-    /// The protocol version it speaks.
+    /// The protocol version the server speaks (`protocol::VERSION` of its build).
     pub version: u64,
-    /// The handshake token.
+    /// The handshake token: 32 lowercase hex digits, presented in every `HELLO`.
     pub token: String,
     /// The transport's name: `"tcp"` or `"unix"`.
     pub transport: String,
-    /// Where to connect, as an endpoint address: `tcp://127.0.0.1:PORT`, `unix:///PATH`.
+    /// Where to connect, as an endpoint address: `tcp://127.0.0.1:PORT` or `unix:///PATH`
+    /// (see [`Endpoint::parse`]).
     pub address: String,
-    /// The longest value the server accepts.
+    /// The longest value the server accepts, in bytes.
     pub max_value: u32,
 }
 
+/// The most of a connection file that is ever read: a hostile file cannot make a reader
+/// allocate more.
+pub const MAX_INFO_LEN: u64 = 64 * 1024;
+
+/// Why a connection file does not give a server's address.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServerInfoError {
+    /// The file is empty, or holds the start of a connection file whose line is not ended yet:
+    /// its server is still writing it (or died while starting).
+    Incomplete,
+    /// The file holds another program's `{"port": N}` without upcache's `version` and `token`:
+    /// the file of the Python upcache (it uses the same file name), or of another program.
+    Foreign {
+        /// The port it names.
+        port: u16,
+    },
+    /// The file holds something else.
+    Invalid(String),
+    /// The file could not be read.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for ServerInfoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerInfoError::Incomplete => {
+                write!(
+                    f,
+                    "the connection file is not complete yet (its server is starting)"
+                )
+            }
+            ServerInfoError::Foreign { port } => write!(
+                f,
+                "the connection file belongs to another program (port {port}, no upcache token), \
+                 perhaps the Python upcache"
+            ),
+            ServerInfoError::Invalid(why) => {
+                write!(
+                    f,
+                    "the connection file does not hold a server address: {why}"
+                )
+            }
+            ServerInfoError::Io(e) => write!(f, "could not read the connection file: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerInfoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerInfoError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The original's connection file: `{"port": N}`, and no upcache fields.
+#[derive(Deserialize)]
+struct Original {
+    port: u16,
+    version: Option<serde::de::IgnoredAny>,
+    token: Option<serde::de::IgnoredAny>,
+}
+
 impl ServerInfo {
-    /// The info for a server at `endpoint`.
+    /// The info for a server of this process listening at `endpoint`, greeting with `token`
+    /// and accepting values up to `max_value` bytes. A host that runs a server itself writes
+    /// [`ServerInfo::to_line`] of it where its clients look.
     pub fn new(endpoint: &Endpoint, token: &str, max_value: u32) -> Self {
         let port = match endpoint {
             Endpoint::Tcp(a) => a.port(),
@@ -74,15 +156,75 @@ impl ServerInfo {
         }
     }
 
-    /// Where to connect.
+    /// Where to connect; `None` if [`address`](Self::address) is not an endpoint address.
     pub fn endpoint(&self) -> Option<Endpoint> {
         Endpoint::parse(&self.address)
     }
 
-    /// Parses a whole connection file. `None` for anything incomplete or not ours.
-    pub fn parse(text: &[u8]) -> Option<Self> {
-        let text = text.strip_suffix(b"\n")?;
-        serde_json::from_slice(text).ok()
+    /// Parses a whole connection file: one JSON line ended by `\n`.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerInfoError::Incomplete`] for an empty file or a start of JSON not ended by its
+    /// newline yet,
+    /// [`ServerInfoError::Foreign`] for the original's `{"port": N}` (with or without its
+    /// newline), [`ServerInfoError::Invalid`] for anything else that is not a connection file.
+    pub fn parse(text: &[u8]) -> Result<Self, ServerInfoError> {
+        let foreign = |json: &[u8]| match serde_json::from_slice::<Original>(json) {
+            Ok(o) if o.version.is_none() && o.token.is_none() => {
+                Some(ServerInfoError::Foreign { port: o.port })
+            }
+            _ => None,
+        };
+        let Some(line) = text.strip_suffix(b"\n") else {
+            // Complete JSON whose newline is not written yet, or JSON cut short: incomplete.
+            return Err(match serde_json::from_slice::<ServerInfo>(text) {
+                Ok(_) => ServerInfoError::Incomplete,
+                Err(e) if e.is_eof() => ServerInfoError::Incomplete,
+                Err(e) => foreign(text).unwrap_or_else(|| ServerInfoError::Invalid(e.to_string())),
+            });
+        };
+        serde_json::from_slice(line)
+            .map_err(|e| foreign(line).unwrap_or_else(|| ServerInfoError::Invalid(e.to_string())))
+    }
+
+    /// Reads and parses the connection file at `path` (at most 64 KiB of it).
+    ///
+    /// # Errors
+    ///
+    /// [`ServerInfoError::Io`] if it cannot be read, else as [`ServerInfo::parse`].
+    pub fn read(path: &Path) -> Result<Self, ServerInfoError> {
+        let file = File::open(path).map_err(ServerInfoError::Io)?;
+        Self::parse(&read_bounded(file).map_err(ServerInfoError::Io)?)
+    }
+
+    /// The file's content for this info: its JSON and a newline.
+    pub fn to_line(&self) -> Vec<u8> {
+        // Serializing strings and integers into a Vec cannot fail (serde_json fails only for
+        // maps with non-string keys, or when the writer fails); the fallback is unreachable.
+        let mut line = serde_json::to_vec(self).unwrap_or_default();
+        line.push(b'\n');
+        line
+    }
+}
+
+/// Reads at most [`MAX_INFO_LEN`] bytes.
+fn read_bounded(file: impl Read) -> io::Result<Vec<u8>> {
+    let mut text = Vec::new();
+    file.take(MAX_INFO_LEN).read_to_end(&mut text)?;
+    Ok(text)
+}
+
+/// Whether a TCP connection to 127.0.0.1:`port` is accepted (or still pending after a
+/// second: something listens, with a full backlog). Refused means nobody listens.
+fn port_accepts(port: u16) -> bool {
+    if port == 0 {
+        return false;
+    }
+    let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        Ok(_) => true,
+        Err(e) => e.kind() == io::ErrorKind::TimedOut,
     }
 }
 
@@ -112,6 +254,12 @@ pub enum Look {
     NotReady(&'static str),
     /// The file was stale or vanished; look again at once.
     Retry,
+    /// The file is another program's `{"port": N}` (no lock, no token) and that port accepts
+    /// connections: a live foreign server owns the name. The file was left alone.
+    Foreign {
+        /// The port it names.
+        port: u16,
+    },
 }
 
 /// A won election: the locked, empty connection file.
@@ -186,7 +334,15 @@ fn look_existing(path: &Path) -> io::Result<Look> {
     let mut lock = fd_lock::RwLock::new(file);
     let held_elsewhere = match lock.try_write() {
         Ok(guard) => {
-            // Nobody holds the lock: whatever wrote this file is gone.
+            // Nobody holds the lock: whatever wrote this file is gone, unless it is another
+            // program's file (the Python original uses the same name and takes no lock).
+            if let Err(ServerInfoError::Foreign { port }) =
+                ServerInfo::parse(&read_bounded(&*guard)?)
+            {
+                if port_accepts(port) {
+                    return Ok(Look::Foreign { port });
+                }
+            }
             if is_current(&guard, path)? {
                 match std::fs::remove_file(path) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -201,13 +357,10 @@ fn look_existing(path: &Path) -> io::Result<Look> {
     if !held_elsewhere {
         return Ok(Look::Retry);
     }
-    let mut text = Vec::new();
-    // Bound what a hostile file can make us read.
-    lock.into_inner().take(64 * 1024).read_to_end(&mut text)?;
-    Ok(match ServerInfo::parse(&text) {
-        Some(info) => Look::Found(info),
-        None if text.is_empty() => Look::NotReady("the server is starting"),
-        None => Look::NotReady("the connection file does not hold a server address"),
+    Ok(match ServerInfo::parse(&read_bounded(lock.into_inner())?) {
+        Ok(info) => Look::Found(info),
+        Err(ServerInfoError::Incomplete) => Look::NotReady("the server is starting"),
+        Err(_) => Look::NotReady("the connection file does not hold a server address"),
     })
 }
 
@@ -233,10 +386,8 @@ impl OwnedFile {
     /// Writes the server's address, as one JSON line.
     pub fn publish(&mut self, info: &ServerInfo) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let mut line = serde_json::to_vec(info).map_err(io::Error::other)?;
-        line.push(b'\n');
         self.file.set_len(0)?;
-        self.file.write_all_at(&line, 0)
+        self.file.write_all_at(&info.to_line(), 0)
     }
 
     /// Removes the file if the path still names it (it always should: only the lock holder
@@ -279,16 +430,84 @@ mod tests {
     fn info_round_trips_and_partial_files_are_not_ready() {
         let ep = Endpoint::Tcp("127.0.0.1:4000".parse().unwrap());
         let info = ServerInfo::new(&ep, "abc", 10);
-        let mut line = serde_json::to_vec(&info).unwrap();
-        line.push(b'\n');
-        assert_eq!(ServerInfo::parse(&line), Some(info.clone()));
+        let line = info.to_line();
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(ServerInfo::parse(&line).unwrap(), info);
         assert_eq!(info.endpoint(), Some(ep));
         for cut in 0..line.len() {
-            assert_eq!(ServerInfo::parse(&line[..cut]), None);
+            assert!(
+                matches!(
+                    ServerInfo::parse(&line[..cut]),
+                    Err(ServerInfoError::Incomplete)
+                ),
+                "cut at {cut}"
+            );
         }
-        assert_eq!(ServerInfo::parse(b"garbage\n"), None);
+        for garbage in [&b"garbage\n"[..], b"garbage", b"{\"port\": x"] {
+            assert!(matches!(
+                ServerInfo::parse(garbage),
+                Err(ServerInfoError::Invalid(_))
+            ));
+        }
         let ep = Endpoint::Unix("/tmp/x.sock".into());
         assert_eq!(ServerInfo::new(&ep, "t", 10).endpoint(), Some(ep));
+    }
+
+    #[test]
+    fn the_originals_file_is_foreign_with_or_without_newline() {
+        for text in [
+            &b"{\"port\": 4242}"[..],
+            b"{\"port\": 4242}\n",
+            b"{\"port\":4242,\"x\":1}",
+        ] {
+            assert!(
+                matches!(
+                    ServerInfo::parse(text),
+                    Err(ServerInfoError::Foreign { port: 4242 })
+                ),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        // Ours but incomplete or damaged: not foreign.
+        for text in [
+            &b"{\"port\": 4242, \"token\": \"t\"}\n"[..],
+            b"{\"port\": 4242, \"version\": 1}\n",
+            b"{\"port\": 70000}\n",
+        ] {
+            assert!(
+                matches!(ServerInfo::parse(text), Err(ServerInfoError::Invalid(_))),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    #[test]
+    fn read_reports_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = ServerInfo::read(&dir.path().join("none.json")).unwrap_err();
+        assert!(matches!(e, ServerInfoError::Io(_)), "{e}");
+        assert!(e.to_string().contains("could not read"), "{e}");
+    }
+
+    #[test]
+    fn a_foreign_file_with_a_live_port_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_path(dir.path(), "py");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let text = format!("{{\"port\": {port}}}");
+        std::fs::write(&path, &text).unwrap();
+        for _ in 0..2 {
+            assert!(matches!(look(&path).unwrap(), Look::Foreign { port: p } if p == port));
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        }
+        // Its server stopped: the port refuses, and the file is stale like any other.
+        drop(listener);
+        assert!(matches!(look(&path).unwrap(), Look::Retry));
+        assert!(!path.exists());
+        assert!(matches!(look(&path).unwrap(), Look::Won(_)));
     }
 
     #[test]

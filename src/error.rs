@@ -89,6 +89,25 @@ pub enum Error {
         /// What was last seen.
         detail: String,
     },
+    /// Another program serves this name: the connection file holds its `{"port": N}` (the
+    /// format of the Python upcache, which uses the same file name) and that port accepts
+    /// connections. The file is left alone; starting a second server would split the cache.
+    ForeignServer {
+        /// The cache name.
+        name: String,
+        /// The connection file.
+        path: PathBuf,
+        /// The port that program listens on.
+        port: u16,
+    },
+    /// This process won the election but could not start the server process, or the server
+    /// failed before it listened. The connection file was removed, so the next open tries again.
+    ServerStart {
+        /// The cache name.
+        name: String,
+        /// What happened.
+        detail: String,
+    },
     /// The server at the address in the connection file refused the handshake, or did not
     /// speak upcache.
     Handshake {
@@ -183,6 +202,16 @@ impl fmt::Display for Error {
                 "could not open cache `{name}` in time ({detail}); connection file {}",
                 path.display()
             ),
+            Error::ForeignServer { name, path, port } => write!(
+                f,
+                "another program (perhaps the Python upcache) serves cache `{name}` on port \
+                 {port}: its connection file {} is not upcache's. Use another name or directory, \
+                 or stop that program; if nothing should listen on that port, remove the file",
+                path.display()
+            ),
+            Error::ServerStart { name, detail } => {
+                write!(f, "could not start the cache server for `{name}`: {detail}")
+            }
             Error::Handshake { name, detail } => write!(
                 f,
                 "the server in the connection file of `{name}` is not a working upcache server: \

@@ -1,44 +1,57 @@
 //! Starting the server as a detached process, and the process's entry point.
 //!
 //! The winner of the election runs its own executable again (`/proc/self/exe`) with the
-//! environment variable [`SERVER_ENV`] describing the server to run. The executable links this
-//! crate, and the crate places [`server_entry`] in `.init_array`, so the new process becomes the
-//! server before the program's `main` would run, and exits when the server stops. No separate
-//! server binary has to be installed or found, and the winner never forks without exec, so
-//! opening from a process that runs many threads is safe.
+//! environment variable [`SERVER_ENV`] describing the server to run. With the `auto-server`
+//! feature (on by default) the crate places a constructor in `.init_array`, so the new process
+//! becomes the server before the program's `main` would run, and exits when the server stops.
+//! Without the feature, the program calls [`serve_if_requested`] first in `main`, which does
+//! the same. No separate server binary has to be installed or found, and the winner never
+//! forks without exec, so opening from a process that runs many threads is safe.
 //!
 //! The child is detached: it runs in its own session (`setsid`), its standard streams are
 //! `/dev/null`, and it is the grandchild of the winner (the intermediate child exits at once
 //! and is reaped), so it outlives the winner and never stays a zombie. It inherits two
 //! descriptors: the locked connection file, whose lock it keeps for its life, and the write end
 //! of a pipe on which it reports `ok <json>` once it listens, or `err <message>`.
+//!
+//! The entry trusts nothing in the variable: it refuses to serve in a setuid or setgid process
+//! (`AT_SECURE`), removes the variable from the environment, and checks the whole spec
+//! ([`validate`], then that both descriptors are open and are the connection file and a pipe)
+//! before it touches a descriptor or a file. A spec that fails makes the process exit with
+//! status 2 and a message on standard error.
 
+use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use upcache_transports::{BindOptions, Endpoint, Kind};
 
-use crate::election::{OwnedFile, ServerInfo, Won};
+use crate::election::{self, OwnedFile, ServerInfo, Won};
+use crate::error::{Error, NameError};
 use crate::protocol::Limits;
 use crate::server::{self, Config, Host};
 
 /// The environment variable that turns a process linking upcache into a server.
 pub const SERVER_ENV: &str = "UPCACHE_INTERNAL_SERVER_SPEC";
 
+/// The exit status of a process whose spec was refused.
+const REFUSED: i32 = 2;
+
 /// What the winner asks of the server it starts.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerSpec {
-    /// The connection file.
+    /// The connection file: `election::file_path(dir, name)`.
     pub path: PathBuf,
     /// `"tcp"` or `"unix"`.
     pub transport: String,
-    /// The directory of the cache's files.
+    /// The directory of the cache's files (absolute: the server runs in `/`).
     pub dir: PathBuf,
     /// The cache's name.
     pub name: String,
@@ -48,25 +61,30 @@ pub struct ServerSpec {
     pub linger_ms: u64,
     /// Longest value accepted.
     pub max_value: u32,
-    #[serde(default)]
+    #[serde(default = "no_fd")]
     lock_fd: RawFd,
-    #[serde(default)]
+    #[serde(default = "no_fd")]
     ready_fd: RawFd,
 }
 
+fn no_fd() -> RawFd {
+    -1
+}
+
 impl ServerSpec {
-    /// A spec; descriptors are filled in by [`start`].
+    /// A spec; descriptors are filled in by [`start`]. A relative `dir` is made absolute
+    /// against the current directory (the server runs in `/`).
     pub fn new(
-        path: PathBuf,
-        transport: Kind,
         dir: PathBuf,
         name: String,
+        transport: Kind,
         auto_kill: bool,
         linger: Duration,
         max_value: u32,
     ) -> Self {
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
         ServerSpec {
-            path,
+            path: election::file_path(&dir, &name),
             transport: transport.name().into(),
             dir,
             name,
@@ -79,22 +97,240 @@ impl ServerSpec {
     }
 }
 
-// Referenced from `start` so the object holding it is always linked where `start` is. The
-// numbered section runs before the host program's own unnumbered constructors, so none of them
-// runs in the server process.
+/// Why a process refuses the spec in [`SERVER_ENV`] and does not serve.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SpecError {
+    /// The process runs setuid or setgid (`AT_SECURE`): its environment is not trusted.
+    Secure,
+    /// The variable is not the JSON of a spec.
+    Unreadable(String),
+    /// A descriptor is negative or a standard stream.
+    Descriptor(&'static str, RawFd),
+    /// Both descriptors are the same number.
+    SameDescriptor(RawFd),
+    /// A descriptor is not open in this process.
+    Closed(&'static str, RawFd),
+    /// The lock descriptor is not the connection file, or the ready one not a pipe.
+    WrongKind(&'static str, RawFd),
+    /// The name is not a valid cache name.
+    Name(NameError),
+    /// The transport is neither `tcp` nor `unix`.
+    Transport(String),
+    /// The directory is not an absolute path.
+    RelativeDir(PathBuf),
+    /// The connection file is not `<dir>/upcache-<name>.json`.
+    Path(PathBuf),
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpecError::Secure => write!(f, "this process runs setuid or setgid"),
+            SpecError::Unreadable(e) => write!(f, "the spec is not readable: {e}"),
+            SpecError::Descriptor(which, fd) => {
+                write!(
+                    f,
+                    "the {which} descriptor {fd} is not a usable descriptor number"
+                )
+            }
+            SpecError::SameDescriptor(fd) => {
+                write!(f, "the lock and ready descriptors are both {fd}")
+            }
+            SpecError::Closed(which, fd) => write!(f, "the {which} descriptor {fd} is not open"),
+            SpecError::WrongKind(which, fd) => write!(
+                f,
+                "the {which} descriptor {fd} is not {}",
+                if *which == "lock" {
+                    "the connection file"
+                } else {
+                    "a pipe"
+                }
+            ),
+            SpecError::Name(reason) => write!(f, "invalid cache name: {reason:?}"),
+            SpecError::Transport(t) => write!(f, "unknown transport {t:?}"),
+            SpecError::RelativeDir(d) => write!(f, "the directory {} is relative", d.display()),
+            SpecError::Path(p) => write!(
+                f,
+                "{} is not the connection file of this directory and name",
+                p.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+/// Checks everything in `spec` that needs no system call: descriptor numbers, name,
+/// transport, directory, and that the path is the connection file of that directory and name.
+pub fn validate(spec: &ServerSpec) -> Result<Kind, SpecError> {
+    for (which, fd) in [("lock", spec.lock_fd), ("ready", spec.ready_fd)] {
+        if fd <= 2 {
+            return Err(SpecError::Descriptor(which, fd));
+        }
+    }
+    if spec.lock_fd == spec.ready_fd {
+        return Err(SpecError::SameDescriptor(spec.lock_fd));
+    }
+    match crate::error::validate_name(&spec.name) {
+        Ok(()) => {}
+        Err(Error::InvalidName { reason, .. }) => return Err(SpecError::Name(reason)),
+        // validate_name returns no other error.
+        Err(e) => return Err(SpecError::Unreadable(e.to_string())),
+    }
+    let kind = Kind::from_name(&spec.transport)
+        .ok_or_else(|| SpecError::Transport(spec.transport.clone()))?;
+    if !spec.dir.is_absolute() {
+        return Err(SpecError::RelativeDir(spec.dir.clone()));
+    }
+    if spec.path != election::file_path(&spec.dir, &spec.name) {
+        return Err(SpecError::Path(spec.path.clone()));
+    }
+    Ok(kind)
+}
+
+/// Checks the descriptors of a [`validate`]d spec in this process: both open, the lock one
+/// is the file at `spec.path`, the ready one a pipe.
+fn check_descriptors(spec: &ServerSpec) -> Result<(), SpecError> {
+    for (which, fd) in [("lock", spec.lock_fd), ("ready", spec.ready_fd)] {
+        // SAFETY: F_GETFD only reads the descriptor's flags; any number is allowed.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            return Err(SpecError::Closed(which, fd));
+        }
+    }
+    let stat = |fd: RawFd| {
+        // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is valid for writes; fstat fills it or fails.
+        (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st)
+    };
+    let path = std::fs::metadata(&spec.path).ok();
+    let is_file = stat(spec.lock_fd).zip(path).is_some_and(|(st, m)| {
+        use std::os::unix::fs::MetadataExt;
+        st.st_dev == m.dev() && st.st_ino == m.ino()
+    });
+    if !is_file {
+        return Err(SpecError::WrongKind("lock", spec.lock_fd));
+    }
+    if stat(spec.ready_fd).is_none_or(|st| st.st_mode & libc::S_IFMT != libc::S_IFIFO) {
+        return Err(SpecError::WrongKind("ready", spec.ready_fd));
+    }
+    Ok(())
+}
+
+/// What this process was asked to be.
+enum Request {
+    /// An ordinary process.
+    None,
+    /// A server, with a checked spec.
+    Serve(ServerSpec, Kind),
+    /// A server, with a spec that must not be used.
+    Refused(SpecError),
+}
+
+/// Reads [`SERVER_ENV`] once, removes it from the environment, and checks it.
+///
+/// Runs before any other thread of this process exists (in the constructor, or first in
+/// `main` as [`serve_if_requested`] documents), so changing the environment is sound.
+fn take_request() -> Request {
+    // SAFETY: getauxval only reads the auxiliary vector the kernel gave this process.
+    let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
+    // Read only after the AT_SECURE check above decides whether the value may be used:
+    // together the same as `secure_getenv`.
+    let Some(value) = std::env::var_os(SERVER_ENV) else {
+        return Request::None;
+    };
+    // Not passed on to anything this process might start.
+    std::env::remove_var(SERVER_ENV);
+    if secure {
+        return Request::Refused(SpecError::Secure);
+    }
+    let spec: ServerSpec = match serde_json::from_slice(value.as_encoded_bytes()) {
+        Ok(s) => s,
+        Err(e) => return Request::Refused(SpecError::Unreadable(e.to_string())),
+    };
+    match validate(&spec).and_then(|kind| check_descriptors(&spec).map(|()| kind)) {
+        Ok(kind) => Request::Serve(spec, kind),
+        Err(e) => Request::Refused(e),
+    }
+}
+
+/// Whether [`serve_if_requested`] ran in this process.
+static CHECKED: AtomicBool = AtomicBool::new(false);
+
+/// Runs the server and exits the process if this process was started as a cache's server;
+/// returns at once otherwise.
+///
+/// Needed only by a program built without the `auto-server` feature (on by default, it does
+/// this before `main`): call it first in `main`, before any thread is started and before
+/// anything else is done. The winner of an election runs the program's own executable again
+/// as the server; in that process this call serves until the server stops and then exits
+/// (status 0, or 1 if the server failed), so the rest of `main` never runs there. A process
+/// that was started with a forged or damaged request exits with status 2 and a message on
+/// standard error, and a setuid or setgid process refuses to serve.
+///
+/// Without the feature, a program that never calls it cannot start a server: its `open`
+/// fails with [`Error::ServerStart`] when it wins an election (joining a server that
+/// another program started still works).
+///
+/// ```no_run
+/// // Cargo.toml: upcache = { version = "0.1", default-features = false }
+/// // The first line of `main`:
+/// upcache::serve_if_requested();
+/// // Only an ordinary run of the program gets here.
+/// let cache = upcache::UpCache::open("TVHosts")?;
+/// # Ok::<(), upcache::Error>(())
+/// ```
+pub fn serve_if_requested() {
+    CHECKED.store(true, Ordering::Relaxed);
+    enter_if_requested();
+}
+
+/// Whether this process can start a server: its executable, run again, becomes one.
+fn can_launch() -> bool {
+    cfg!(feature = "auto-server") || CHECKED.load(Ordering::Relaxed)
+}
+
+// The constructor, referenced from `start` so the object holding it is always linked where
+// `start` is.
+//
+// Which constructors run before it: the dynamic loader runs the constructors of every shared
+// library the executable depends on (libc's included) before any of the executable's own; in a
+// static executable, libc initializes itself before running `.init_array`. Within the
+// executable, the linkers (GNU ld, gold, lld) place `.init_array.NNNNN` sections sorted by
+// number ahead of the unnumbered `.init_array`, and the entries run in that order. So std's own
+// (`.init_array.00099`, which records argv) and any constructor given a priority of 200 or less
+// run before this one and also run in the server process; the unnumbered ones (C and C++ without
+// a priority, the `ctor` crate) and higher priorities run only if this one returns, which it does
+// in every process that was not started as a server.
+#[cfg(feature = "auto-server")]
 #[used]
 #[link_section = ".init_array.00200"]
 static SERVER_ENTRY: extern "C" fn() = server_entry;
 
-/// Runs before `main` in every process that links upcache; returns at once unless
-/// [`SERVER_ENV`] is set.
+/// Runs before `main` in every process that links upcache with `auto-server`; returns at once
+/// unless [`SERVER_ENV`] is set.
+#[cfg(feature = "auto-server")]
 extern "C" fn server_entry() {
-    let Some(spec) = std::env::var_os(SERVER_ENV) else {
-        return;
-    };
-    let code = match std::panic::catch_unwind(|| run_server(spec.as_encoded_bytes())) {
-        Ok(Ok(())) => 0,
-        _ => 1,
+    enter_if_requested();
+}
+
+/// Serves and exits if [`SERVER_ENV`] asks for it, exits with [`REFUSED`] if it is not to be
+/// trusted, returns if it is not set.
+fn enter_if_requested() {
+    let code = match take_request() {
+        Request::None => return,
+        Request::Refused(e) => {
+            let _ = writeln!(
+                io::stderr(),
+                "upcache: not starting a cache server: {e} (the environment variable \
+                 {SERVER_ENV} is set only by upcache, for the server process it starts)"
+            );
+            REFUSED
+        }
+        Request::Serve(spec, kind) => match std::panic::catch_unwind(|| run_server(spec, kind)) {
+            Ok(Ok(())) => 0,
+            _ => 1,
+        },
     };
     // Skip the host program's destructors and atexit handlers: this process never ran its main.
     // SAFETY: _exit ends the process; nothing runs after it.
@@ -113,8 +349,7 @@ impl Host for LaunchedHost {
         self.file.publish(&info)?;
         if let Some(mut pipe) = self.ready.take() {
             let mut line = b"ok ".to_vec();
-            line.extend(serde_json::to_vec(&info).map_err(io::Error::other)?);
-            line.push(b'\n');
+            line.extend(info.to_line());
             // The winner may have given up waiting; the server serves anyway.
             let _ = pipe.write_all(&line);
         }
@@ -126,14 +361,15 @@ impl Host for LaunchedHost {
     }
 }
 
-fn run_server(spec: &[u8]) -> io::Result<()> {
-    let spec: ServerSpec = serde_json::from_slice(spec).map_err(io::Error::other)?;
+/// Runs the server of a checked spec.
+fn run_server(spec: ServerSpec, transport: Kind) -> io::Result<()> {
     // SAFETY: ignoring SIGPIPE is process-wide and has no preconditions; this process runs
     // only the server (std's runtime, which would do this, has not started).
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     close_other_fds(&[spec.lock_fd, spec.ready_fd]);
-    // SAFETY: both descriptors were inherited for us alone (named in the spec, kept open
-    // across exec by the launcher) and are owned from here on.
+    // SAFETY: `check_descriptors` found both open and distinct, the one the connection file
+    // and the other a pipe, inherited for us alone (named in the spec, kept open across exec
+    // by the launcher); they are owned from here on, and nothing else in this process uses them.
     let (lock, mut ready) = unsafe {
         (
             File::from_raw_fd(spec.lock_fd),
@@ -150,7 +386,6 @@ fn run_server(spec: &[u8]) -> io::Result<()> {
             return Err(e);
         }
     };
-    let transport = Kind::from_name(&spec.transport).unwrap_or_default();
     let config = Config {
         transport,
         bind: BindOptions {
@@ -204,22 +439,63 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// A close-on-exec duplicate of `fd` numbered 3 or above, so that it can never be one of the
+/// standard streams the launcher points at `/dev/null` in the child.
+fn dup_above_stdio(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC reads `fd` and returns a new descriptor or -1.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
 /// Why starting a server failed.
 #[derive(Debug)]
 pub enum StartError {
+    /// This program cannot become a server: built without `auto-server`, and
+    /// [`serve_if_requested`] was not called.
+    NoEntry,
     /// The process could not be created.
     Spawn(io::Error),
     /// The server reported an error before listening.
     Server(String),
-    /// The server exited, or said nothing, before `deadline`.
+    /// The server process ended (or closed its pipe) without reporting that it listens.
+    Exited,
+    /// The server reported something that is not an answer.
+    BadAnswer(String),
+    /// The server said nothing before the deadline.
     NoAnswer,
 }
 
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl StartError {
+    /// Whether trying again before the deadline can help: only when the server may still be
+    /// starting. Every other failure would repeat.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, StartError::NoAnswer)
+    }
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            StartError::NoEntry => write!(
+                f,
+                "this program was built without upcache's `auto-server` feature and has not \
+                 called `upcache::serve_if_requested()`, so it cannot start a server: call it \
+                 first in `main`, or enable the feature"
+            ),
             StartError::Spawn(e) => write!(f, "could not start the server process: {e}"),
             StartError::Server(m) => write!(f, "the server failed to start: {m}"),
+            StartError::Exited => write!(
+                f,
+                "the server process exited without reporting that it listens (a program built \
+                 without upcache's `auto-server` feature must call \
+                 `upcache::serve_if_requested()` first in `main`; a setuid or setgid program \
+                 cannot start a server)"
+            ),
+            StartError::BadAnswer(a) => write!(f, "the server process answered {a:?}"),
             StartError::NoAnswer => write!(f, "the server process did not report that it listens"),
         }
     }
@@ -228,8 +504,13 @@ impl std::fmt::Display for StartError {
 /// Starts a server for the won election `won` and waits (until `deadline`) for it to listen.
 /// On failure the connection file is removed, so the next opener can try again.
 pub fn start(won: Won, mut spec: ServerSpec, deadline: Instant) -> Result<ServerInfo, StartError> {
+    #[cfg(feature = "auto-server")]
     std::hint::black_box(&SERVER_ENTRY);
-    let result = spawn_and_wait(&won, &mut spec, deadline);
+    let result = if can_launch() {
+        spawn_and_wait(&won, &mut spec, deadline)
+    } else {
+        Err(StartError::NoEntry)
+    };
     match result {
         Ok(info) => {
             won.hand_over();
@@ -247,8 +528,12 @@ fn spawn_and_wait(
     spec: &mut ServerSpec,
     deadline: Instant,
 ) -> Result<ServerInfo, StartError> {
-    let (read_end, write_end) = pipe().map_err(StartError::Spawn)?;
-    spec.lock_fd = won.fd();
+    let (read_end, pipe_write_end) = pipe().map_err(StartError::Spawn)?;
+    let lock = dup_above_stdio(won.fd()).map_err(StartError::Spawn)?;
+    let write_end = dup_above_stdio(pipe_write_end.as_raw_fd()).map_err(StartError::Spawn)?;
+    // Only the child may hold a write end while we wait: its exit must end the wait.
+    drop(pipe_write_end);
+    spec.lock_fd = lock.as_raw_fd();
     spec.ready_fd = write_end.as_raw_fd();
     let json = serde_json::to_string(&spec).map_err(|e| StartError::Spawn(io::Error::other(e)))?;
     let (lock_fd, ready_fd) = (spec.lock_fd, spec.ready_fd);
@@ -281,27 +566,45 @@ fn spawn_and_wait(
     let mut child = cmd.spawn().map_err(StartError::Spawn)?;
     // The intermediate process exits at once; reap it so no zombie is left.
     let _ = child.wait();
-    drop(write_end);
-    let mut pipe = File::from(read_end);
+    drop((write_end, lock));
+    wait_answer(File::from(read_end), deadline)
+}
+
+/// The longest answer read from a server process.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// Reads the server's one-line answer from the read end of its pipe.
+fn wait_answer(mut pipe: File, deadline: Instant) -> Result<ServerInfo, StartError> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
         if let Some(line) = buf.strip_suffix(b"\n") {
-            return match line.strip_prefix(b"ok ") {
-                Some(json) => serde_json::from_slice(json).map_err(|_| StartError::NoAnswer),
-                None => Err(StartError::Server(
-                    String::from_utf8_lossy(line.strip_prefix(b"err ").unwrap_or(line)).into(),
+            return match (line.strip_prefix(b"ok "), line.strip_prefix(b"err ")) {
+                (Some(json), _) => {
+                    let mut info = json.to_vec();
+                    info.push(b'\n');
+                    ServerInfo::parse(&info).map_err(|e| StartError::BadAnswer(e.to_string()))
+                }
+                (None, Some(message)) => {
+                    Err(StartError::Server(String::from_utf8_lossy(message).into()))
+                }
+                (None, None) => Err(StartError::BadAnswer(
+                    String::from_utf8_lossy(line).into_owned(),
                 )),
             };
+        }
+        if buf.len() > MAX_ANSWER {
+            return Err(StartError::BadAnswer("an over-long line".into()));
         }
         if !wait_readable(pipe.as_raw_fd(), deadline) {
             return Err(StartError::NoAnswer);
         }
         match pipe.read(&mut chunk) {
-            Ok(0) => return Err(StartError::NoAnswer),
+            Ok(0) => return Err(StartError::Exited),
+            // `read` returns at most `chunk.len()`.
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(StartError::NoAnswer),
+            Err(_) => return Err(StartError::Exited),
         }
     }
 }
@@ -327,5 +630,198 @@ pub(crate) fn wait_readable(fd: RawFd, deadline: Instant) -> bool {
         if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
             return false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &std::path::Path, name: &str, lock_fd: RawFd, ready_fd: RawFd) -> ServerSpec {
+        let mut s = ServerSpec::new(
+            dir.to_owned(),
+            name.into(),
+            Kind::Tcp,
+            true,
+            Duration::from_secs(1),
+            10,
+        );
+        s.lock_fd = lock_fd;
+        s.ready_fd = ready_fd;
+        s
+    }
+
+    #[test]
+    fn validate_accepts_what_the_launcher_writes_and_nothing_else() {
+        let dir = std::path::Path::new("/tmp/upcache-spec");
+        let good = spec(dir, "TVHosts", 7, 8);
+        assert_eq!(good.path, dir.join("upcache-TVHosts.json"));
+        assert_eq!(validate(&good), Ok(Kind::Tcp));
+        // The JSON the launcher writes reads back to the same spec.
+        let json = serde_json::to_vec(&good).unwrap();
+        assert_eq!(serde_json::from_slice::<ServerSpec>(&json).unwrap(), good);
+
+        let with = |f: &dyn Fn(&mut ServerSpec)| {
+            let mut s = good.clone();
+            f(&mut s);
+            validate(&s).unwrap_err()
+        };
+        assert_eq!(with(&|s| s.lock_fd = -1), SpecError::Descriptor("lock", -1));
+        assert_eq!(with(&|s| s.ready_fd = 2), SpecError::Descriptor("ready", 2));
+        assert_eq!(with(&|s| s.ready_fd = 7), SpecError::SameDescriptor(7));
+        assert_eq!(
+            with(&|s| s.name = "../x".into()),
+            SpecError::Name(NameError::Char('.'))
+        );
+        assert_eq!(
+            with(&|s| s.name = String::new()),
+            SpecError::Name(NameError::Length(0))
+        );
+        assert_eq!(
+            with(&|s| s.transport = "udp".into()),
+            SpecError::Transport("udp".into())
+        );
+        assert_eq!(
+            with(&|s| s.path = dir.join("upcache-Other.json")),
+            SpecError::Path(dir.join("upcache-Other.json"))
+        );
+        // A name that would point the path elsewhere is refused even if the path matches.
+        assert!(matches!(
+            with(&|s| {
+                s.name = "../../etc/x".into();
+                s.path = election::file_path(&s.dir, &s.name);
+            }),
+            SpecError::Name(_)
+        ));
+        assert_eq!(
+            with(&|s| {
+                s.dir = "rel".into();
+                s.path = election::file_path(&s.dir, &s.name);
+            }),
+            SpecError::RelativeDir("rel".into())
+        );
+        // A spec without descriptors (as an attacker might write it) fails on them.
+        let bare: ServerSpec = serde_json::from_value(serde_json::json!({
+            "path": "/tmp/upcache-a.json", "transport": "tcp", "dir": "/tmp", "name": "a",
+            "auto_kill": true, "linger_ms": 1, "max_value": 1
+        }))
+        .unwrap();
+        assert_eq!(validate(&bare), Err(SpecError::Descriptor("lock", -1)));
+        for e in [
+            SpecError::Secure,
+            SpecError::Closed("lock", 9),
+            SpecError::WrongKind("ready", 9),
+        ] {
+            assert!(!e.to_string().is_empty());
+        }
+        assert!(SpecError::WrongKind("lock", 9)
+            .to_string()
+            .contains("connection file"));
+    }
+
+    #[test]
+    fn descriptors_must_be_open_and_be_the_file_and_a_pipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = election::file_path(dir.path(), "d");
+        let file = File::create(&path).unwrap();
+        let other = File::create(dir.path().join("other")).unwrap();
+        let (_r, w) = pipe().unwrap();
+        let (lock, ready) = (file.as_raw_fd(), w.as_raw_fd());
+        assert_eq!(
+            check_descriptors(&spec(dir.path(), "d", lock, ready)),
+            Ok(())
+        );
+        // Far above any descriptor this process has: never open.
+        let closed = 1 << 29;
+        assert_eq!(
+            check_descriptors(&spec(dir.path(), "d", closed, ready)),
+            Err(SpecError::Closed("lock", closed))
+        );
+        assert_eq!(
+            check_descriptors(&spec(dir.path(), "d", lock, closed)),
+            Err(SpecError::Closed("ready", closed))
+        );
+        assert_eq!(
+            check_descriptors(&spec(dir.path(), "d", other.as_raw_fd(), ready)),
+            Err(SpecError::WrongKind("lock", other.as_raw_fd()))
+        );
+        assert_eq!(
+            check_descriptors(&spec(dir.path(), "d", lock, other.as_raw_fd())),
+            Err(SpecError::WrongKind("ready", other.as_raw_fd()))
+        );
+    }
+
+    fn answer(chunks: &'static [&'static [u8]]) -> Result<ServerInfo, StartError> {
+        let (r, w) = pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut w = File::from(w);
+            for c in chunks {
+                w.write_all(c).unwrap();
+                w.flush().unwrap();
+            }
+        });
+        let got = wait_answer(File::from(r), Instant::now() + Duration::from_secs(30));
+        writer.join().unwrap();
+        got
+    }
+
+    #[test]
+    fn the_launcher_reads_the_answer_and_fails_fast_when_the_child_exits() {
+        let info = ServerInfo::new(&Endpoint::Tcp("127.0.0.1:9".parse().unwrap()), "t", 5);
+        let line: &'static [u8] = Box::leak([b"ok ".to_vec(), info.to_line()].concat().into());
+        let (a, b) = line.split_at(10);
+        let chunks: &'static [&'static [u8]] = Box::leak(vec![a, b].into_boxed_slice());
+        assert_eq!(answer(chunks).unwrap(), info);
+        assert!(
+            matches!(answer(&[b"err bind: no\n"]), Err(StartError::Server(m)) if m == "bind: no")
+        );
+        assert!(matches!(
+            answer(&[b"ok {}\n"]),
+            Err(StartError::BadAnswer(_))
+        ));
+        assert!(matches!(
+            answer(&[b"what\n"]),
+            Err(StartError::BadAnswer(_))
+        ));
+        // The writer closes without a word: the child exited.
+        assert!(matches!(answer(&[]), Err(StartError::Exited)));
+        assert!(matches!(answer(&[b"ok {\"po"]), Err(StartError::Exited)));
+        // Nothing said and the pipe still open: only the deadline ends the wait.
+        let (r, _w) = pipe().unwrap();
+        assert!(matches!(
+            wait_answer(File::from(r), Instant::now() + Duration::from_millis(20)),
+            Err(StartError::NoAnswer)
+        ));
+        assert!(!StartError::NoAnswer.is_final());
+        assert!(StartError::Exited.is_final() && StartError::NoEntry.is_final());
+    }
+
+    /// A program that is not made a server (built without `auto-server` and never calling
+    /// `serve_if_requested`) runs its own `main` and exits: the opener learns at once.
+    #[test]
+    fn a_child_that_exits_without_answering_fails_at_once() {
+        let (r, original) = pipe().unwrap();
+        let w = dup_above_stdio(original.as_raw_fd()).unwrap();
+        drop(original);
+        let fd = w.as_raw_fd();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "exit 0"]);
+        // SAFETY: fcntl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        drop(w);
+        // A generous deadline: the answer comes from the child's exit, not from it.
+        let got = wait_answer(File::from(r), Instant::now() + Duration::from_secs(60));
+        child.wait().unwrap();
+        let e = got.unwrap_err();
+        assert!(matches!(e, StartError::Exited), "{e}");
+        assert!(e.to_string().contains("serve_if_requested"), "{e}");
     }
 }

@@ -44,10 +44,27 @@
 //! ## How the server process starts
 //!
 //! The winner runs its own executable again (`/proc/self/exe`) with an environment variable
-//! that this crate checks before `main` runs; that process becomes the server. So any program
-//! that links `upcache` can start a server, with nothing else to install. (A program loaded
-//! by another executable, such as a shared library inside Python, cannot: there
-//! `/proc/self/exe` is that other executable.)
+//! that tells it to become the cache's server; that process serves until the server stops, and
+//! then exits without running the rest of the program. So any program that links `upcache`
+//! can start a server, with nothing else to install. (A program loaded by another executable,
+//! such as a shared library inside Python, cannot: there `/proc/self/exe` is that other
+//! executable.) Two ways for the new process to notice that it is a server:
+//!
+//! - With the cargo feature `auto-server` (on by default), a constructor placed in
+//!   `.init_array` checks the variable before `main` runs: zero setup.
+//! - Without it (`default-features = false`), the program calls [`serve_if_requested`] first
+//!   in `main`. A program that does neither cannot start a server: when it wins an election,
+//!   `open` fails at once with [`Error::ServerStart`] (it can still join a server that another
+//!   program started).
+//!
+//! Either way the variable is removed from the environment once read, a setuid or setgid
+//! process refuses to serve, and a request that is not exactly what upcache's launcher writes
+//! (its descriptors, name and paths are checked) makes the process exit with status 2 and a
+//! message on standard error, without serving.
+//!
+//! The connection file is part of the protocol: [`ServerInfo`] reads it. A file of the Python
+//! upcache (same file name, `{"port": N}`) whose port still accepts connections is left alone,
+//! and `open` fails with [`Error::ForeignServer`].
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -72,7 +89,9 @@ pub use client::{
     Builder, Event, EventKind, Items, Keys, Pipeline, PipelineReply, Subscription, UpCache,
     SUBSCRIPTION_QUEUE,
 };
+pub use election::{ServerInfo, ServerInfoError};
 pub use error::{validate_name, Error, NameError, Result};
+pub use launch::serve_if_requested;
 pub use stats::ServerStats;
 pub use upcache_transports as transports;
 /// The transport a server listens on: TCP on 127.0.0.1, or a Unix socket beside the

@@ -20,7 +20,7 @@ use upcache::protocol::{
     VERSION,
 };
 use upcache::transports::{connect, Stream};
-use upcache::{TransportKind as Transport, UpCache};
+use upcache::{ServerInfo, ServerStats, TransportKind as Transport, UpCache};
 use util::Sandbox;
 
 each_transport!(
@@ -57,9 +57,9 @@ impl Raw {
             buf: Vec::with_capacity(1 << 17),
             at: 0,
         };
-        let text = std::fs::read(c.connection_file()).expect("connection file");
-        let v: serde_json::Value = serde_json::from_slice(&text).expect("json");
-        let token = v["token"].as_str().expect("token").to_owned();
+        let token = ServerInfo::read(c.connection_file())
+            .expect("connection file")
+            .token;
         r.send(&[Request::Hello {
             version: VERSION,
             token: token.as_bytes(),
@@ -160,8 +160,8 @@ impl Raw {
         self.send_from(id, &[Request::Stats]);
         self.next(Instant::now() + BOUND, |f| match f {
             Incoming::Reply(got, Reply::Text(json)) if got == id => {
-                let v: serde_json::Value = serde_json::from_slice(json).expect("stats json");
-                v["waits"].as_u64().expect("waits counter")
+                let stats: ServerStats = serde_json::from_slice(json).expect("stats json");
+                stats.waits
             }
             other => panic!("stats: {other:?}"),
         })

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use upcache::{Error, TransportKind as Transport, UpCache};
+use upcache::{Error, ServerInfo, TransportKind as Transport, UpCache};
 use util::{alive, eventually, finish, kill, server_pid, Sandbox};
 
 each_transport!(
@@ -25,6 +25,7 @@ each_transport!(
     connection_file_is_private_and_holds_a_token,
     unlocked_garbage_file_is_replaced,
     locked_file_without_address_times_out_clearly,
+    queued_connections_are_served_when_descriptors_free_up,
 );
 
 fn readme_scenario_across_processes(t: Transport) {
@@ -375,23 +376,23 @@ fn connection_file_is_private_and_holds_a_token(t: Transport) {
     let c = sb.open(&sb.name("private"));
     let meta = std::fs::metadata(c.connection_file()).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(c.connection_file()).unwrap()).unwrap();
-    assert_eq!(v["token"].as_str().unwrap().len(), 32);
-    assert_eq!(v["host"], "127.0.0.1");
-    assert_eq!(v["transport"], t.name());
-    let address = v["address"].as_str().unwrap();
-    assert_eq!(
-        upcache::transports::Endpoint::parse(address).as_ref(),
-        Some(c.endpoint())
-    );
+    let info = ServerInfo::read(c.connection_file()).unwrap();
+    assert_eq!(info.token.len(), 32);
+    assert!(info.token.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(info.host, "127.0.0.1");
+    assert_eq!(info.transport, t.name());
+    assert_eq!(info.version, upcache::protocol::VERSION);
+    assert!(alive(info.pid));
+    let address = info.address.as_str();
+    assert_eq!(info.endpoint().as_ref(), Some(c.endpoint()));
     match t {
         Transport::Tcp => {
-            let port = v["port"].as_u64().unwrap();
+            let port = info.port;
             assert!(port > 0);
             assert_eq!(address, format!("tcp://127.0.0.1:{port}"));
         }
         Transport::Unix => {
+            assert_eq!(info.port, 0);
             let sock = address.strip_prefix("unix://").unwrap();
             assert_eq!(
                 std::path::Path::new(sock).parent(),
@@ -465,4 +466,179 @@ fn invalid_names_are_typed_errors() {
         UpCache::open(&"n".repeat(129)),
         Err(Error::InvalidName { .. })
     ));
+}
+
+#[test]
+fn a_live_foreign_server_file_is_refused_and_kept() {
+    let sb = Sandbox::new(Transport::Tcp);
+    // The Python upcache's file: `{"port": N}` without a newline, no lock, no token.
+    let name = sb.name("python");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let text = format!("{{\"port\": {port}}}");
+    std::fs::write(sb.file(&name), &text).unwrap();
+    for _ in 0..2 {
+        // A long open timeout: the refusal comes from the check, not from the timeout.
+        let e = sb
+            .builder(&name)
+            .open_timeout(Duration::from_secs(60))
+            .open()
+            .unwrap_err();
+        match &e {
+            Error::ForeignServer { port: p, path, .. } => {
+                assert_eq!(*p, port);
+                assert_eq!(path, &sb.file(&name));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(e.to_string().contains("Python upcache"), "{e}");
+        assert_eq!(std::fs::read_to_string(sb.file(&name)).unwrap(), text);
+    }
+    // That server stopped (its port refuses): the file is stale, and replaced.
+    drop(listener);
+    let c = sb.open(&name);
+    c.set(b"k", b"v").unwrap();
+    assert_eq!(
+        ServerInfo::read(c.connection_file()).unwrap().transport,
+        "tcp"
+    );
+}
+
+#[test]
+fn forged_server_requests_are_refused_without_touching_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("upcache-x.json");
+    std::fs::write(&victim, b"keep me").unwrap();
+    let spec = |name: &str, lock_fd: i32, ready_fd: i32| {
+        serde_json::json!({
+            "path": victim, "transport": "unix", "dir": dir.path(), "name": name,
+            "auto_kill": true, "linger_ms": 1, "max_value": 1,
+            "lock_fd": lock_fd, "ready_fd": ready_fd,
+        })
+        .to_string()
+    };
+    for (spec, why) in [
+        (spec("x", 1000, 1001), "not open"),
+        (spec("x", -1, 5), "not a usable descriptor"),
+        (spec("x", 7, 7), "both 7"),
+        (spec("../x", 7, 8), "invalid cache name"),
+        (spec("y", 7, 8), "not the connection file"),
+        ("{not json".to_string(), "not readable"),
+    ] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("UPCACHE_INTERNAL_SERVER_SPEC", &spec)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{spec}: {stderr}");
+        assert!(stderr.contains("not starting a cache server"), "{stderr}");
+        assert!(stderr.contains(why), "{spec}: {stderr}");
+        assert!(out.stdout.is_empty(), "the test harness never ran");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    }
+}
+
+/// The soft and hard `RLIMIT_NOFILE` of a process.
+fn nofile_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (v[0], v[1])
+}
+
+fn queued_connections_are_served_when_descriptors_free_up(t: Transport) {
+    use std::os::unix::process::CommandExt;
+    use upcache::protocol::{decode_incoming, Decoded, Incoming, Limits, Reply, Request, VERSION};
+
+    const HARD: u64 = 64;
+    let sb = Sandbox::new(t);
+    let name = sb.name("backlog");
+    // The server inherits the limits of the process that starts it.
+    let mut starter = sb.child("start", &[&name]);
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        starter.pre_exec(|| {
+            let l = libc::rlimit {
+                rlim_cur: 32,
+                rlim_max: HARD,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (ok, out, err) = finish(starter.spawn().unwrap(), Duration::from_secs(20));
+    assert!(ok, "{err}");
+    let info = ServerInfo::read(&sb.file(&name)).unwrap();
+    assert_eq!(out.trim(), info.pid.to_string());
+    assert_eq!(
+        nofile_limits(info.pid),
+        (HARD, HARD),
+        "the server raised its soft limit to the hard one"
+    );
+
+    // More clients than the server has descriptors, all connected (queued in the listener's
+    // backlog, which must hold them all: mio listens with 128 for TCP and SOMAXCONN for Unix
+    // sockets, both capped by somaxconn) before any closes, so the server runs out while
+    // connections wait, and none arrives afterwards to wake the listener.
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(128);
+    let backlog = match t {
+        Transport::Tcp => somaxconn.min(128),
+        Transport::Unix => somaxconn,
+    };
+    let clients = 300.min(HARD as usize + backlog * 3 / 4);
+    let endpoint = info.endpoint().unwrap();
+    let mut hello = Vec::new();
+    Request::Hello {
+        version: VERSION,
+        token: info.token.as_bytes(),
+    }
+    .encode(1, &mut hello);
+    let conns: Vec<_> = (0..clients)
+        .map(|_| {
+            let s = upcache::transports::connect(&endpoint, Duration::from_secs(5)).unwrap();
+            s.write_all(&hello).unwrap();
+            s
+        })
+        .collect();
+    // Each is answered, then closed: every queued one must be served once descriptors free.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (i, s) in conns.into_iter().enumerate() {
+        let mut buf = Vec::new();
+        loop {
+            match decode_incoming(&buf, &Limits::unlimited()).unwrap() {
+                Decoded::Frame(Incoming::Reply(1, Reply::Uint(v)), _) => {
+                    assert_eq!(v, VERSION);
+                    break;
+                }
+                Decoded::Frame(other, _) => panic!("connection {i}: {other:?}"),
+                Decoded::Incomplete { .. } => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "connection {i} of {clients} was not served within 20 s"
+            );
+            s.set_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 256];
+            match s.read(&mut chunk) {
+                Ok(0) => panic!("connection {i} closed without an answer"),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("connection {i} of {clients} was not served: {e}"),
+            }
+        }
+    }
+    kill(info.pid, libc::SIGTERM);
+    assert!(eventually(Duration::from_secs(5), || !alive(info.pid)));
 }

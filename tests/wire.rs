@@ -270,9 +270,9 @@ fn owned(f: Incoming<'_>) -> Owned {
 }
 
 fn token(c: &UpCache) -> String {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(c.connection_file()).unwrap()).unwrap();
-    v["token"].as_str().unwrap().to_string()
+    upcache::ServerInfo::read(c.connection_file())
+        .unwrap()
+        .token
 }
 
 /// Many large GETs pipelined at once, the client reading nothing for 300 ms, so the server's
@@ -1151,8 +1151,8 @@ fn a_wait_ended_by_clear_is_woken_with_reason_cleared(t: Transport) {
     // The wait is registered once the server counts it.
     assert!(util::eventually(Duration::from_secs(10), || {
         let f = stats.call(&Request::Stats, 9);
-        let v: serde_json::Value = serde_json::from_slice(&f.value).unwrap();
-        v["waits"] == 1
+        let s: upcache::ServerStats = serde_json::from_slice(&f.value).unwrap();
+        s.waits == 1
     }));
     c.clear().unwrap();
     assert!(!h.join().unwrap().unwrap());

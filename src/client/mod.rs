@@ -161,21 +161,33 @@ impl Builder {
             let info = match look {
                 Look::Won(won) => {
                     let spec = ServerSpec::new(
-                        path.to_owned(),
-                        self.transport,
                         dir.to_owned(),
                         self.name.clone(),
+                        self.transport,
                         self.auto_kill,
                         self.linger,
                         self.max_value_len,
                     );
                     match launch::start(won, spec, deadline) {
                         Ok(info) => info,
+                        Err(e) if e.is_final() => {
+                            return Err(Error::ServerStart {
+                                name: self.name.clone(),
+                                detail: e.to_string(),
+                            })
+                        }
                         Err(e) => {
                             last = e.to_string();
                             continue;
                         }
                     }
+                }
+                Look::Foreign { port } => {
+                    return Err(Error::ForeignServer {
+                        name: self.name.clone(),
+                        path: path.to_owned(),
+                        port,
+                    })
                 }
                 Look::Found(info) => info,
                 Look::NotReady(why) => {

@@ -8,6 +8,13 @@
 //!
 //! Signals arrive through a `signalfd` registered with the poll, so no handler runs in signal
 //! context.
+//!
+//! Descriptors: at start the server raises its soft `RLIMIT_NOFILE` to the hard limit (as
+//! Redis does), so a desktop's default soft limit of 1,024 does not cap a cache shared by a
+//! thousand workers. When `accept` still fails for want of descriptors or memory, the
+//! connections already queued in the listener's backlog would get no new readiness event
+//! (readiness is edge-triggered): the loop accepts again as soon as a connection closes, and
+//! every [`ACCEPT_RETRY`] while the backlog may hold connections.
 
 mod commands;
 mod conn_io;
@@ -64,8 +71,10 @@ pub trait Host {
     fn exiting(&mut self);
 }
 
-/// Runs a server until it decides to stop.
+/// Runs a server until it decides to stop. Raises this process's soft descriptor limit to its
+/// hard limit first (see the module docs).
 pub fn serve(config: &Config, host: &mut dyn Host) -> io::Result<()> {
+    raise_fd_limit();
     match config.transport {
         Kind::Tcp => serve_on::<Tcp>(config, host),
         Kind::Unix => serve_on::<Unix>(config, host),
@@ -78,6 +87,19 @@ fn serve_on<T: Transport>(config: &Config, host: &mut dyn Host) -> io::Result<()
     T::unbind(&endpoint);
     host.exiting();
     result
+}
+
+/// How long the loop waits before accepting again while it is out of descriptors and the
+/// backlog may hold connections (a closing connection retries at once).
+pub const ACCEPT_RETRY: Duration = Duration::from_millis(20);
+
+/// `accept` stopped for want of descriptors or memory, with connections maybe still queued.
+#[derive(Clone, Copy, Debug)]
+struct Starved {
+    /// Open connections when it happened: fewer means descriptors were freed.
+    connections: usize,
+    /// When to try again anyway.
+    retry_at: Instant,
 }
 
 fn run_loop<T: Transport>(
@@ -107,14 +129,19 @@ fn run_loop<T: Transport>(
     host.ready(endpoint, &token)?;
 
     let mut events = Events::with_capacity(1024);
+    let mut starved: Option<Starved> = None;
     loop {
         let now = Instant::now();
         if engine.should_exit(now) {
             break;
         }
-        let timeout = engine
+        let mut timeout = engine
             .next_deadline()
             .map(|d| d.saturating_duration_since(now));
+        if let Some(s) = starved {
+            let retry = s.retry_at.saturating_duration_since(now);
+            timeout = Some(timeout.map_or(retry, |t| t.min(retry)));
+        }
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -124,40 +151,14 @@ fn run_loop<T: Transport>(
         let now = Instant::now();
         for ev in events.iter() {
             match ev.token() {
-                LISTENER => loop {
-                    match T::accept(listener) {
-                        Ok(stream) => {
-                            let slot = engine.accept(stream, now);
-                            let s = engine.stream_mut(slot).expect("just accepted");
-                            let interest = Interest::READABLE | Interest::WRITABLE;
-                            if poll
-                                .registry()
-                                .register(s, Token(slot + FIRST_CONN), interest)
-                                .is_err()
-                            {
-                                engine.close(slot, now);
-                                continue;
-                            }
-                            engine.readable(slot, now);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        // Refused by the transport's peer check, or gone before accept.
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                io::ErrorKind::PermissionDenied
-                                    | io::ErrorKind::ConnectionAborted
-                                    | io::ErrorKind::Interrupted
-                            ) => {}
-                        // Out of descriptors or memory: try again at the next event.
-                        Err(_) => break,
-                    }
-                },
+                LISTENER => starved = accept_all::<T>(&poll, &mut engine, listener, now),
                 SIGNALS => {
                     drain_signals(&signals);
                     engine.request_shutdown();
                 }
                 Token(t) => {
+                    // Tokens 0 and 1 matched above, and every other one was registered as
+                    // `slot + FIRST_CONN`: this never wraps.
                     let slot = t - FIRST_CONN;
                     if ev.is_writable() {
                         engine.writable(slot, now);
@@ -169,9 +170,94 @@ fn run_loop<T: Transport>(
             }
         }
         engine.tick(now);
+        if let Some(s) = starved {
+            if engine.connections() < s.connections || now >= s.retry_at {
+                starved = accept_all::<T>(&poll, &mut engine, listener, now);
+            }
+        }
     }
     engine.shutdown(Instant::now());
     Ok(())
+}
+
+/// Accepts every queued connection and registers it. Returns `Some` when accepting stopped
+/// for want of descriptors or memory (or another error that a later try may not meet), so
+/// the backlog may still hold connections that no readiness event will announce.
+fn accept_all<T: Transport>(
+    poll: &Poll,
+    engine: &mut Engine<T::Conn>,
+    listener: &mut T::Listener,
+    now: Instant,
+) -> Option<Starved> {
+    loop {
+        match T::accept(listener) {
+            Ok(stream) => {
+                let slot = engine.accept(stream, now);
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                let registered = match engine.stream_mut(slot) {
+                    Some(s) => poll
+                        .registry()
+                        .register(s, Token(slot + FIRST_CONN), interest)
+                        .is_ok(),
+                    // `accept` just stored it in `slot`: unreachable, but harmless.
+                    None => false,
+                };
+                if !registered {
+                    engine.close(slot, now);
+                    continue;
+                }
+                engine.readable(slot, now);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            // Refused by the transport's peer check, or gone before accept.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::PermissionDenied
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            // EMFILE, ENFILE, ENOBUFS, ENOMEM, or anything unexpected: try again when a
+            // connection closes or after ACCEPT_RETRY.
+            Err(_) => {
+                return Some(Starved {
+                    connections: engine.connections(),
+                    retry_at: now + ACCEPT_RETRY,
+                })
+            }
+        }
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (capped at the kernel's `nr_open`, and
+/// at 2^20 when the hard limit is infinite). Failing leaves the limit as it was.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is valid for writes.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(1 << 20);
+    let target = if lim.rlim_max == libc::RLIM_INFINITY {
+        nr_open
+    } else {
+        lim.rlim_max.min(nr_open)
+    };
+    if target <= lim.rlim_cur {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: `raised` is a valid rlimit; a refused raise returns an error and changes nothing.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
 }
 
 /// A `signalfd` for SIGTERM, SIGINT and SIGHUP, which are blocked for the process (the server
@@ -212,7 +298,8 @@ fn random_token() -> io::Result<String> {
     let mut b = [0u8; 16];
     let mut filled = 0;
     while filled < b.len() {
-        // SAFETY: the pointer and length describe the unfilled tail of `b`.
+        // SAFETY: the pointer and length describe the unfilled tail of `b` (`filled` never
+        // passes `b.len()`: getrandom writes at most the length it is given).
         let n = unsafe { libc::getrandom(b[filled..].as_mut_ptr().cast(), b.len() - filled, 0) };
         if n < 0 {
             let e = io::Error::last_os_error();

@@ -82,9 +82,9 @@ impl Sandbox {
 
 /// The pid in a connection file.
 pub fn server_pid(file: &Path) -> u32 {
-    let text = std::fs::read(file).expect("connection file");
-    let v: serde_json::Value = serde_json::from_slice(&text).expect("json");
-    v["pid"].as_u64().expect("pid") as u32
+    upcache::ServerInfo::read(file)
+        .expect("connection file")
+        .pid
 }
 
 /// Whether a process is alive (an unreaped zombie counts as dead).
@@ -223,6 +223,16 @@ fn run_role(p: &[&str]) -> upcache::Result<()> {
             use std::io::Write;
             let _ = std::io::stdout().flush();
             c.wait_for(args[1], Some(b"release"), Some(Duration::from_secs(30)))?;
+            Ok(())
+        }
+        // start NAME: starts a server that stays without clients (no auto_kill), prints its pid
+        "start" => {
+            let c = UpCache::builder(args[0])
+                .dir(dir)
+                .transport(transport)
+                .auto_kill(false)
+                .open()?;
+            println!("{}", upcache_pid(&c));
             Ok(())
         }
         // open-exit NAME: opens, sets a key, exits without closing politely

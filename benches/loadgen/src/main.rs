@@ -216,18 +216,14 @@ impl Target {
     fn parse(spec: &str) -> Result<Target, String> {
         let (name, rest) = spec.split_once('=').ok_or("target is NAME=ADDRESS")?;
         if name == "upcache" {
-            let text = std::fs::read(rest).map_err(|e| format!("{rest}: {e}"))?;
-            let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
-            let endpoint = v["address"]
-                .as_str()
-                .and_then(Endpoint::parse)
-                .ok_or("no address in the connection file")?;
-            let token = v["token"].as_str().map(str::to_owned);
+            let info = upcache::ServerInfo::read(std::path::Path::new(rest))
+                .map_err(|e| format!("{rest}: {e}"))?;
+            let endpoint = info.endpoint().ok_or("no address in the connection file")?;
             return Ok(Target {
                 name: name.into(),
                 proto: Proto::Upcache,
                 endpoint,
-                token,
+                token: Some(info.token),
             });
         }
         let endpoint = if let Some(p) = rest.strip_prefix("unix:") {
@@ -915,16 +911,16 @@ fn main() {
                     .transport(transport.into())
                     .auto_kill(false)
                     .open()?;
-                let text = std::fs::read(c.connection_file())?;
-                let v: serde_json::Value = serde_json::from_slice(&text)?;
-                println!("{} {}", c.connection_file().display(), v["pid"]);
+                let info = upcache::ServerInfo::read(c.connection_file())?;
+                println!("{} {}", c.connection_file().display(), info.pid);
             }
             Cmd::Foreground { file, transport } => {
-                struct FileHost(PathBuf);
+                /// Writes a connection file where `run --target upcache=FILE` reads it.
+                struct FileHost(PathBuf, u32);
                 impl upcache::server::Host for FileHost {
                     fn ready(&mut self, ep: &Endpoint, token: &str) -> io::Result<()> {
-                        let v = serde_json::json!({"address": ep.to_string(), "token": token, "pid": std::process::id()});
-                        std::fs::write(&self.0, format!("{v}\n"))
+                        let info = upcache::ServerInfo::new(ep, token, self.1);
+                        std::fs::write(&self.0, info.to_line())
                     }
                     fn exiting(&mut self) {
                         let _ = std::fs::remove_file(&self.0);
@@ -943,7 +939,8 @@ fn main() {
                     linger: Duration::ZERO,
                     limits: Default::default(),
                 };
-                upcache::server::serve(&config, &mut FileHost(file))?;
+                let max_value = config.limits.max_value;
+                upcache::server::serve(&config, &mut FileHost(file, max_value))?;
             }
             Cmd::Run {
                 target,
