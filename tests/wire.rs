@@ -105,36 +105,7 @@ impl Raw {
 
     /// The next frame with every header field, or None at end of stream.
     fn frame(&mut self) -> Option<Frame> {
-        loop {
-            let kind = match self.buf.get(2) {
-                Some(&k) if k == FrameKind::Push as u8 => FrameKind::Push,
-                _ => FrameKind::Reply,
-            };
-            match decode_raw(&self.buf, kind, &Limits::unlimited()).unwrap() {
-                Decoded::Frame(f, n) => {
-                    let h = f.header;
-                    let o = Frame {
-                        kind: h.kind,
-                        code: h.code,
-                        id: h.id,
-                        key: f.key.to_vec(),
-                        value: f.value.to_vec(),
-                        arg: h.arg,
-                    };
-                    self.buf.drain(..n);
-                    return Some(o);
-                }
-                Decoded::Incomplete { .. } => {
-                    let mut chunk = [0u8; 65536];
-                    match self.s.read(&mut chunk) {
-                        Ok(0) => return None,
-                        Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                        Err(e) => panic!("read: {e}"),
-                    }
-                }
-            }
-        }
+        read_frame(&self.s, &mut self.buf)
     }
 
     /// Sends raw bytes.
@@ -253,6 +224,41 @@ fn frame_bytes(code: u8, id: u32, key: &[u8], value: &[u8], arg: u64) -> Vec<u8>
     b
 }
 
+/// The next frame from `s` with every header field, `buf` holding what was read beyond it;
+/// None at end of stream.
+fn read_frame(s: &Stream, buf: &mut Vec<u8>) -> Option<Frame> {
+    loop {
+        let kind = match buf.get(2) {
+            Some(&k) if k == FrameKind::Push as u8 => FrameKind::Push,
+            _ => FrameKind::Reply,
+        };
+        match decode_raw(buf, kind, &Limits::unlimited()).unwrap() {
+            Decoded::Frame(f, n) => {
+                let h = f.header;
+                let o = Frame {
+                    kind: h.kind,
+                    code: h.code,
+                    id: h.id,
+                    key: f.key.to_vec(),
+                    value: f.value.to_vec(),
+                    arg: h.arg,
+                };
+                buf.drain(..n);
+                return Some(o);
+            }
+            Decoded::Incomplete { .. } => {
+                let mut chunk = [0u8; 65536];
+                match s.read(&mut chunk) {
+                    Ok(0) => return None,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+        }
+    }
+}
+
 /// Frames, owned, for comparisons.
 #[derive(Debug, PartialEq)]
 enum Owned {
@@ -290,22 +296,23 @@ fn pipelined_large_gets_read_late_all_get_replies(t: Transport) {
         for i in 0..n {
             Request::Get { key: b"big" }.encode(10 + i, &mut batch);
         }
-        let s = &r.s;
+        let (s, buf) = (&r.s, &mut r.buf);
         std::thread::scope(|scope| {
-            // A thread writes, so a server that stops reading cannot block this test's reads.
+            // A thread writes while this one reads, so a server that stops reading cannot
+            // block the test in its own write.
             scope.spawn(move || s.write_all(&batch).unwrap());
+            // Read nothing for a while: the server's output passes its high-water mark.
             std::thread::sleep(Duration::from_millis(300));
+            for i in 0..n {
+                let got =
+                    read_frame(s, buf).unwrap_or_else(|| panic!("closed before reply {i} of {n}"));
+                assert_eq!(
+                    (got.id, got.code, got.value.len()),
+                    (10 + i, 0x02, len),
+                    "reply {i}"
+                );
+            }
         });
-        for i in 0..n {
-            let got = r
-                .frame()
-                .unwrap_or_else(|| panic!("closed before reply {i} of {n}"));
-            assert_eq!(
-                (got.id, got.code, got.value.len()),
-                (10 + i, 0x02, len),
-                "reply {i}"
-            );
-        }
         assert_healthy(&c);
     }
 }

@@ -80,7 +80,8 @@ pub fn set_frame_id(frame: &mut [u8], id: RequestId) {
     frame[ID].copy_from_slice(&id.to_le_bytes());
 }
 
-fn read_header(buf: &[u8; HEADER_LEN]) -> Result<Header, DecodeError> {
+/// Reads a header's fields, checking only the magic (the decoders check the rest).
+pub fn read_header(buf: &[u8; HEADER_LEN]) -> Result<Header, DecodeError> {
     if buf[0..2] != MAGIC {
         return Err(DecodeError::BadMagic([buf[0], buf[1]]));
     }

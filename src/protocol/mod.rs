@@ -54,8 +54,8 @@ pub use chunks::{
 };
 pub use codes::{ErrorCode, Op, PushKind, WakeReason};
 pub use header::{
-    decode_raw, encode_header, peek_id, set_frame_id, FrameKind, Header, RawFrame, HEADER_LEN,
-    MAGIC,
+    decode_raw, encode_header, peek_id, read_header, set_frame_id, FrameKind, Header, RawFrame,
+    HEADER_LEN, MAGIC,
 };
 pub use limits::{
     LimitError, Limits, DEFAULT_MAX_VALUE_LEN, MAX_KEY_LEN, MAX_TOKEN_LEN, MAX_VALUE_LEN_CAP,

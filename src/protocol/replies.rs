@@ -74,8 +74,8 @@ impl<'a> Reply<'a> {
         }
     }
 
-    /// The header of a reply with no key bytes (every reply but `Chunk`): the payload
-    /// follows it. A server writes this header into its buffer and the payload from wherever
+    /// The header of a reply: its key field (a `Chunk`'s 8-byte bound; empty for every
+    /// other reply) and payload follow it. A server writes this header into its buffer and the payload from wherever
     /// it is stored.
     pub fn header(&self, id: RequestId) -> Header {
         let (code, key, value, arg) = self.fields();

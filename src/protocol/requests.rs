@@ -90,6 +90,32 @@ pub enum Request<'a> {
 }
 
 impl<'a> Request<'a> {
+    /// The key the request names, if any (a server hashes it once, when it decodes the frame).
+    pub fn key(&self) -> Option<&'a [u8]> {
+        match *self {
+            Request::Get { key }
+            | Request::Set { key, .. }
+            | Request::Exists { key }
+            | Request::Remove { key }
+            | Request::Incr { key, .. }
+            | Request::Wait { key, .. }
+            | Request::Subscribe { key: Some(key) } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Whether the request reads or writes a stored record (worth prefetching in a batch).
+    pub fn reads_store(&self) -> bool {
+        matches!(
+            self,
+            Request::Get { .. }
+                | Request::Set { .. }
+                | Request::Exists { .. }
+                | Request::Remove { .. }
+                | Request::Incr { .. }
+        )
+    }
+
     /// The opcode.
     pub fn op(&self) -> Op {
         match self {

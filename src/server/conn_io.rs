@@ -31,9 +31,12 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
-use super::connection::{Connection, Phase};
+use super::connection::Phase;
 use super::engine::{Engine, PREFETCH_FRAMES};
-use super::fanout::error_reply;
+
+/// Most reads of one connection in one turn of the loop (16 × 64 KiB): a client that keeps
+/// its socket full cannot keep the loop from every other client.
+pub const READS_PER_TURN: usize = 16;
 use crate::protocol::{self, DecodeError, Decoded, ErrorCode, Request, RequestId};
 
 /// How far [`Engine::drive`] reads the socket.
@@ -58,32 +61,6 @@ enum WindowEnd {
     Incomplete(usize),
     /// Every frame before it was applied; then the bytes did not decode.
     Error(DecodeError),
-}
-
-/// The key a request names, if any: the one its hash is computed for.
-fn key_of<'a>(req: &Request<'a>) -> Option<&'a [u8]> {
-    match *req {
-        Request::Get { key }
-        | Request::Set { key, .. }
-        | Request::Exists { key }
-        | Request::Remove { key }
-        | Request::Incr { key, .. }
-        | Request::Wait { key, .. }
-        | Request::Subscribe { key: Some(key) } => Some(key),
-        _ => None,
-    }
-}
-
-/// Whether a request reads or writes a stored record (worth prefetching).
-fn touches_store(req: &Request<'_>) -> bool {
-    matches!(
-        req,
-        Request::Get { .. }
-            | Request::Set { .. }
-            | Request::Exists { .. }
-            | Request::Remove { .. }
-            | Request::Incr { .. }
-    )
 }
 
 impl<S: Read + Write> Engine<S> {
@@ -122,6 +99,7 @@ impl<S: Read + Write> Engine<S> {
     /// apply buffered frames, read (as far as `mode` says), and again, until nothing more
     /// can be done without a new event. See the module docs for why every path ends here.
     fn drive(&mut self, slot: usize, now: Instant, mut mode: ReadMode) {
+        let mut reads = 0;
         loop {
             let Some(c) = self.conns.get_mut(slot) else {
                 return;
@@ -149,17 +127,23 @@ impl<S: Read + Write> Engine<S> {
                 return self.flush(slot, now);
             }
             match c.rbuf.read_from(&mut c.stream, c.need) {
-                Ok(0) => return self.close(slot, now),
+                Ok(0) => return self.finish(slot, now),
                 Ok(n) => {
                     self.stats.bytes_in += n as u64;
                     let drained = c.rbuf.drained();
                     self.process(slot, now);
                     self.flush(slot, now);
+                    if self.conns.get(slot).is_none_or(|c| c.read_paused) {
+                        // Closed, or paused: the loop decides.
+                        continue;
+                    }
                     if drained && mode == ReadMode::UntilShort {
-                        // Unless the pause began: the loop then decides.
-                        if !self.conns.get(slot).is_some_and(|c| c.read_paused) {
-                            return;
-                        }
+                        return;
+                    }
+                    reads += 1;
+                    if reads == READS_PER_TURN {
+                        // Others' turn: this connection goes on at the end of the loop's turn.
+                        return self.park(slot);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -167,6 +151,28 @@ impl<S: Read + Write> Engine<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return self.close(slot, now),
+            }
+        }
+    }
+
+    /// Lists a connection that has used its turn's reads with more possibly waiting; the
+    /// loop's next [`Engine::tick`] goes on with it, after every event of the turn was served.
+    fn park(&mut self, slot: usize) {
+        if let Some(c) = self.conns.get_mut(slot) {
+            if !c.parked {
+                c.parked = true;
+                self.parked.push(slot);
+            }
+        }
+    }
+
+    /// Goes on with the connections that used their reads in the last turn (readiness will
+    /// not announce what they left unread).
+    pub(super) fn serve_parked(&mut self, now: Instant) {
+        for slot in std::mem::take(&mut self.parked) {
+            if let Some(c) = self.conns.get_mut(slot) {
+                c.parked = false;
+                self.drive(slot, now, ReadMode::UntilWouldBlock);
             }
         }
     }
@@ -219,6 +225,20 @@ impl<S: Read + Write> Engine<S> {
         self.lifecycle.disconnected(now);
     }
 
+    /// The peer closed its side: answer what it sent (its queued replies still go out),
+    /// then close once they are written or the socket fails. Not a protocol error: no timer,
+    /// as for any client that reads slowly.
+    fn finish(&mut self, slot: usize, now: Instant) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if c.out.pending() == 0 {
+            return self.close(slot, now);
+        }
+        c.phase = Phase::Closing;
+        self.flush(slot, now);
+    }
+
     /// A protocol error: stop reading, send what is queued (the error reply), then close, or
     /// close at [`CLOSE_TIMEOUT`](super::engine::CLOSE_TIMEOUT) whatever happens.
     pub(super) fn begin_close(&mut self, slot: usize, now: Instant) {
@@ -243,7 +263,7 @@ impl<S: Read + Write> Engine<S> {
                     break;
                 }
                 WindowEnd::Error(DecodeError::UnknownCode { id, len, .. }) => {
-                    queue_error(c, id, ErrorCode::UnknownOp, 0);
+                    c.queue_error(id, ErrorCode::UnknownOp, 0);
                     rbuf.consume(len);
                 }
                 WindowEnd::Error(e) => {
@@ -258,7 +278,7 @@ impl<S: Read + Write> Engine<S> {
                         DecodeError::BadMagic(_) | DecodeError::WrongKind { .. } => 0,
                         _ => protocol::peek_id(rbuf.bytes()),
                     };
-                    queue_error(c, id, code, arg as u64);
+                    c.queue_error(id, code, arg as u64);
                     self.begin_close(slot, now);
                     break;
                 }
@@ -284,7 +304,7 @@ impl<S: Read + Write> Engine<S> {
             // `at` is a sum of lengths of frames decoded from `bytes`, so at most its length.
             match protocol::decode_request(&bytes[at..], &self.config.limits) {
                 Ok(Decoded::Frame((id, req), n)) => {
-                    let hash = key_of(&req).map_or(0, |k| self.store.hash(k));
+                    let hash = req.key().map_or(0, |k| self.store.hash(k));
                     frames.push((id, req, hash, n));
                     at += n;
                 }
@@ -301,7 +321,7 @@ impl<S: Read + Write> Engine<S> {
         if frames.len() > 1 && self.conns[slot].phase == Phase::Ready {
             let hashes: SmallVec<[u64; PREFETCH_FRAMES]> = frames
                 .iter()
-                .filter(|(_, req, _, _)| touches_store(req))
+                .filter(|(_, req, _, _)| req.reads_store())
                 .map(|&(_, _, hash, _)| hash)
                 .collect();
             self.store.prefetch(&hashes);
@@ -334,9 +354,4 @@ impl<S: Read + Write> Engine<S> {
         }
         false
     }
-}
-
-/// Queues an error reply.
-pub(super) fn queue_error<S>(c: &mut Connection<S>, id: RequestId, code: ErrorCode, arg: u64) {
-    c.out.with_buf(|b| error_reply(code, arg).encode(id, b));
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
+use crate::protocol::{ErrorCode, Push, PushKind, Reply, RequestId};
 use crate::readbuf::ReadBuf;
 use crate::store::Entry;
 
@@ -152,11 +153,41 @@ pub struct Connection<S> {
     pub read_paused: bool,
     /// Listed in the engine's dirty list (output queued by another connection's request).
     pub dirty: bool,
+    /// Listed in the engine's parked list (it used its turn's reads).
+    pub parked: bool,
     /// Distinguishes this connection from earlier ones with the same token.
     pub serial: u64,
 }
 
 impl<S> Connection<S> {
+    /// Queues a reply.
+    pub fn queue_reply(&mut self, id: RequestId, r: &Reply<'_>) {
+        self.out.with_buf(|b| r.encode(id, b));
+    }
+
+    /// Queues an error reply; its message is for people reading a capture, programs match
+    /// the code.
+    pub fn queue_error(&mut self, id: RequestId, code: ErrorCode, arg: u64) {
+        let r = Reply::Error {
+            code,
+            arg,
+            message: code.message().as_bytes(),
+        };
+        self.queue_reply(id, &r);
+    }
+
+    /// Queues a push with no key or value (`Lagged`, `Cleared`, `Closed`, `Woken`).
+    pub fn queue_signal(&mut self, kind: PushKind, id: u32, arg: u64) {
+        let p = Push {
+            kind,
+            id,
+            key: &[],
+            value: &[],
+            arg,
+        };
+        self.out.with_buf(|b| p.encode(b));
+    }
+
     /// A new connection that must shake hands by `deadline`.
     pub fn new(stream: S, deadline: Instant, serial: u64) -> Self {
         Connection {
@@ -167,6 +198,7 @@ impl<S> Connection<S> {
             phase: Phase::Handshake(deadline),
             read_paused: false,
             dirty: false,
+            parked: false,
             serial,
         }
     }

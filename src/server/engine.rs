@@ -110,6 +110,9 @@ pub struct Engine<S> {
     /// flushed at the end of the turn. A connection is in it at most once
     /// ([`Connection::dirty`]).
     pub(super) dirty: Vec<usize>,
+    /// Connections that used their turn's reads (`conn_io::READS_PER_TURN`), served again
+    /// at the end of the turn ([`Connection::parked`]).
+    pub(super) parked: Vec<usize>,
     pub(super) serial: u64,
     pub(super) shutdown_requested: bool,
     pub(super) scratch: Vec<u8>,
@@ -137,6 +140,7 @@ impl<S: Read + Write> Engine<S> {
             config,
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
+            parked: Vec::new(),
             serial: 0,
             shutdown_requested: false,
             scratch: Vec::new(),
@@ -198,8 +202,12 @@ impl<S: Read + Write> Engine<S> {
         self.shutdown_requested || self.lifecycle.should_exit(now)
     }
 
-    /// The next time [`Engine::tick`] has work, if any.
+    /// The next time [`Engine::tick`] has work, if any; a time already past when a
+    /// connection waits to go on reading ([`Engine::has_parked`]).
     pub fn next_deadline(&mut self) -> Option<Instant> {
+        if self.has_parked() {
+            return Some(self.started);
+        }
         let timers = self.timers.peek().map(|r| r.0 .0);
         [timers, self.hub.next_deadline(), self.lifecycle.deadline()]
             .into_iter()
@@ -207,7 +215,12 @@ impl<S: Read + Write> Engine<S> {
             .min()
     }
 
-    /// Fires due timers (a handshake or a close that did not finish in time closes its
+    /// Whether a connection used its turn's reads and waits for the next [`Engine::tick`].
+    pub fn has_parked(&self) -> bool {
+        !self.parked.is_empty()
+    }
+
+    /// Goes on with connections that used their turn's reads, fires due timers (a handshake or a close that did not finish in time closes its
     /// connection; a wait past its deadline ends with `TimedOut`) and sends what other
     /// connections' requests queued.
     pub fn tick(&mut self, now: Instant) {
@@ -226,6 +239,7 @@ impl<S: Read + Write> Engine<S> {
         for w in self.hub.take_expired(now) {
             self.wake(w, WakeReason::TimedOut);
         }
+        self.serve_parked(now);
         self.flush_dirty(now);
     }
 
@@ -239,7 +253,7 @@ impl<S: Read + Write> Engine<S> {
         for slot in slots {
             for &idx in self.hub.subs_of(slot) {
                 let id = self.hub.sub(idx).id;
-                super::fanout::queue_signal(&mut self.conns[slot], PushKind::Closed, id, 0);
+                self.conns[slot].queue_signal(PushKind::Closed, id, 0);
             }
             self.flush(slot, now);
         }

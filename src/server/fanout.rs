@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use super::connection::Connection;
 use super::engine::{Engine, SUB_OUT_LIMIT};
 use super::hub::Waiter;
-use crate::protocol::{self, ErrorCode, Push, PushKind, Reply, WakeReason};
+use crate::protocol::{self, Push, PushKind, WakeReason};
 use crate::store::Entry;
 
 /// What a change looks like to listeners.
@@ -25,27 +25,6 @@ pub(super) enum Change<'a> {
     Set(&'a Entry),
     /// The key was removed.
     Removed(&'a [u8]),
-}
-
-/// An error reply; its message is for people reading a capture, programs match the code.
-pub(super) fn error_reply(code: ErrorCode, arg: u64) -> Reply<'static> {
-    Reply::Error {
-        code,
-        arg,
-        message: code.message().as_bytes(),
-    }
-}
-
-/// Queues a push with no key or value (`Lagged`, `Cleared`, `Closed`, `Woken`).
-pub(super) fn queue_signal<S>(c: &mut Connection<S>, kind: PushKind, id: u32, arg: u64) {
-    let p = Push {
-        kind,
-        id,
-        key: &[],
-        value: &[],
-        arg,
-    };
-    c.out.with_buf(|b| p.encode(b));
 }
 
 /// Queues `change` as a push for subscription `id`: a `Set` sends key and value from the
@@ -90,11 +69,11 @@ impl<S: Read + Write> Engine<S> {
         }
         let lagged = self.hub.take_lag(idx);
         if lagged > 0 {
-            queue_signal(c, PushKind::Lagged, id, lagged);
+            c.queue_signal(PushKind::Lagged, id, lagged);
         }
         match change {
             Some(change) => queue_change(c, id, change),
-            None => queue_signal(c, PushKind::Cleared, id, 0),
+            None => c.queue_signal(PushKind::Cleared, id, 0),
         }
         self.stats.events += 1;
         self.mark_dirty(conn);
@@ -138,7 +117,7 @@ impl<S: Read + Write> Engine<S> {
         let Some(c) = self.conns.get_mut(w.conn) else {
             return;
         };
-        queue_signal(c, PushKind::Woken, w.req, reason as u64);
+        c.queue_signal(PushKind::Woken, w.req, reason as u64);
         self.mark_dirty(w.conn);
     }
 
@@ -153,7 +132,7 @@ impl<S: Read + Write> Engine<S> {
             let lagged = self.hub.take_lag(idx);
             if lagged > 0 {
                 let id = self.hub.sub(idx).id;
-                queue_signal(&mut self.conns[slot], PushKind::Lagged, id, lagged);
+                self.conns[slot].queue_signal(PushKind::Lagged, id, lagged);
             }
         }
         self.mark_dirty(slot);

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 
 use hashbrown::HashTable;
 use slab::Slab;
+use smallvec::SmallVec;
 
 use crate::protocol::{RequestId, SubId};
 
@@ -65,43 +66,51 @@ impl Members {
     }
 }
 
-/// A key and the members listening to it.
+/// What members listen to: a key, and for a wait for a value, that value.
+type Topic<'a> = (&'a [u8], Option<&'a [u8]>);
+
+/// A topic and the members listening to it.
 struct KeyEntry {
     hash: u64,
     key: Box<[u8]>,
+    value: Option<Box<[u8]>>,
     members: Members,
 }
 
-/// Key → members, keyed by the store's hash (hash once).
+impl KeyEntry {
+    fn is(&self, (key, value): Topic<'_>) -> bool {
+        *self.key == *key && self.value.as_deref() == value
+    }
+}
+
+/// Topic → members, keyed by the store's hash of the key (hash once), mixed with the hash of
+/// the value for a wait for a value.
 #[derive(Default)]
 struct KeyMap(HashTable<KeyEntry>);
 
 impl KeyMap {
-    fn get(&self, hash: u64, key: &[u8]) -> Option<&Members> {
-        self.0.find(hash, |e| &*e.key == key).map(|e| &e.members)
+    fn get(&self, hash: u64, topic: Topic<'_>) -> Option<&Members> {
+        self.0.find(hash, |e| e.is(topic)).map(|e| &e.members)
     }
 
-    fn add<M: Member>(&mut self, slab: &mut Slab<M>, hash: u64, key: &[u8], idx: usize) {
-        let e = match self.0.find_mut(hash, |e| &*e.key == key) {
+    fn add<M: Member>(&mut self, slab: &mut Slab<M>, hash: u64, topic: Topic<'_>, idx: usize) {
+        let e = match self.0.find_mut(hash, |e| e.is(topic)) {
             Some(e) => e,
-            None => self
-                .0
-                .insert_unique(
+            None => {
+                let e = KeyEntry {
                     hash,
-                    KeyEntry {
-                        hash,
-                        key: key.into(),
-                        members: Members::default(),
-                    },
-                    |e| e.hash,
-                )
-                .into_mut(),
+                    key: topic.0.into(),
+                    value: topic.1.map(Into::into),
+                    members: Members::default(),
+                };
+                self.0.insert_unique(hash, e, |e| e.hash).into_mut()
+            }
         };
         e.members.push(slab, idx, List::Key);
     }
 
-    fn remove<M: Member>(&mut self, slab: &mut Slab<M>, hash: u64, key: &[u8], idx: usize) {
-        if let Ok(mut e) = self.0.find_entry(hash, |e| &*e.key == key) {
+    fn remove<M: Member>(&mut self, slab: &mut Slab<M>, hash: u64, topic: Topic<'_>, idx: usize) {
+        if let Ok(mut e) = self.0.find_entry(hash, |e| e.is(topic)) {
             let members = &mut e.get_mut().members;
             members.remove(slab, idx, List::Key);
             if members.0.is_empty() {
@@ -110,9 +119,9 @@ impl KeyMap {
         }
     }
 
-    fn take(&mut self, hash: u64, key: &[u8]) -> Option<Members> {
+    fn take(&mut self, hash: u64, topic: Topic<'_>) -> Option<Members> {
         self.0
-            .find_entry(hash, |e| &*e.key == key)
+            .find_entry(hash, |e| e.is(topic))
             .ok()
             .map(|e| e.remove().0.members)
     }
@@ -192,6 +201,10 @@ pub struct Hub {
     serial: u64,
     /// Indexed by connection slot.
     conns: Vec<ConnListeners>,
+    /// Hashes awaited values, so a wait for a value is found by key and value together.
+    values: ahash::RandomState,
+    /// Pending waits for a value (a change hashes its value only when there are some).
+    value_waits: usize,
 }
 
 impl std::fmt::Debug for Hub {
@@ -232,7 +245,7 @@ impl Hub {
             pos: [0; 2],
         });
         match key {
-            Some(k) => self.subs_by_key.add(&mut self.subs, hash, k, idx),
+            Some(k) => self.subs_by_key.add(&mut self.subs, hash, (k, None), idx),
             None => self.subs_all.push(&mut self.subs, idx, List::Key),
         }
         let cl = &mut self.conns[conn];
@@ -251,19 +264,31 @@ impl Hub {
     }
 
     fn remove_sub(&mut self, idx: usize) {
-        let (conn, id, hash, key, lagged) = {
-            let s = &mut self.subs[idx];
-            (s.conn, s.id, s.hash, s.key.take(), s.lagged)
+        let (conn, id, lagged) = {
+            let s = &self.subs[idx];
+            (s.conn, s.id, s.lagged)
         };
-        match key {
-            Some(k) => self.subs_by_key.remove(&mut self.subs, hash, &k, idx),
-            None => self.subs_all.remove(&mut self.subs, idx, List::Key),
-        }
         let cl = &mut self.conns[conn];
         cl.ids.remove(&id);
         cl.subs.remove(&mut self.subs, idx, List::Conn);
         if lagged > 0 {
             cl.lagging -= 1;
+        }
+        self.unlink_sub(idx);
+    }
+
+    /// Removes subscription `idx` from its key's list and the slab (its connection's list is
+    /// the caller's).
+    fn unlink_sub(&mut self, idx: usize) {
+        let (hash, key) = {
+            let s = &mut self.subs[idx];
+            (s.hash, s.key.take())
+        };
+        match key {
+            Some(k) => self
+                .subs_by_key
+                .remove(&mut self.subs, hash, (&k, None), idx),
+            None => self.subs_all.remove(&mut self.subs, idx, List::Key),
         }
         self.subs.remove(idx);
     }
@@ -271,7 +296,10 @@ impl Hub {
     /// The slab indices of the subscriptions a change of `key` reaches: those of the key,
     /// then those of every key. Valid until the next registration or removal.
     pub fn subscribers(&self, hash: u64, key: &[u8]) -> impl Iterator<Item = usize> + '_ {
-        let of_key = self.subs_by_key.get(hash, key).map_or(&[][..], |m| &m.0);
+        let of_key = self
+            .subs_by_key
+            .get(hash, (key, None))
+            .map_or(&[][..], |m| &m.0);
         of_key.iter().chain(&self.subs_all.0).copied()
     }
 
@@ -321,6 +349,14 @@ impl Hub {
         self.subs.is_empty() && self.waits.is_empty()
     }
 
+    /// The hash a wait is filed under: its key's, mixed with its value's for a wait for a value.
+    fn wait_hash(&self, hash: u64, value: Option<&[u8]>) -> u64 {
+        match value {
+            None => hash,
+            Some(v) => hash ^ self.values.hash_one(v).rotate_left(29),
+        }
+    }
+
     /// Registers a wait of connection `w.conn`, ending at `deadline` if any.
     pub fn add_wait(&mut self, w: Waiter, deadline: Option<Instant>) -> Result<(), Full> {
         let conn = w.conn;
@@ -328,67 +364,86 @@ impl Hub {
             return Err(Full);
         }
         self.serial += 1;
-        let (hash, key) = (w.hash, w.key.clone());
+        let hash = self.wait_hash(w.hash, w.expected.as_deref());
+        let value_wait = w.expected.is_some();
+        // The topic's bytes move out while the slab is borrowed for the list, then back.
+        let mut w = w;
+        let (key, value) = (std::mem::take(&mut w.key), w.expected.take());
         let idx = self.waits.insert(Wait {
             waiter: w,
             serial: self.serial,
             pos: [0; 2],
         });
-        self.waits_by_key.add(&mut self.waits, hash, &key, idx);
+        self.waits_by_key
+            .add(&mut self.waits, hash, (&key, value.as_deref()), idx);
+        let w = &mut self.waits[idx].waiter;
+        (w.key, w.expected) = (key, value);
         self.conns[conn]
             .waits
             .push(&mut self.waits, idx, List::Conn);
+        self.value_waits += usize::from(value_wait);
         if let Some(d) = deadline {
             self.deadlines.push(Reverse((d, idx, self.serial)));
+            // Deadlines of waits that ended otherwise stay in the heap until they come up:
+            // drop them once they are half of it, so they cost O(1) amortized, not memory.
+            if self.deadlines.len() > 2 * self.waits.len() + 64 {
+                let waits = &self.waits;
+                self.deadlines.retain(|Reverse((_, i, serial))| {
+                    waits.get(*i).is_some_and(|w| w.serial == *serial)
+                });
+            }
         }
         Ok(())
     }
 
-    /// Removes wait `idx` from its connection's list and the slab (not from its key's list).
+    /// Removes wait `idx` from its connection's list and the slab (not from its topic's list).
     fn release_wait(&mut self, idx: usize) -> Waiter {
         let conn = self.waits[idx].waiter.conn;
         self.conns[conn]
             .waits
             .remove(&mut self.waits, idx, List::Conn);
-        self.waits.remove(idx).waiter
+        self.unlink_wait(idx, false)
+    }
+
+    /// Removes wait `idx` from the slab, and from its topic's list when `from_topic`.
+    fn unlink_wait(&mut self, idx: usize, from_topic: bool) -> Waiter {
+        if from_topic {
+            let w = &mut self.waits[idx].waiter;
+            let (key, value, hash) = (std::mem::take(&mut w.key), w.expected.take(), w.hash);
+            let hash = self.wait_hash(hash, value.as_deref());
+            self.waits_by_key
+                .remove(&mut self.waits, hash, (&key, value.as_deref()), idx);
+            let w = &mut self.waits[idx].waiter;
+            (w.key, w.expected) = (key, value);
+        }
+        let w = self.waits.remove(idx).waiter;
+        self.value_waits -= usize::from(w.expected.is_some());
+        w
     }
 
     fn remove_wait(&mut self, idx: usize) -> Waiter {
-        let (hash, key) = {
-            let w = &self.waits[idx].waiter;
-            (w.hash, w.key.clone())
-        };
-        self.waits_by_key.remove(&mut self.waits, hash, &key, idx);
-        self.release_wait(idx)
+        let conn = self.waits[idx].waiter.conn;
+        self.conns[conn]
+            .waits
+            .remove(&mut self.waits, idx, List::Conn);
+        self.unlink_wait(idx, true)
     }
 
-    /// Takes the waits that a change of `key` ends: all of them for a removal (`value` None),
-    /// those with no expected value or the expected one for a set. The others stay, in place.
+    /// Takes the waits that a change of `key` ends, in O(1) per wait ended: those for any
+    /// change, and for a set (`value` is the new value) those that awaited that value. A
+    /// removal (`value` None) ends no wait for a value.
     pub fn take_woken(&mut self, hash: u64, key: &[u8], value: Option<&[u8]>) -> Vec<Waiter> {
-        let Some(members) = self.waits_by_key.take(hash, key) else {
-            return Vec::new();
-        };
-        let mut kept = Members::default();
-        let mut woken = Vec::new();
-        for idx in members.0 {
-            let fires = match (&self.waits[idx].waiter.expected, value) {
-                (None, _) => true,
-                (Some(want), Some(v)) => **want == *v,
-                (Some(_), None) => false,
-            };
-            if fires {
-                woken.push(self.release_wait(idx));
-            } else {
-                kept.push(&mut self.waits, idx, List::Key);
-            }
+        let mut lists: SmallVec<[Members; 2]> = SmallVec::new();
+        lists.extend(self.waits_by_key.take(hash, (key, None)));
+        if let Some(v) = value.filter(|_| self.value_waits > 0) {
+            let vhash = self.wait_hash(hash, Some(v));
+            lists.extend(self.waits_by_key.take(vhash, (key, Some(v))));
         }
-        if !kept.0.is_empty() {
-            let e = KeyEntry {
-                hash,
-                key: key.into(),
-                members: kept,
-            };
-            self.waits_by_key.0.insert_unique(hash, e, |e| e.hash);
+        let mut woken = Vec::new();
+        for members in lists {
+            for idx in members.0 {
+                woken.push(self.release_wait(idx));
+            }
         }
         woken
     }
@@ -397,6 +452,7 @@ impl Hub {
     pub fn take_all_waits(&mut self) -> Vec<Waiter> {
         self.waits_by_key.0.clear();
         self.deadlines.clear();
+        self.value_waits = 0;
         for c in &mut self.conns {
             c.waits.0.clear();
         }
@@ -438,27 +494,13 @@ impl Hub {
         let Some(cl) = self.conns.get_mut(conn) else {
             return;
         };
-        let subs = std::mem::take(&mut cl.subs.0);
-        let waits = std::mem::take(&mut cl.waits.0);
-        for idx in subs {
-            let s = &mut self.subs[idx];
-            // Already out of the connection's list: keep remove_sub's bookkeeping consistent.
-            let (hash, key) = (s.hash, s.key.take());
-            match key {
-                Some(k) => self.subs_by_key.remove(&mut self.subs, hash, &k, idx),
-                None => self.subs_all.remove(&mut self.subs, idx, List::Key),
-            }
-            self.subs.remove(idx);
+        let cl = std::mem::take(cl);
+        for idx in cl.subs.0 {
+            self.unlink_sub(idx);
         }
-        for idx in waits {
-            let (hash, key) = {
-                let w = &self.waits[idx].waiter;
-                (w.hash, w.key.clone())
-            };
-            self.waits_by_key.remove(&mut self.waits, hash, &key, idx);
-            self.waits.remove(idx);
+        for idx in cl.waits.0 {
+            self.unlink_wait(idx, true);
         }
-        self.conns[conn] = ConnListeners::default();
     }
 
     /// Number of pending waits.
@@ -635,5 +677,39 @@ mod tests {
             "an unsubscribed lagging subscription no longer counts"
         );
         let _ = a;
+    }
+
+    #[test]
+    fn a_change_wakes_only_the_waits_for_its_value_and_a_removal_none_of_them() {
+        let mut h = Hub::default();
+        for i in 0..100u8 {
+            h.add_wait(waiter(1, b"k", Some(&[i])), None).unwrap();
+        }
+        h.add_wait(waiter(2, b"k", Some(&[7])), None).unwrap();
+        assert!(h.take_woken(hash(b"k"), b"k", None).is_empty());
+        assert!(h.take_woken(hash(b"k"), b"k", Some(&[200])).is_empty());
+        assert_eq!(
+            conns_of(&h.take_woken(hash(b"k"), b"k", Some(&[7]))),
+            [1, 2]
+        );
+        assert_eq!(h.wait_count(), 99);
+        h.close_conn(1);
+        assert!(h.is_idle());
+        assert_eq!(h.value_waits, 0);
+    }
+
+    #[test]
+    fn deadlines_of_ended_waits_do_not_pile_up() {
+        let mut h = Hub::default();
+        let far = Instant::now() + Duration::from_secs(3600);
+        for _ in 0..10_000 {
+            h.add_wait(waiter(1, b"k", None), Some(far)).unwrap();
+            assert_eq!(h.take_woken(hash(b"k"), b"k", Some(b"v")).len(), 1);
+        }
+        assert!(
+            h.deadlines.len() <= 2 * h.wait_count() + 65,
+            "{}",
+            h.deadlines.len()
+        );
     }
 }

@@ -157,7 +157,7 @@ impl Peer {
                 p.writable = false;
                 e
             };
-            if !readable && !writable {
+            if !readable && !writable && !engine.has_parked() {
                 return;
             }
             if writable {

@@ -9,7 +9,7 @@
 use std::io::{self, Read, Write};
 
 use mio::{Events, Interest, Poll, Token};
-use upcache::protocol::{encode_header, Header, Reply, HEADER_LEN};
+use upcache::protocol::{encode_value_head, read_header, Op, Reply, HEADER_LEN, VERSION};
 use upcache_transports::{BindOptions, Endpoint, Tcp, Transport, Unix};
 
 /// Runs a floor server on `kind`, calling `ready` with where it listens. Never returns unless
@@ -119,28 +119,20 @@ fn run<T: Transport>(opts: &BindOptions, ready: impl FnOnce(&Endpoint)) -> io::R
 /// value, anything else with `Done`.
 fn answer(buf: &mut Vec<u8>, out: &mut Vec<u8>, value: &[u8]) {
     let mut at = 0;
-    while buf.len() - at >= HEADER_LEN {
-        let h = &buf[at..];
-        let klen = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
-        let vlen = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) as usize;
-        let len = HEADER_LEN + klen + vlen;
+    while let Some(h) = buf[at..].first_chunk::<HEADER_LEN>() {
+        // The load generator sends well-formed frames; anything else ends the answers.
+        let Ok(h) = read_header(h) else { break };
+        let len = h.frame_len();
         if buf.len() - at < len {
             break;
         }
-        let id = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-        match h[3] {
-            0x01 => Reply::Uint(1).encode(id, out),
-            0x02 => {
-                encode_header(
-                    out,
-                    &Header {
-                        value_len: value.len() as u32,
-                        ..Reply::Value(&[]).header(id)
-                    },
-                );
+        match Op::from_u8(h.code) {
+            Some(Op::Hello) => Reply::Uint(VERSION).encode(h.id, out),
+            Some(Op::Get) => {
+                encode_value_head(out, h.id, value.len());
                 out.extend_from_slice(value);
             }
-            _ => Reply::Done.encode(id, out),
+            _ => Reply::Done.encode(h.id, out),
         }
         at += len;
     }

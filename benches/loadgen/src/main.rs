@@ -610,9 +610,9 @@ fn self_reported(t: &Target) -> io::Result<Option<u64>> {
             return c.read_reply_with(|frame| {
                 match protocol::decode_reply(frame, &Limits::unlimited()) {
                     Ok(Decoded::Frame((_, Reply::Text(json)), _)) => {
-                        serde_json::from_slice::<serde_json::Value>(json)
+                        serde_json::from_slice::<upcache::ServerStats>(json)
                             .ok()
-                            .and_then(|v| v["store_bytes"].as_u64())
+                            .map(|s| s.store_bytes)
                     }
                     _ => None,
                 }

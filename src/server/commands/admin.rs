@@ -3,9 +3,7 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use super::queue_reply;
 use crate::protocol::{self, ErrorCode, Reply, Request, RequestId};
-use crate::server::conn_io::queue_error;
 use crate::server::connection::Phase;
 use crate::server::engine::Engine;
 
@@ -26,31 +24,36 @@ impl<S: Read + Write> Engine<S> {
             Request::Hello { version, token } if ct_eq(token, &self.config.token) => {
                 if version == protocol::VERSION {
                     c.phase = Phase::Ready;
-                    return queue_reply(c, id, &Reply::Uint(protocol::VERSION));
+                    return c.queue_reply(id, &Reply::Uint(protocol::VERSION));
                 }
                 (ErrorCode::VersionMismatch, protocol::VERSION)
             }
             _ => (ErrorCode::Unauthorized, 0),
         };
-        queue_error(c, id, code, arg);
+        c.queue_error(id, code, arg);
         self.begin_close(slot, now);
     }
 
     /// A `HELLO` after the handshake: answered with the version, nothing changes (the token is
     /// not checked again).
     pub(super) fn hello_again(&mut self, slot: usize, id: RequestId) {
-        queue_reply(&mut self.conns[slot], id, &Reply::Uint(protocol::VERSION));
+        self.conns[slot].queue_reply(id, &Reply::Uint(protocol::VERSION));
     }
 
     /// `STATS`: the counters as JSON text.
     pub(super) fn stats_request(&mut self, slot: usize, id: RequestId, now: Instant) {
         let text = self.stats_json(now);
-        queue_reply(&mut self.conns[slot], id, &Reply::Text(text.as_bytes()));
+        self.conns[slot].queue_reply(id, &Reply::Text(text.as_bytes()));
+    }
+
+    /// `PING`: answered `DONE`.
+    pub(super) fn ping(&mut self, slot: usize, id: RequestId) {
+        self.conns[slot].queue_reply(id, &Reply::Done);
     }
 
     /// `SHUTDOWN`: answered `DONE`; the loop then ends every wait and subscription and exits.
     pub(super) fn shutdown_request(&mut self, slot: usize, id: RequestId) {
-        queue_reply(&mut self.conns[slot], id, &Reply::Done);
+        self.conns[slot].queue_reply(id, &Reply::Done);
         self.shutdown_requested = true;
     }
 }

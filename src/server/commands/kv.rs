@@ -2,9 +2,7 @@
 
 use std::io::{Read, Write};
 
-use super::queue_reply;
 use crate::protocol::{self, ErrorCode, Reply, RequestId};
-use crate::server::conn_io::queue_error;
 use crate::server::engine::Engine;
 use crate::server::fanout::Change;
 use crate::store::IncrError;
@@ -21,13 +19,13 @@ impl<S: Read + Write> Engine<S> {
                     .with_buf(|b| protocol::encode_value_head(b, id, e.value().len()));
                 c.out.push_shared(e.to_entry(), e.key_len(), e.len());
             }
-            None => queue_reply(c, id, &Reply::Nil),
+            None => c.queue_reply(id, &Reply::Nil),
         }
     }
 
     /// `SET`: always an event, even for the same value.
     pub(super) fn set(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8], value: &[u8]) {
-        queue_reply(&mut self.conns[slot], id, &Reply::Done);
+        self.conns[slot].queue_reply(id, &Reply::Done);
         let e = self.store.set(hash, key, value);
         if !self.hub.is_idle() {
             let e = e.to_entry();
@@ -38,13 +36,13 @@ impl<S: Read + Write> Engine<S> {
     /// `EXISTS`.
     pub(super) fn exists(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8]) {
         let found = self.store.get(hash, key).is_some();
-        queue_reply(&mut self.conns[slot], id, &Reply::Bool(found));
+        self.conns[slot].queue_reply(id, &Reply::Bool(found));
     }
 
     /// `REMOVE`: an event only if the key existed.
     pub(super) fn remove(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8]) {
         let existed = self.store.remove(hash, key);
-        queue_reply(&mut self.conns[slot], id, &Reply::Bool(existed));
+        self.conns[slot].queue_reply(id, &Reply::Bool(existed));
         if existed && !self.hub.is_idle() {
             self.publish(hash, Change::Removed(key));
         }
@@ -54,25 +52,23 @@ impl<S: Read + Write> Engine<S> {
     pub(super) fn incr(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8], delta: i64) {
         match self.store.incr(hash, key, delta) {
             Ok((n, e)) => {
-                queue_reply(&mut self.conns[slot], id, &Reply::Int(n));
+                self.conns[slot].queue_reply(id, &Reply::Int(n));
                 if !self.hub.is_idle() {
                     let e = e.to_entry();
                     self.publish(hash, Change::Set(&e));
                 }
             }
             Err(IncrError::NotAnInteger) => {
-                queue_error(&mut self.conns[slot], id, ErrorCode::NotAnInteger, 0)
+                self.conns[slot].queue_error(id, ErrorCode::NotAnInteger, 0)
             }
-            Err(IncrError::Overflow) => {
-                queue_error(&mut self.conns[slot], id, ErrorCode::Overflow, 0)
-            }
+            Err(IncrError::Overflow) => self.conns[slot].queue_error(id, ErrorCode::Overflow, 0),
         }
     }
 
     /// `CLEAR`: every subscription gets `Cleared`, every wait ends (reason `Cleared`), even
     /// when the cache was already empty.
     pub(super) fn clear(&mut self, slot: usize, id: RequestId) {
-        queue_reply(&mut self.conns[slot], id, &Reply::Done);
+        self.conns[slot].queue_reply(id, &Reply::Done);
         self.store.clear();
         self.publish_clear();
     }
@@ -80,6 +76,6 @@ impl<S: Read + Write> Engine<S> {
     /// `COUNT`.
     pub(super) fn count(&mut self, slot: usize, id: RequestId) {
         let n = self.store.len() as u64;
-        queue_reply(&mut self.conns[slot], id, &Reply::Uint(n));
+        self.conns[slot].queue_reply(id, &Reply::Uint(n));
     }
 }

@@ -20,14 +20,9 @@ mod wait;
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use super::connection::{Connection, Phase};
+use super::connection::Phase;
 use super::engine::Engine;
-use crate::protocol::{Reply, Request, RequestId};
-
-/// Queues a reply.
-pub(super) fn queue_reply<S>(c: &mut Connection<S>, id: RequestId, r: &Reply<'_>) {
-    c.out.with_buf(|b| r.encode(id, b));
-}
+use crate::protocol::{Request, RequestId};
 
 impl<S: Read + Write> Engine<S> {
     /// Applies one request from connection `slot` and queues its reply. `hash` is the store's
@@ -65,7 +60,7 @@ impl<S: Read + Write> Engine<S> {
             Request::Unsubscribe { sub } => self.unsubscribe(slot, id, sub),
             Request::Stats => self.stats_request(slot, id, now),
             Request::Shutdown => self.shutdown_request(slot, id),
-            Request::Ping => queue_reply(&mut self.conns[slot], id, &Reply::Done),
+            Request::Ping => self.ping(slot, id),
         }
     }
 }

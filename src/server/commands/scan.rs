@@ -2,7 +2,6 @@
 
 use std::io::{Read, Write};
 
-use super::queue_reply;
 use crate::protocol::{Reply, RequestId, CHUNK_MAX_ENTRIES, CHUNK_SOFT_BYTES};
 use crate::server::engine::Engine;
 
@@ -37,6 +36,6 @@ impl<S: Read + Write> Engine<S> {
             until,
             body: &self.scratch,
         };
-        queue_reply(&mut self.conns[slot], id, &reply);
+        self.conns[slot].queue_reply(id, &reply);
     }
 }

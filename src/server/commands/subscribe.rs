@@ -2,9 +2,7 @@
 
 use std::io::{Read, Write};
 
-use super::queue_reply;
 use crate::protocol::{ErrorCode, Reply, RequestId, SubId};
-use crate::server::conn_io::queue_error;
 use crate::server::engine::Engine;
 
 impl<S: Read + Write> Engine<S> {
@@ -13,8 +11,8 @@ impl<S: Read + Write> Engine<S> {
     pub(super) fn subscribe(&mut self, slot: usize, id: RequestId, hash: u64, key: Option<&[u8]>) {
         let c = &mut self.conns[slot];
         match self.hub.subscribe(slot, hash, key) {
-            Ok(sub) => queue_reply(c, id, &Reply::Uint(sub.into())),
-            Err(_) => queue_error(c, id, ErrorCode::Busy, 0),
+            Ok(sub) => c.queue_reply(id, &Reply::Uint(sub.into())),
+            Err(_) => c.queue_error(id, ErrorCode::Busy, 0),
         }
     }
 
@@ -22,9 +20,9 @@ impl<S: Read + Write> Engine<S> {
     pub(super) fn unsubscribe(&mut self, slot: usize, id: RequestId, sub: SubId) {
         let c = &mut self.conns[slot];
         if self.hub.unsubscribe(slot, sub) {
-            queue_reply(c, id, &Reply::Done);
+            c.queue_reply(id, &Reply::Done);
         } else {
-            queue_error(c, id, ErrorCode::NoSuchSubscription, 0);
+            c.queue_error(id, ErrorCode::NoSuchSubscription, 0);
         }
     }
 }

@@ -7,9 +7,7 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use super::queue_reply;
 use crate::protocol::{ErrorCode, Reply, RequestId, NO_TIMEOUT};
-use crate::server::conn_io::queue_error;
 use crate::server::engine::Engine;
 use crate::server::hub::Waiter;
 
@@ -31,10 +29,10 @@ impl<S: Read + Write> Engine<S> {
             value.is_some_and(|v| self.store.get(hash, key).is_some_and(|e| e.value() == v));
         let c = &mut self.conns[slot];
         if satisfied {
-            return queue_reply(c, id, &Reply::Bool(true));
+            return c.queue_reply(id, &Reply::Bool(true));
         }
         if timeout_ms == 0 {
-            return queue_reply(c, id, &Reply::Bool(false));
+            return c.queue_reply(id, &Reply::Bool(false));
         }
         let deadline = (timeout_ms != NO_TIMEOUT)
             .then(|| now.checked_add(Duration::from_millis(timeout_ms)))
@@ -47,8 +45,8 @@ impl<S: Read + Write> Engine<S> {
             expected: value.map(Into::into),
         };
         match self.hub.add_wait(w, deadline) {
-            Ok(()) => queue_reply(c, id, &Reply::Done),
-            Err(_) => queue_error(c, id, ErrorCode::Busy, 0),
+            Ok(()) => c.queue_reply(id, &Reply::Done),
+            Err(_) => c.queue_error(id, ErrorCode::Busy, 0),
         }
     }
 }

@@ -372,3 +372,119 @@ fn events_reach_every_subscription_and_lag_is_reported_after_a_drain() {
         .all(|f| matches!(f, Frame::Push(PushKind::Set, _, 0))));
     assert_eq!(e.stats().events, 10 * MAX_SUBS_PER_CONN as u64);
 }
+
+#[test]
+fn a_client_that_keeps_its_socket_full_cannot_keep_the_loop_from_others() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, usize::MAX, 1);
+    let (a, peer_a) = connect(&mut e, t0, usize::MAX);
+    let (b, peer_b) = connect(&mut e, t0, usize::MAX);
+    // More than a turn's reads of pipelined requests.
+    let mut flood = Vec::new();
+    while flood.len() < (crate::server::conn_io::READS_PER_TURN + 4) * (64 << 10) {
+        Request::Exists { key: b"k" }.encode(7, &mut flood);
+    }
+    peer_a.send(&flood);
+    peer_b.send(&request(2, Request::Ping));
+    // One turn of the loop: both are readable.
+    e.read_event(a, t0, false);
+    assert!(peer_a.unsent() > 0, "a's turn ended before its input did");
+    e.read_event(b, t0, false);
+    assert_eq!(
+        take_frames(&peer_b, &mut Vec::new(), usize::MAX),
+        [Frame::Reply(2, "Done".into())]
+    );
+    assert!(e.has_parked());
+    assert!(e.next_deadline().is_some_and(|d| d <= t0));
+    // The next turns go on with a, with no new event.
+    for _ in 0..10 {
+        e.tick(t0);
+    }
+    assert_eq!(peer_a.unsent(), 0);
+    let n = take_frames(&peer_a, &mut Vec::new(), usize::MAX).len();
+    assert_eq!(
+        n,
+        flood.len() / request(7, Request::Exists { key: b"k" }).len()
+    );
+}
+
+#[test]
+fn a_peer_that_closes_its_side_after_pipelining_gets_every_reply() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, 4096, 1024);
+    let (slot, peer) = connect(&mut e, t0, 512);
+    let mut batch = Vec::new();
+    for id in 0..200 {
+        Request::Set {
+            key: b"k",
+            value: &[b'v'; 100],
+        }
+        .encode(id, &mut batch);
+        Request::Get { key: b"k" }.encode(1000 + id, &mut batch);
+    }
+    peer.send(&batch);
+    peer.close();
+    peer.pump(&mut e, slot, t0);
+    let mut buf = Vec::new();
+    let mut got = Vec::new();
+    for _ in 0..10_000 {
+        got.extend(take_frames(&peer, &mut buf, 300));
+        peer.pump(&mut e, slot, t0);
+        if e.connections() == 0 && peer.unread() == 0 {
+            break;
+        }
+    }
+    got.extend(take_frames(&peer, &mut buf, usize::MAX));
+    assert_eq!(got.len(), 400, "every request was answered");
+    assert_eq!(got[399], Frame::Reply(1199, "value 100".into()));
+    assert_eq!(e.connections(), 0, "closed once its replies were written");
+    assert_eq!(e.stats().protocol_errors, 0);
+}
+
+#[test]
+fn events_past_the_output_limit_are_dropped_counted_and_reported_as_lagged() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, HIGH_WATER, LOW_WATER);
+    // The subscriber's socket takes 64 KiB and its peer does not read for now.
+    let (a, peer_a) = connect(&mut e, t0, 64 << 10);
+    let (b, peer_b) = connect(&mut e, t0, 1 << 20);
+    peer_a.send(&request(2, Request::Subscribe { key: Some(b"k") }));
+    peer_a.pump(&mut e, a, t0);
+    let value = vec![b'v'; 256 << 10];
+    let sets = 80; // 20 MiB of events: more than SUB_OUT_LIMIT
+    for id in 0..sets {
+        peer_b.send(&request(
+            id,
+            Request::Set {
+                key: b"k",
+                value: &value,
+            },
+        ));
+        peer_b.pump(&mut e, b, t0);
+        take_frames(&peer_b, &mut Vec::new(), usize::MAX);
+    }
+    assert!(e.stats().events_dropped > 0);
+    let mut buf = Vec::new();
+    let (mut events, mut lagged) = (0u64, 0u64);
+    for _ in 0..100_000 {
+        for f in take_frames(&peer_a, &mut buf, 1 << 20) {
+            match f {
+                Frame::Push(PushKind::Set, 1, 0) => events += 1,
+                Frame::Push(PushKind::Lagged, 1, n) => lagged += n,
+                Frame::Reply(2, _) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        peer_a.pump(&mut e, a, t0);
+        if events + lagged == sets as u64 {
+            break;
+        }
+    }
+    assert!(lagged > 0);
+    assert_eq!(
+        events + lagged,
+        sets as u64,
+        "every event delivered or counted"
+    );
+    assert_eq!(lagged, e.stats().events_dropped);
+}
