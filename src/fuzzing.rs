@@ -384,7 +384,11 @@ pub fn store_model_bytes(data: &[u8]) {
             StoreOp::Advance(ms, limit) => {
                 m.now += ms as u64;
                 store.set_time(m.now);
-                let limit = if limit == 255 { usize::MAX } else { 1 + limit as usize };
+                let limit = if limit == 255 {
+                    usize::MAX
+                } else {
+                    1 + limit as usize
+                };
                 let mut expired = Vec::new();
                 let more = store.expire_due(limit, |e| expired.push(e.key().to_vec()));
                 assert!(expired.len() <= limit);
@@ -393,22 +397,25 @@ pub fn store_model_bytes(data: &[u8]) {
                     assert!(d.is_some_and(|d| d <= m.now), "expired early: {k:?}");
                     m.remove(k);
                 }
-                let due = m
-                    .map
-                    .values()
-                    .any(|(_, d)| d.is_some_and(|d| d <= m.now));
+                let due = m.map.values().any(|(_, d)| d.is_some_and(|d| d <= m.now));
                 assert_eq!(more, due, "more due keys exactly when the model has some");
                 if let Some(next) = store.next_expiry() {
                     // Never later than the first deadline left.
                     let first = m.map.values().filter_map(|(_, d)| *d).min();
-                    assert!(first.is_none_or(|f| next <= f.max(m.now)), "{next} {first:?}");
+                    assert!(
+                        first.is_none_or(|f| next <= f.max(m.now)),
+                        "{next} {first:?}"
+                    );
                 } else {
                     assert!(m.map.values().all(|(_, d)| d.is_none()));
                 }
             }
         }
         assert_eq!(store.len(), m.map.len());
-        assert_eq!(store.ttl_keys(), m.map.values().filter(|(_, d)| d.is_some()).count());
+        assert_eq!(
+            store.ttl_keys(),
+            m.map.values().filter(|(_, d)| d.is_some()).count()
+        );
         let live: usize = m
             .map
             .iter()

@@ -210,10 +210,15 @@ impl<S: Read + Write> Engine<S> {
         }
         let timers = self.timers.peek().map(|r| r.0 .0);
         let expiry = self.store.next_expiry().map(|ms| self.instant_at(ms));
-        [timers, self.hub.next_deadline(), self.lifecycle.deadline(), expiry]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            timers,
+            self.hub.next_deadline(),
+            self.lifecycle.deadline(),
+            expiry,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Whether a connection used its turn's reads and waits for the next [`Engine::tick`].

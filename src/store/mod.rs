@@ -326,6 +326,8 @@ impl Shard {
             }
         }
         self.slots.retain(|s| s.seg != DEAD);
+        // Give back what a mass removal (or expiry) left unused.
+        self.slots.shrink_to(2 * self.slots.len());
         self.dead = 0;
         let mut index = HashTable::with_capacity(self.slots.len());
         for i in 0..self.slots.len() as u32 {
@@ -612,7 +614,8 @@ impl Store {
         let hasher = &self.hasher;
         let shard_id = Self::shard_of(hash).0;
         let shard = &mut self.shards[shard_id];
-        let had_deadline = found.is_some_and(|i| shard.record(&shard.slots[i]).deadline().is_some());
+        let had_deadline =
+            found.is_some_and(|i| shard.record(&shard.slots[i]).deadline().is_some());
         self.ttl_keys = self.ttl_keys + usize::from(deadline.is_some()) - usize::from(had_deadline);
         let in_place = found.filter(|&i| shard.overwrite_in_place(i, &header[..n], value));
         let pos = match (in_place, found) {
@@ -645,7 +648,12 @@ impl Store {
         };
         shard.settle(hasher);
         if let Some(d) = deadline {
-            Self::file(&mut self.wheel, &mut self.due, d, Wheel::pack(shard_id, pos));
+            Self::file(
+                &mut self.wheel,
+                &mut self.due,
+                d,
+                Wheel::pack(shard_id, pos),
+            );
         }
         self.sweep_if_stale();
         let shard = &self.shards[shard_id];
@@ -749,6 +757,14 @@ impl Store {
         shard.dead += 1;
         self.len -= 1;
         shard.settle(&self.hasher);
+        if shard.live() == 0 {
+            // Nothing left: give back the current segment too (entries that replies still
+            // hold keep their own segments alive).
+            shard.segs = Vec::new();
+            shard.free = Vec::new();
+            shard.active = None;
+            shard.check.clear();
+        }
         if shard.dead > 32 && shard.dead > shard.live() {
             let moved = shard.compact(&self.hasher);
             if !self.wheel.is_empty() || !self.due.is_empty() {
@@ -784,7 +800,10 @@ impl Store {
         let new = current.checked_add(delta).ok_or(IncrError::Overflow)?;
         let digits = itoa_buf(new);
         let (found, deadline) = self.find_live(hash, key);
-        Ok((new, self.put(hash, found, key, digits.as_str().as_bytes(), deadline)))
+        Ok((
+            new,
+            self.put(hash, found, key, digits.as_str().as_bytes(), deadline),
+        ))
     }
 
     /// Removes every key.
@@ -1161,7 +1180,10 @@ mod tests {
         let base = s.segment_bytes();
         let big = vec![7u8; 100_000];
         set(&mut s, b"big", &big);
-        assert_eq!(s.segment_bytes(), base + Store::record_len(b"big", &big, false));
+        assert_eq!(
+            s.segment_bytes(),
+            base + Store::record_len(b"big", &big, false)
+        );
         set(&mut s, b"big", b"now small");
         assert_eq!(s.segment_bytes(), base);
         let h = s.hash(b"big");

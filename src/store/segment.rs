@@ -280,14 +280,21 @@ mod tests {
 
     #[test]
     fn a_deadline_rides_in_the_header_of_short_and_long_records() {
-        for (key, value) in [(&[1u8; 3][..], &[2u8; 5][..]), (&[1u8; 300][..], &[2u8; 70_000][..])] {
+        for (key, value) in [
+            (&[1u8; 3][..], &[2u8; 5][..]),
+            (&[1u8; 300][..], &[2u8; 70_000][..]),
+        ] {
             let s = Segment::with_capacity(80_000);
             let (h, n) = RecordShape::header(key, value, Some(u64::MAX - 5));
             let at = s.append(&[&h[..n], key, value]);
             let rec = &s.bytes()[at..];
             let shape = RecordShape::read(rec);
             assert_eq!((shape.key_len, shape.value_len), (key.len(), value.len()));
-            let deadline = u64::from_le_bytes(rec[shape.key_start - 8..shape.key_start].try_into().unwrap());
+            let deadline = u64::from_le_bytes(
+                rec[shape.key_start - 8..shape.key_start]
+                    .try_into()
+                    .unwrap(),
+            );
             assert!(shape.has_deadline);
             assert_eq!(deadline, u64::MAX - 5);
             assert_eq!(&rec[shape.key_start..shape.value_start()], key);

@@ -295,7 +295,11 @@ mod tests {
         }
         let mut got = Vec::new();
         for &d in &deadlines {
-            assert_eq!(w.next_due().map(|n| n <= d), Some(true), "next due before {d}");
+            assert_eq!(
+                w.next_due().map(|n| n <= d),
+                Some(true),
+                "next due before {d}"
+            );
             got.extend(run(&mut w, &deadlines, d));
             assert_eq!(got.last().map(|&(_, t)| t), Some(d), "due exactly at {d}");
         }

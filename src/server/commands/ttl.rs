@@ -41,7 +41,14 @@ impl<S: Read + Write> Engine<S> {
     }
 
     /// `EXPIRE`: gives an existing key a TTL; no event (the value did not change).
-    pub(super) fn expire(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8], ttl_ms: u64) {
+    pub(super) fn expire(
+        &mut self,
+        slot: usize,
+        id: RequestId,
+        hash: u64,
+        key: &[u8],
+        ttl_ms: u64,
+    ) {
         let Some(at) = deadline(self.store.now(), ttl_ms) else {
             return self.conns[slot].queue_error(id, ErrorCode::BadTtl, 0);
         };
