@@ -700,7 +700,8 @@ impl Store {
 
     /// Removes up to `limit` keys whose TTL ran out by the store's clock, in deadline order,
     /// calling `expired` with each one's last entry (which outlives the removal). Returns
-    /// whether more are due (a server spreads a large batch over several turns).
+    /// false when no key is due any more, true when more may be (a server spreads a large
+    /// batch over several turns).
     pub fn expire_due(&mut self, limit: usize, mut expired: impl FnMut(Entry)) -> bool {
         let mut n = 0;
         loop {
