@@ -488,3 +488,129 @@ fn events_past_the_output_limit_are_dropped_counted_and_reported_as_lagged() {
     );
     assert_eq!(lagged, e.stats().events_dropped);
 }
+
+#[test]
+fn a_key_expires_at_its_millisecond_on_synthetic_time_and_not_before() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, HIGH_WATER, LOW_WATER);
+    let (a, peer_a) = connect(&mut e, t0, 1 << 20);
+    let (b, peer_b) = connect(&mut e, t0, 1 << 20);
+    peer_b.send(&request(2, Request::Subscribe { key: None }));
+    peer_b.pump(&mut e, b, t0);
+    take_frames(&peer_b, &mut Vec::new(), usize::MAX);
+    peer_a.send(&request(
+        3,
+        Request::SetTtl {
+            key: b"k",
+            value: b"v",
+            ttl_ms: 100,
+        },
+    ));
+    peer_a.pump(&mut e, a, t0);
+    assert_eq!(
+        take_frames(&peer_a, &mut Vec::new(), usize::MAX),
+        [Frame::Reply(3, "Done".into())]
+    );
+    take_frames(&peer_b, &mut Vec::new(), usize::MAX);
+    assert!(e
+        .next_deadline()
+        .is_some_and(|d| d <= t0 + Duration::from_millis(100)));
+    let t99 = t0 + Duration::from_millis(99);
+    e.tick(t99);
+    peer_a.send(&request(4, Request::Get { key: b"k" }));
+    peer_a.pump(&mut e, a, t99);
+    assert_eq!(
+        take_frames(&peer_a, &mut Vec::new(), usize::MAX),
+        [Frame::Reply(4, "value 1".into())]
+    );
+    assert!(take_frames(&peer_b, &mut Vec::new(), usize::MAX).is_empty());
+    let t100 = t0 + Duration::from_millis(100);
+    e.tick(t100);
+    assert_eq!(
+        take_frames(&peer_b, &mut Vec::new(), usize::MAX),
+        [Frame::Push(PushKind::Expired, 1, 0)]
+    );
+    peer_a.send(&request(5, Request::Get { key: b"k" }));
+    peer_a.pump(&mut e, a, t100);
+    assert_eq!(
+        take_frames(&peer_a, &mut Vec::new(), usize::MAX),
+        [Frame::Reply(5, "Nil".into())]
+    );
+    assert_eq!(e.stats().expired, 1);
+}
+
+#[test]
+fn a_due_key_is_never_read_and_a_write_to_it_follows_its_expired_event() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, HIGH_WATER, LOW_WATER);
+    let (a, peer) = connect(&mut e, t0, 1 << 20);
+    let mut out = Vec::new();
+    Request::Subscribe { key: Some(b"k") }.encode(2, &mut out);
+    Request::SetTtl {
+        key: b"k",
+        value: b"old",
+        ttl_ms: 50,
+    }
+    .encode(3, &mut out);
+    peer.send(&out);
+    peer.pump(&mut e, a, t0);
+    take_frames(&peer, &mut Vec::new(), usize::MAX);
+    // Requests that arrive at the deadline, before any tick: the key is gone for them.
+    let t50 = t0 + Duration::from_millis(50);
+    let mut out = Vec::new();
+    Request::Exists { key: b"k" }.encode(4, &mut out);
+    Request::Ttl { key: b"k" }.encode(5, &mut out);
+    Request::Set {
+        key: b"k",
+        value: b"new",
+    }
+    .encode(6, &mut out);
+    Request::Ttl { key: b"k" }.encode(7, &mut out);
+    peer.send(&out);
+    peer.pump(&mut e, a, t50);
+    assert_eq!(
+        take_frames(&peer, &mut Vec::new(), usize::MAX),
+        [
+            Frame::Reply(4, "Bool(false)".into()),
+            Frame::Reply(5, "Nil".into()),
+            Frame::Reply(6, "Done".into()),
+            Frame::Push(PushKind::Expired, 1, 0),
+            Frame::Push(PushKind::Set, 1, 0),
+            Frame::Reply(7, format!("{:?}", Reply::Uint(crate::protocol::NO_TTL))),
+        ]
+    );
+}
+
+#[test]
+fn a_mass_expiry_is_spread_over_turns() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, usize::MAX, 1);
+    let (a, peer) = connect(&mut e, t0, usize::MAX);
+    let n = 3 * super::super::expiry::EXPIRE_PER_TURN + 5;
+    let mut out = Vec::new();
+    for i in 0..n {
+        Request::SetTtl {
+            key: format!("k{i}").as_bytes(),
+            value: b"v",
+            ttl_ms: 10,
+        }
+        .encode(1, &mut out);
+    }
+    peer.send(&out);
+    peer.pump(&mut e, a, t0);
+    let t10 = t0 + Duration::from_millis(10);
+    let mut turns = 0;
+    while e.store.len() > 0 {
+        e.tick(t10);
+        turns += 1;
+        assert!(turns <= 4, "every turn expires its share");
+        if e.store.len() > 0 {
+            assert!(
+                e.next_deadline().is_some_and(|d| d <= t10),
+                "the next turn comes at once"
+            );
+        }
+    }
+    assert_eq!(turns, 4);
+    assert_eq!(e.stats().expired, n as u64);
+}
