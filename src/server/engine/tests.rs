@@ -600,11 +600,11 @@ fn a_mass_expiry_is_spread_over_turns() {
     peer.pump(&mut e, a, t0);
     let t10 = t0 + Duration::from_millis(10);
     let mut turns = 0;
-    while e.store.len() > 0 {
+    while !e.store.is_empty() {
         e.tick(t10);
         turns += 1;
         assert!(turns <= 4, "every turn expires its share");
-        if e.store.len() > 0 {
+        if !e.store.is_empty() {
             assert!(
                 e.next_deadline().is_some_and(|d| d <= t10),
                 "the next turn comes at once"
