@@ -614,9 +614,9 @@ impl Store {
         let hasher = &self.hasher;
         let shard_id = Self::shard_of(hash).0;
         let shard = &mut self.shards[shard_id];
-        let had_deadline =
-            found.is_some_and(|i| shard.record(&shard.slots[i]).deadline().is_some());
-        self.ttl_keys = self.ttl_keys + usize::from(deadline.is_some()) - usize::from(had_deadline);
+        let old_deadline = found.and_then(|i| shard.record(&shard.slots[i]).deadline());
+        self.ttl_keys =
+            self.ttl_keys + usize::from(deadline.is_some()) - usize::from(old_deadline.is_some());
         let in_place = found.filter(|&i| shard.overwrite_in_place(i, &header[..n], value));
         let pos = match (in_place, found) {
             (Some(i), _) => i,
@@ -647,13 +647,10 @@ impl Store {
             }
         };
         shard.settle(hasher);
-        if let Some(d) = deadline {
-            Self::file(
-                &mut self.wheel,
-                &mut self.due,
-                d,
-                Wheel::pack(shard_id, pos),
-            );
+        // A key keeps its slot when rewritten, so an entry filed for its old deadline still
+        // names it: a new one is needed only for a new deadline.
+        if let Some(d) = deadline.filter(|&d| Some(d) != old_deadline) {
+            Self::file(&mut self.wheel, &mut self.due, d, Wheel::pack(shard_id, pos));
         }
         self.sweep_if_stale();
         let shard = &self.shards[shard_id];
