@@ -16,6 +16,12 @@
 //!   connection, read all along by its own thread; the work ends when it has received or been
 //!   told it lost (`LAGGED`) every event.
 //!
+//! - `keys expiring` (with `--expiring N`, `N` > 0): `N` keys stored with TTLs due over one
+//!   second (1,000 ms to 1,999 ms after they were stored), the window starting 20 ms before
+//!   the first is due; the work ends when the server's STATS (polled every 5 ms by the
+//!   driver) count no key with a TTL; next to it, `no key expiring`, the same length of
+//!   window with nothing due (the baseline).
+//!
 //! Registering and removing the listeners happens outside the windows. The prober, the
 //! listener's reader and the driver are threads of this process: pinned with `--cpu`, they
 //! share that CPU, so the reader's own cost shows in the prober's figures too; run unpinned
@@ -42,6 +48,8 @@ pub struct Dims {
     pub rounds: usize,
     pub key_size: usize,
     pub value_size: usize,
+    /// Keys due within one second, for the expiry rows (0: no such rows).
+    pub expiring: u32,
 }
 
 /// The prober's pre-roll and post-roll around the work.
@@ -240,7 +248,46 @@ fn sets_fanned_out(
     })
 }
 
-/// Runs the four rows on `t` and prints the table.
+/// `n` keys stored with TTLs of 1,000 to 1,999 ms from `driver`; then, from 20 ms before the
+/// first is due, the time until the server counts no key with a TTL.
+fn mass_expiry(driver: &mut Conn, n: u32, key_size: usize, value: &[u8]) -> io::Result<Duration> {
+    let keys: Vec<Vec<u8>> = (0..n as usize).map(|i| key(2_000_000 + i, key_size)).collect();
+    let reqs: Vec<Request<'_>> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Request::SetTtl {
+            key: k,
+            value,
+            ttl_ms: 1000 + (i % 1000) as u64,
+        })
+        .collect();
+    let stored = Instant::now();
+    pipelined(driver, &reqs, |r| match r {
+        Reply::Done => Ok(()),
+        other => Err(broken(format!("set_ttl: {other:?}"))),
+    })?;
+    let first_due = stored + Duration::from_millis(1000);
+    std::thread::sleep(first_due.saturating_duration_since(Instant::now() + ROLL));
+    let t0 = Instant::now();
+    loop {
+        let mut left = 0;
+        pipelined(driver, &[Request::Stats], |r| match r {
+            Reply::Text(json) => {
+                let s: upcache::ServerStats = serde_json::from_slice(json)
+                    .map_err(|e| broken(format!("stats: {e}")))?;
+                left = s.ttl_keys;
+                Ok(())
+            }
+            other => Err(broken(format!("stats: {other:?}"))),
+        })?;
+        if left == 0 {
+            return Ok(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs the rows on `t` and prints the table.
 pub fn run(t: &Target, d: &Dims) -> io::Result<()> {
     if t.name != "upcache" {
         return Err(broken(format!(
@@ -272,6 +319,8 @@ pub fn run(t: &Target, d: &Dims) -> io::Result<()> {
         Row::new("CLEAR, waits woken", d.waits),
         Row::new("SETs of one key", 0),
         Row::new("SETs, subscriptions", d.subs),
+        Row::new("no key expiring", 0),
+        Row::new("keys expiring", d.expiring),
     ];
     let mut lagged = 0u64;
     let set_probe_key = |driver: &mut Conn| {
@@ -324,6 +373,20 @@ pub fn run(t: &Target, d: &Dims) -> io::Result<()> {
             .map(|&sub| Request::Unsubscribe { sub })
             .collect();
         pipelined(&mut subscriber, &unsubscribe, |_| Ok(()))?;
+
+        if d.expiring > 0 {
+            set_probe_key(&mut driver)?;
+            let expiry = window(t, &mut prober, &probe_key, || {
+                mass_expiry(&mut driver, d.expiring, d.key_size, &value)
+            })?;
+            // The same length of window, nothing due.
+            let span = expiry.1;
+            rows[4].add(window(t, &mut prober, &probe_key, || {
+                std::thread::sleep(span);
+                Ok(span)
+            })?);
+            rows[5].add(expiry);
+        }
     }
 
     println!(
@@ -342,6 +405,9 @@ pub fn run(t: &Target, d: &Dims) -> io::Result<()> {
         "scenario", "listeners", "GETs", "p50 µs", "p99 µs", "worst µs", "work ms (median)"
     );
     for r in &mut rows {
+        if r.work.is_empty() {
+            continue;
+        }
         r.work.sort();
         let us = |ns: u64| ns as f64 / 1000.0;
         let name = match r.name {

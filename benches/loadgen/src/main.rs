@@ -146,6 +146,9 @@ enum Cmd {
         key_size: usize,
         #[arg(long, default_value_t = 64)]
         value_size: usize,
+        /// Also measure while this many keys expire within one second (0: not).
+        #[arg(long, default_value_t = 100_000)]
+        expiring: u32,
     },
     /// The upcache library's own calls: get round trip and pipelined throughput.
     Client {
@@ -1005,6 +1008,7 @@ fn main() {
                 rounds,
                 key_size,
                 value_size,
+                expiring,
             } => fanout::run(
                 &Target::parse(&target)?,
                 &fanout::Dims {
@@ -1014,6 +1018,7 @@ fn main() {
                     rounds,
                     key_size,
                     value_size,
+                    expiring,
                 },
             )?,
         }
