@@ -280,6 +280,11 @@ impl Won {
         drop(self.file);
     }
 
+    /// This process serves the name itself: the locked file becomes the server's.
+    pub fn into_owned(self) -> io::Result<OwnedFile> {
+        OwnedFile::adopt(self.file, self.path)
+    }
+
     /// Starting the server failed: remove the file (we hold its lock) and release it.
     pub fn abandon(self) {
         if is_current(&self.file, &self.path).unwrap_or(false) {
@@ -321,6 +326,17 @@ pub fn look(path: &Path) -> io::Result<Look> {
             }))
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => look_existing(path),
+        Err(e) => Err(e),
+    }
+}
+
+/// Looks at the connection file once without taking part in the election: `None` when there is
+/// no file (nobody serves the name, and nothing is created). A stale file is removed as
+/// [`look`] does, and gives [`Look::Retry`]; never [`Look::Won`].
+pub fn look_joining(path: &Path) -> io::Result<Option<Look>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => look_existing(path).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -541,6 +557,26 @@ mod tests {
         assert!(matches!(look(&path).unwrap(), Look::Retry));
         assert!(!path.exists());
         assert!(matches!(look(&path).unwrap(), Look::Won(_)));
+    }
+
+    #[test]
+    fn joining_never_creates_and_clears_stale_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_path(dir.path(), "j");
+        assert!(look_joining(&path).unwrap().is_none());
+        assert!(!path.exists(), "a joining look creates nothing");
+        let Look::Won(won) = look(&path).unwrap() else {
+            panic!("first look wins")
+        };
+        // Locked and empty: a server is starting.
+        assert!(matches!(
+            look_joining(&path).unwrap(),
+            Some(Look::NotReady(_))
+        ));
+        // The winner died without starting a server: stale, removed, then absent.
+        drop(won);
+        assert!(matches!(look_joining(&path).unwrap(), Some(Look::Retry)));
+        assert!(look_joining(&path).unwrap().is_none());
     }
 
     #[test]

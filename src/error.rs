@@ -105,6 +105,14 @@ pub enum Error {
         /// The port that program listens on.
         port: u16,
     },
+    /// No server runs for this name, and the open was told not to start one
+    /// ([`Builder::join_only`](crate::Builder::join_only)).
+    NoServer {
+        /// The cache name.
+        name: String,
+        /// The connection file that was looked for.
+        path: PathBuf,
+    },
     /// This process won the election but could not start the server process, or the server
     /// failed before it listened. The connection file was removed, so the next open tries again.
     ServerStart {
@@ -217,6 +225,12 @@ impl fmt::Display for Error {
                 "another program (perhaps the Python upcache) serves cache `{name}` on port \
                  {port}: its connection file {} is not upcache's. Use another name or directory, \
                  or stop that program; if nothing should listen on that port, remove the file",
+                path.display()
+            ),
+            Error::NoServer { name, path } => write!(
+                f,
+                "no server runs for cache `{name}` (no live connection file {}); open it \
+                 without `join_only` (or run `upcache serve {name}`) to start one",
                 path.display()
             ),
             Error::ServerStart { name, detail } => {

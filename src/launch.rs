@@ -25,7 +25,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -40,6 +40,11 @@ use crate::server::{self, Config, Host};
 
 /// The environment variable that turns a process linking upcache into a server.
 pub const SERVER_ENV: &str = "UPCACHE_INTERNAL_SERVER_SPEC";
+
+/// The environment variable that names the program a launcher runs as the server, when the
+/// opener did not choose one with [`Builder::server_exe`](crate::Builder::server_exe).
+/// Ignored in a setuid or setgid process.
+pub const SERVER_EXE_ENV: &str = "UPCACHE_SERVER";
 
 /// The exit status of a process whose spec was refused.
 const REFUSED: i32 = 2;
@@ -61,6 +66,10 @@ pub struct ServerSpec {
     pub linger_ms: u64,
     /// Longest value accepted.
     pub max_value: u32,
+    /// The program to run as the server (`None`: [`SERVER_EXE_ENV`], else this program).
+    /// Chosen by the launcher, never sent to the server.
+    #[serde(skip)]
+    pub exe: Option<PathBuf>,
     #[serde(default = "no_fd")]
     lock_fd: RawFd,
     #[serde(default = "no_fd")]
@@ -91,6 +100,7 @@ impl ServerSpec {
             auto_kill,
             linger_ms: linger.as_millis().min(u64::MAX as u128) as u64,
             max_value,
+            exe: None,
             lock_fd: -1,
             ready_fd: -1,
         }
@@ -457,12 +467,14 @@ pub enum StartError {
     /// This program cannot become a server: built without `auto-server`, and
     /// [`serve_if_requested`] was not called.
     NoEntry,
-    /// The process could not be created.
-    Spawn(io::Error),
+    /// The process could not be created: the program is missing or not executable, or the
+    /// system refused. Names the program when it is not this one.
+    Spawn(Option<PathBuf>, io::Error),
     /// The server reported an error before listening.
     Server(String),
     /// The server process ended (or closed its pipe) without reporting that it listens.
-    Exited,
+    /// Names the program when it is not this one.
+    Exited(Option<PathBuf>),
     /// The server reported something that is not an answer.
     BadAnswer(String),
     /// The server said nothing before the deadline.
@@ -486,9 +498,19 @@ impl fmt::Display for StartError {
                  called `upcache::serve_if_requested()`, so it cannot start a server: call it \
                  first in `main`, or enable the feature"
             ),
-            StartError::Spawn(e) => write!(f, "could not start the server process: {e}"),
+            StartError::Spawn(None, e) => write!(f, "could not start the server process: {e}"),
+            StartError::Spawn(Some(exe), e) => {
+                write!(f, "could not run the server program {}: {e}", exe.display())
+            }
             StartError::Server(m) => write!(f, "the server failed to start: {m}"),
-            StartError::Exited => write!(
+            StartError::Exited(Some(exe)) => write!(
+                f,
+                "the server program {} exited without reporting that it listens (it must be \
+                 the `upcache` command, or a program that links upcache with its `auto-server` \
+                 feature or calls `upcache::serve_if_requested()` first in `main`)",
+                exe.display()
+            ),
+            StartError::Exited(None) => write!(
                 f,
                 "the server process exited without reporting that it listens (a program built \
                  without upcache's `auto-server` feature must call \
@@ -506,8 +528,9 @@ impl fmt::Display for StartError {
 pub fn start(won: Won, mut spec: ServerSpec, deadline: Instant) -> Result<ServerInfo, StartError> {
     #[cfg(feature = "auto-server")]
     std::hint::black_box(&SERVER_ENTRY);
-    let result = if can_launch() {
-        spawn_and_wait(&won, &mut spec, deadline)
+    let program = spec.exe.clone().or_else(program_from_env);
+    let result = if program.is_some() || can_launch() {
+        spawn_and_wait(&won, &mut spec, program, deadline)
     } else {
         Err(StartError::NoEntry)
     };
@@ -523,23 +546,69 @@ pub fn start(won: Won, mut spec: ServerSpec, deadline: Instant) -> Result<Server
     }
 }
 
+/// The server program named by [`SERVER_EXE_ENV`], unless this process runs setuid or setgid
+/// (its environment is not trusted) or the variable is empty.
+fn program_from_env() -> Option<PathBuf> {
+    // SAFETY: getauxval only reads the auxiliary vector the kernel gave this process.
+    if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
+        return None;
+    }
+    std::env::var_os(SERVER_EXE_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The command that runs `program` as the server (`None`: this program, `/proc/self/exe`).
+///
+/// A chosen program runs as `PROGRAM serve NAME --dir DIR` (PROTOCOL.md §8): what the
+/// `upcache` command's `serve` is. The arguments only show in `ps`: the process becomes the
+/// server from [`SERVER_ENV`] before its `main` reads them. A program given with a `/` is
+/// checked here (exists, is an executable file) and made absolute (the server runs in `/`);
+/// a bare name is looked up in `PATH` by `exec`.
+fn server_command(program: Option<&Path>, spec: &ServerSpec) -> Result<Command, StartError> {
+    let Some(exe) = program else {
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg0("upcache-server");
+        return Ok(cmd);
+    };
+    let named = |e: io::Error| StartError::Spawn(Some(exe.to_owned()), e);
+    let path = if exe.components().count() > 1 || exe.is_absolute() {
+        let path = std::path::absolute(exe).map_err(named)?;
+        let meta = std::fs::metadata(&path).map_err(named)?;
+        use std::os::unix::fs::PermissionsExt;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            return Err(named(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "not an executable file",
+            )));
+        }
+        path
+    } else {
+        exe.to_owned()
+    };
+    let mut cmd = Command::new(path);
+    cmd.arg("serve").arg(&spec.name).arg("--dir").arg(&spec.dir);
+    Ok(cmd)
+}
+
 fn spawn_and_wait(
     won: &Won,
     spec: &mut ServerSpec,
+    program: Option<PathBuf>,
     deadline: Instant,
 ) -> Result<ServerInfo, StartError> {
-    let (read_end, pipe_write_end) = pipe().map_err(StartError::Spawn)?;
-    let lock = dup_above_stdio(won.fd()).map_err(StartError::Spawn)?;
-    let write_end = dup_above_stdio(pipe_write_end.as_raw_fd()).map_err(StartError::Spawn)?;
+    let spawn_error = |e| StartError::Spawn(program.clone(), e);
+    let mut cmd = server_command(program.as_deref(), spec)?;
+    let (read_end, pipe_write_end) = pipe().map_err(spawn_error)?;
+    let lock = dup_above_stdio(won.fd()).map_err(spawn_error)?;
+    let write_end = dup_above_stdio(pipe_write_end.as_raw_fd()).map_err(spawn_error)?;
     // Only the child may hold a write end while we wait: its exit must end the wait.
     drop(pipe_write_end);
     spec.lock_fd = lock.as_raw_fd();
     spec.ready_fd = write_end.as_raw_fd();
-    let json = serde_json::to_string(&spec).map_err(|e| StartError::Spawn(io::Error::other(e)))?;
+    let json = serde_json::to_string(&spec).map_err(|e| spawn_error(io::Error::other(e)))?;
     let (lock_fd, ready_fd) = (spec.lock_fd, spec.ready_fd);
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg0("upcache-server")
-        .env(SERVER_ENV, json)
+    cmd.env(SERVER_ENV, json)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -563,11 +632,150 @@ fn spawn_and_wait(
             }
         });
     }
-    let mut child = cmd.spawn().map_err(StartError::Spawn)?;
+    let mut child = cmd.spawn().map_err(spawn_error)?;
     // The intermediate process exits at once; reap it so no zombie is left.
     let _ = child.wait();
     drop((write_end, lock));
-    wait_answer(File::from(read_end), deadline)
+    wait_answer(File::from(read_end), deadline).map_err(|e| match e {
+        StartError::Exited(None) => StartError::Exited(program),
+        e => e,
+    })
+}
+
+/// Makes sure a server runs for the spec's name: takes part in the election and, if this call
+/// wins it, starts a server (as [`start`] does); returns the connection file's info of the
+/// server that owns the name, started now or before, without connecting to it.
+pub(crate) fn ensure_server(spec: &ServerSpec, deadline: Instant) -> Result<ServerInfo, Error> {
+    let mut backoff = election::Backoff::default();
+    let mut last = String::from("no attempt finished");
+    loop {
+        if Instant::now() >= deadline {
+            return Err(Error::OpenTimedOut {
+                name: spec.name.clone(),
+                path: spec.path.clone(),
+                detail: last,
+            });
+        }
+        match election::look(&spec.path).map_err(Error::io("using the connection file"))? {
+            election::Look::Won(won) => match start(won, spec.clone(), deadline) {
+                Ok(info) => return Ok(info),
+                Err(e) if e.is_final() => {
+                    return Err(Error::ServerStart {
+                        name: spec.name.clone(),
+                        detail: e.to_string(),
+                    })
+                }
+                Err(e) => last = e.to_string(),
+            },
+            election::Look::Found(info) => return Ok(info),
+            election::Look::Foreign { port } => {
+                return Err(Error::ForeignServer {
+                    name: spec.name.clone(),
+                    path: spec.path.clone(),
+                    port,
+                })
+            }
+            election::Look::NotReady(why) => {
+                last = why.into();
+                backoff.sleep(deadline);
+            }
+            election::Look::Retry => {}
+        }
+    }
+}
+
+/// The server run in the calling process: publishes its info, then tells the caller.
+struct HereHost<F> {
+    file: OwnedFile,
+    max_value: u32,
+    on_ready: Option<F>,
+}
+
+impl<F: FnOnce(&ServerInfo)> Host for HereHost<F> {
+    fn ready(&mut self, endpoint: &Endpoint, token: &str) -> io::Result<()> {
+        let info = ServerInfo::new(endpoint, token, self.max_value);
+        self.file.publish(&info)?;
+        if let Some(f) = self.on_ready.take() {
+            f(&info);
+        }
+        Ok(())
+    }
+
+    fn exiting(&mut self) {
+        self.file.remove();
+    }
+}
+
+/// Wins the election for the spec's name and runs its server in the calling thread until it
+/// stops; `on_ready` is called once it listens and its connection file is written. Fails with
+/// [`Error::ServerStart`] if another server owns the name (or is starting) and stays so until
+/// `deadline`.
+pub(crate) fn serve_here(
+    spec: &ServerSpec,
+    deadline: Instant,
+    on_ready: impl FnOnce(&ServerInfo),
+) -> Result<(), Error> {
+    let transport = Kind::from_name(&spec.transport).ok_or_else(|| Error::InvalidOption {
+        option: "transport",
+        detail: format!("unknown transport {:?}", spec.transport),
+    })?;
+    let mut backoff = election::Backoff::default();
+    let won = loop {
+        let running = |detail: String| Error::ServerStart {
+            name: spec.name.clone(),
+            detail,
+        };
+        match election::look(&spec.path).map_err(Error::io("using the connection file"))? {
+            election::Look::Won(won) => break won,
+            election::Look::Found(info) => {
+                return Err(running(format!(
+                    "a server already serves this name (pid {}, {})",
+                    info.pid, info.address
+                )))
+            }
+            election::Look::Foreign { port } => {
+                return Err(Error::ForeignServer {
+                    name: spec.name.clone(),
+                    path: spec.path.clone(),
+                    port,
+                })
+            }
+            election::Look::NotReady(why) => {
+                if Instant::now() >= deadline {
+                    return Err(running(format!("another server owns this name ({why})")));
+                }
+                backoff.sleep(deadline);
+            }
+            election::Look::Retry => {}
+        }
+    };
+    let file = won
+        .into_owned()
+        .map_err(Error::io("locking the connection file"))?;
+    let config = Config {
+        transport,
+        bind: BindOptions {
+            dir: spec.dir.clone(),
+            name: spec.name.clone(),
+        },
+        auto_kill: spec.auto_kill,
+        linger: Duration::from_millis(spec.linger_ms),
+        limits: Limits {
+            max_key: crate::protocol::MAX_KEY_LEN,
+            max_value: spec.max_value,
+        },
+    };
+    let mut host = HereHost {
+        file,
+        max_value: spec.max_value,
+        on_ready: Some(on_ready),
+    };
+    let served = server::serve(&config, &mut host);
+    if served.is_err() {
+        // Failed before or while serving: leave no file for the next opener to clean up.
+        host.file.remove();
+    }
+    served.map_err(Error::io("serving the cache"))
 }
 
 /// The longest answer read from a server process.
@@ -600,11 +808,11 @@ fn wait_answer(mut pipe: File, deadline: Instant) -> Result<ServerInfo, StartErr
             return Err(StartError::NoAnswer);
         }
         match pipe.read(&mut chunk) {
-            Ok(0) => return Err(StartError::Exited),
+            Ok(0) => return Err(StartError::Exited(None)),
             // `read` returns at most `chunk.len()`.
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(StartError::Exited),
+            Err(_) => return Err(StartError::Exited(None)),
         }
     }
 }
@@ -784,8 +992,11 @@ mod tests {
             Err(StartError::BadAnswer(_))
         ));
         // The writer closes without a word: the child exited.
-        assert!(matches!(answer(&[]), Err(StartError::Exited)));
-        assert!(matches!(answer(&[b"ok {\"po"]), Err(StartError::Exited)));
+        assert!(matches!(answer(&[]), Err(StartError::Exited(None))));
+        assert!(matches!(
+            answer(&[b"ok {\"po"]),
+            Err(StartError::Exited(None))
+        ));
         // Nothing said and the pipe still open: only the deadline ends the wait.
         let (r, _w) = pipe().unwrap();
         assert!(matches!(
@@ -793,7 +1004,7 @@ mod tests {
             Err(StartError::NoAnswer)
         ));
         assert!(!StartError::NoAnswer.is_final());
-        assert!(StartError::Exited.is_final() && StartError::NoEntry.is_final());
+        assert!(StartError::Exited(None).is_final() && StartError::NoEntry.is_final());
     }
 
     /// A program that is not made a server (built without `auto-server` and never calling
@@ -821,7 +1032,7 @@ mod tests {
         let got = wait_answer(File::from(r), Instant::now() + Duration::from_secs(60));
         child.wait().unwrap();
         let e = got.unwrap_err();
-        assert!(matches!(e, StartError::Exited), "{e}");
+        assert!(matches!(e, StartError::Exited(None)), "{e}");
         assert!(e.to_string().contains("serve_if_requested"), "{e}");
     }
 }

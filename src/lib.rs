@@ -57,6 +57,11 @@
 //!   `open` fails at once with [`Error::ServerStart`] (it can still join a server that another
 //!   program started).
 //!
+//! A program that cannot do either (or a library loaded by another executable) names another
+//! server program instead: [`Builder::server_exe`] or the environment variable
+//! `UPCACHE_SERVER`, such as this crate's `upcache` command, which is also how programs in
+//! other languages start servers (`upcache serve NAME --detach`, PROTOCOL.md §8.1).
+//!
 //! Either way the variable is removed from the environment once read, a setuid or setgid
 //! process refuses to serve, and a request that is not exactly what upcache's launcher writes
 //! (its descriptors, name and paths are checked) makes the process exit with status 2 and a

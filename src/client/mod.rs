@@ -56,6 +56,8 @@ pub struct Builder {
     max_value_len: u32,
     open_timeout: Duration,
     request_timeout: Option<Duration>,
+    server_exe: Option<PathBuf>,
+    join_only: bool,
 }
 
 impl Builder {
@@ -104,6 +106,92 @@ impl Builder {
         self
     }
 
+    /// The program to run as the server when this open starts one (default: the environment
+    /// variable `UPCACHE_SERVER` if set, else this program's own executable).
+    ///
+    /// It is run as `PATH serve NAME --dir DIR` with upcache's server request in its
+    /// environment (PROTOCOL.md §8), so it must be the `upcache` command (this crate's binary,
+    /// `cargo install --path .`) or another program that links upcache (with `auto-server`, or calling
+    /// [`serve_if_requested`](crate::serve_if_requested) first in `main`). A path with a `/` is
+    /// taken relative to the current directory; a bare name is looked up in `PATH`. This is how
+    /// a program that cannot serve itself (built without `auto-server`, or a library loaded by
+    /// another executable) starts servers. If the program cannot be started (missing, not
+    /// executable) or exits without serving, [`Builder::open`] fails at once with
+    /// [`Error::ServerStart`] naming it.
+    pub fn server_exe(mut self, path: impl Into<PathBuf>) -> Self {
+        self.server_exe = Some(path.into());
+        self
+    }
+    /// Only join a running server, never start one (default false): when no server runs for
+    /// the name, [`Builder::open`] fails at once with [`Error::NoServer`] (a server that is
+    /// starting is waited for, up to [`Builder::open_timeout`]). Nothing is created in the
+    /// directory; a stale connection file is removed as by any open.
+    pub fn join_only(mut self, on: bool) -> Self {
+        self.join_only = on;
+        self
+    }
+
+    /// Makes sure a server runs for the name, without connecting to it: joins the election
+    /// and, if this call wins it, starts a server with this builder's options, as
+    /// [`Builder::open`] would. Returns the connection file's content ([`ServerInfo`]) of the
+    /// server that owns the name, whether started now or before. This is `upcache serve
+    /// --detach`.
+    ///
+    /// A new server waits at least 5 s for its first client (longer with a longer `linger`);
+    /// a server found running may be about to exit if it has no clients and `auto_kill`.
+    ///
+    /// [`ServerInfo`]: crate::ServerInfo
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::open`], except those of connecting ([`Error::Handshake`],
+    /// [`Error::VersionMismatch`]).
+    pub fn start_server(self) -> Result<crate::ServerInfo> {
+        let (spec, deadline) = self.spec()?;
+        launch::ensure_server(&spec, deadline)
+    }
+
+    /// Runs the cache's server in the calling thread: wins the election, serves until the
+    /// server stops (idle past `linger` with `auto_kill`, `SHUTDOWN`, or SIGTERM, SIGINT or
+    /// SIGHUP, which are blocked in the calling thread and read by the server), then removes
+    /// the connection file and returns. `on_ready` is called once, when the server listens and
+    /// its connection file is written. This is `upcache serve` in the foreground.
+    ///
+    /// In a process with other threads, those signals reach the server only if every other
+    /// thread blocks them too; otherwise their default action ends the process (the next
+    /// opener then removes the stale connection file).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ServerStart`] if another server owns the name (or one is starting and does
+    /// not finish within the open timeout), [`Error::ForeignServer`], [`Error::InvalidName`],
+    /// [`Error::InvalidOption`], and [`Error::Io`] if the connection file cannot be used or
+    /// the server fails.
+    pub fn serve(self, on_ready: impl FnOnce(&crate::ServerInfo)) -> Result<()> {
+        let (spec, deadline) = self.spec()?;
+        launch::serve_here(&spec, deadline, on_ready)
+    }
+
+    /// Checks the name and options; the server spec this builder asks for, and the deadline.
+    fn spec(&self) -> Result<(ServerSpec, Instant)> {
+        validate_name(&self.name)?;
+        Limits::new(self.max_value_len).map_err(|e| Error::InvalidOption {
+            option: "max_value_len",
+            detail: e.to_string(),
+        })?;
+        let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
+        let mut spec = ServerSpec::new(
+            dir,
+            self.name.clone(),
+            self.transport,
+            self.auto_kill,
+            self.linger,
+            self.max_value_len,
+        );
+        spec.exe = self.server_exe.clone();
+        Ok((spec, Instant::now() + self.open_timeout))
+    }
+
     /// Opens the cache: joins its server, or wins the election and starts one.
     ///
     /// # Errors
@@ -115,6 +203,9 @@ impl Builder {
     ///   [`Builder::open_timeout`] (the error says what was last seen).
     /// - [`Error::VersionMismatch`] when the running server speaks another protocol version,
     ///   [`Error::Handshake`] when it refuses this client's token or is not an upcache server.
+    /// - [`Error::NoServer`] with [`Builder::join_only`] when no server runs.
+    /// - [`Error::ServerStart`] when this open won the election and the server program could
+    ///   not be started or exited without serving (see [`Builder::server_exe`]).
     /// - [`Error::Io`] when the connection file cannot be created or read.
     pub fn open(self) -> Result<UpCache> {
         validate_name(&self.name)?;
@@ -157,10 +248,23 @@ impl Builder {
                     detail: last,
                 });
             }
-            let look = election::look(path).map_err(Error::io("using the connection file"))?;
+            let look = if self.join_only {
+                match election::look_joining(path) {
+                    Ok(Some(look)) => look,
+                    Ok(None) => {
+                        return Err(Error::NoServer {
+                            name: self.name.clone(),
+                            path: path.to_owned(),
+                        })
+                    }
+                    Err(e) => return Err(Error::io("using the connection file")(e)),
+                }
+            } else {
+                election::look(path).map_err(Error::io("using the connection file"))?
+            };
             let info = match look {
                 Look::Won(won) => {
-                    let spec = ServerSpec::new(
+                    let mut spec = ServerSpec::new(
                         dir.to_owned(),
                         self.name.clone(),
                         self.transport,
@@ -168,6 +272,7 @@ impl Builder {
                         self.linger,
                         self.max_value_len,
                     );
+                    spec.exe = self.server_exe.clone();
                     match launch::start(won, spec, deadline) {
                         Ok(info) => info,
                         Err(e) if e.is_final() => {
@@ -389,6 +494,8 @@ impl UpCache {
             max_value_len: protocol::DEFAULT_MAX_VALUE_LEN,
             open_timeout: Duration::from_secs(10),
             request_timeout: Some(Duration::from_secs(30)),
+            server_exe: None,
+            join_only: false,
         }
     }
 
