@@ -623,3 +623,30 @@ fn a_python_program_starts_a_server_that_rust_clients_join() {
         assert!(eventually(Duration::from_secs(30), || !alive(a.pid)));
     }
 }
+
+#[test]
+fn ttl_commands_through_the_binary() {
+    let sb = Sandbox::new(Transport::Tcp);
+    let name = sb.name("clittl");
+    let cache = sb.open(&name);
+    ok(&sb, &["set", &name, "k", "v", "--ttl", "3600000"]);
+    let left: u64 = ok(&sb, &["ttl", &name, "k"]).trim().parse().unwrap();
+    assert!((3_590_000..=3_600_000).contains(&left), "{left}");
+    assert_eq!(ok(&sb, &["persist", &name, "k"]), "");
+    assert_eq!(ok(&sb, &["ttl", &name, "k"]), "forever\n");
+    assert_eq!(
+        upcache(&sb, &["persist", &name, "k"]).code,
+        1,
+        "no TTL left to take"
+    );
+    assert_eq!(upcache(&sb, &["ttl", &name, "missing"]).code, 1);
+    assert_eq!(upcache(&sb, &["expire", &name, "missing", "10"]).code, 1);
+    // A TTL of zero is refused with a clear error, not a crash.
+    let zero = upcache(&sb, &["expire", &name, "k", "0"]);
+    assert!(zero.code != 0 && zero.stderr.contains("TTL"), "{zero:?}");
+    assert_eq!(ok(&sb, &["expire", &name, "k", "50"]), "");
+    assert!(cache
+        .wait_for(b"k", None, Some(Duration::from_secs(10)))
+        .unwrap());
+    assert_eq!(cache.get(b"k").unwrap(), None);
+}

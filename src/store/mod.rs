@@ -650,7 +650,12 @@ impl Store {
         // A key keeps its slot when rewritten, so an entry filed for its old deadline still
         // names it: a new one is needed only for a new deadline.
         if let Some(d) = deadline.filter(|&d| Some(d) != old_deadline) {
-            Self::file(&mut self.wheel, &mut self.due, d, Wheel::pack(shard_id, pos));
+            Self::file(
+                &mut self.wheel,
+                &mut self.due,
+                d,
+                Wheel::pack(shard_id, pos),
+            );
         }
         self.sweep_if_stale();
         let shard = &self.shards[shard_id];

@@ -251,7 +251,9 @@ fn sets_fanned_out(
 /// `n` keys stored with TTLs of 1,000 to 1,999 ms from `driver`; then, from 20 ms before the
 /// first is due, the time until the server counts no key with a TTL.
 fn mass_expiry(driver: &mut Conn, n: u32, key_size: usize, value: &[u8]) -> io::Result<Duration> {
-    let keys: Vec<Vec<u8>> = (0..n as usize).map(|i| key(2_000_000 + i, key_size)).collect();
+    let keys: Vec<Vec<u8>> = (0..n as usize)
+        .map(|i| key(2_000_000 + i, key_size))
+        .collect();
     let reqs: Vec<Request<'_>> = keys
         .iter()
         .enumerate()
@@ -273,8 +275,8 @@ fn mass_expiry(driver: &mut Conn, n: u32, key_size: usize, value: &[u8]) -> io::
         let mut left = 0;
         pipelined(driver, &[Request::Stats], |r| match r {
             Reply::Text(json) => {
-                let s: upcache::ServerStats = serde_json::from_slice(json)
-                    .map_err(|e| broken(format!("stats: {e}")))?;
+                let s: upcache::ServerStats =
+                    serde_json::from_slice(json).map_err(|e| broken(format!("stats: {e}")))?;
                 left = s.ttl_keys;
                 Ok(())
             }

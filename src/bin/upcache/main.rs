@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use upcache::{Error, EventKind, ServerInfo, ServerInfoError, TransportKind, UpCache};
+use upcache::{Error, EventKind, ServerInfo, ServerInfoError, TransportKind, Ttl, UpCache};
 
 use show::{human_bytes, write_bytes, write_table};
 
@@ -75,6 +75,28 @@ enum Command {
         name: String,
         key: OsString,
         value: Option<OsString>,
+        /// The key expires this many milliseconds from now.
+        #[arg(long, value_name = "MS")]
+        ttl: Option<u64>,
+    },
+    /// Print how many milliseconds KEY has left, or `forever` (exit 1 if it is missing).
+    Ttl {
+        #[arg(value_parser = cache_name)]
+        name: String,
+        key: OsString,
+    },
+    /// Give KEY a TTL of MS milliseconds (exit 1 if it is missing).
+    Expire {
+        #[arg(value_parser = cache_name)]
+        name: String,
+        key: OsString,
+        ms: u64,
+    },
+    /// Take KEY's TTL away (exit 1 if it is missing or had none).
+    Persist {
+        #[arg(value_parser = cache_name)]
+        name: String,
+        key: OsString,
     },
     /// Remove KEY (exit 1 if it did not exist).
     Del {
@@ -258,7 +280,12 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             }
             None => return Err(Fail::No),
         },
-        Command::Set { name, key, value } => {
+        Command::Set {
+            name,
+            key,
+            value,
+            ttl,
+        } => {
             let cache = open(cli, name)?;
             let value = match value {
                 Some(v) => bytes(v).to_vec(),
@@ -271,7 +298,25 @@ fn run(cli: &Cli) -> Result<(), Fail> {
                     v
                 }
             };
-            cache.set(bytes(key), value)?;
+            match ttl {
+                Some(ms) => cache.set_with_ttl(bytes(key), value, Duration::from_millis(*ms))?,
+                None => cache.set(bytes(key), value)?,
+            }
+        }
+        Command::Ttl { name, key } => match open(cli, name)?.ttl(bytes(key))? {
+            Ttl::Missing => return Err(Fail::No),
+            Ttl::Forever => writeln!(out, "forever")?,
+            Ttl::Expires(left) => writeln!(out, "{}", left.as_millis())?,
+        },
+        Command::Expire { name, key, ms } => {
+            if !open(cli, name)?.expire(bytes(key), Duration::from_millis(*ms))? {
+                return Err(Fail::No);
+            }
+        }
+        Command::Persist { name, key } => {
+            if !open(cli, name)?.persist(bytes(key))? {
+                return Err(Fail::No);
+            }
         }
         Command::Del { name, key } => {
             if !open(cli, name)?.remove(bytes(key))? {
@@ -320,6 +365,10 @@ fn run(cli: &Cli) -> Result<(), Fail> {
                     }
                     EventKind::Removed => {
                         out.write_all(b"del\t")?;
+                        write_bytes(&mut out, &event.key, cli.raw)?;
+                    }
+                    EventKind::Expired => {
+                        out.write_all(b"expired\t")?;
                         write_bytes(&mut out, &event.key, cli.raw)?;
                     }
                     EventKind::Cleared => out.write_all(b"clear")?,
