@@ -7,7 +7,7 @@
 //! - subscriptions and waits live in slabs; a subscription or wait is found by its slab index;
 //! - each is a member of two lists: its key's (or the every-key list) and its connection's.
 //!   A member records its position in both, so it leaves either with a `swap_remove` and the
-//!   member moved into its place has its position updated ([`Members`]);
+//!   member moved into its place has its position updated (`Members`);
 //! - a connection's subscription ids map to slab indices in a hash table.
 //!
 //! The order of members within a list is therefore not their registration order: the protocol
