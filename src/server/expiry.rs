@@ -29,6 +29,14 @@ impl<S: Read + Write> Engine<S> {
         now.saturating_duration_since(self.started).as_millis() as u64
     }
 
+    /// The store's clock at `now`, rounded up: deadlines count from it, so a key never
+    /// expires before its TTL has run out (it may expire up to 1 ms after, plus the time the
+    /// loop takes to wake).
+    pub(super) fn clock_ceil(&self, now: Instant) -> u64 {
+        let ns = now.saturating_duration_since(self.started).as_nanos();
+        ns.div_ceil(1_000_000) as u64
+    }
+
     /// The instant of ms `ms` on the store's clock.
     pub(super) fn instant_at(&self, ms: u64) -> Instant {
         self.started + Duration::from_millis(ms)

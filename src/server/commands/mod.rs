@@ -59,11 +59,11 @@ impl<S: Read + Write> Engine<S> {
                 timeout_ms,
             } => self.wait(slot, id, hash, key, value, timeout_ms, now),
             Request::SetTtl { key, value, ttl_ms } => {
-                self.set_ttl(slot, id, hash, key, value, ttl_ms)
+                self.set_ttl(slot, id, hash, key, value, ttl_ms, now)
             }
-            Request::Expire { key, ttl_ms } => self.expire(slot, id, hash, key, ttl_ms),
+            Request::Expire { key, ttl_ms } => self.expire(slot, id, hash, key, ttl_ms, now),
             Request::Persist { key } => self.persist(slot, id, hash, key),
-            Request::Ttl { key } => self.ttl(slot, id, hash, key),
+            Request::Ttl { key } => self.ttl(slot, id, hash, key, now),
             Request::Subscribe { key } => self.subscribe(slot, id, hash, key),
             Request::Unsubscribe { sub } => self.unsubscribe(slot, id, sub),
             Request::Stats => self.stats_request(slot, id, now),

@@ -7,6 +7,7 @@
 //! key, with no TTL unless the write gives one.
 
 use std::io::{Read, Write};
+use std::time::Instant;
 
 use crate::protocol::{ErrorCode, Reply, RequestId, MAX_TTL_MS, NO_TTL};
 use crate::server::engine::Engine;
@@ -19,6 +20,7 @@ fn deadline(now: u64, ttl_ms: u64) -> Option<u64> {
 
 impl<S: Read + Write> Engine<S> {
     /// `SET_TTL`: as `SET`, and the key expires `ttl_ms` from now.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn set_ttl(
         &mut self,
         slot: usize,
@@ -27,8 +29,9 @@ impl<S: Read + Write> Engine<S> {
         key: &[u8],
         value: &[u8],
         ttl_ms: u64,
+        now: Instant,
     ) {
-        let Some(at) = deadline(self.store.now(), ttl_ms) else {
+        let Some(at) = deadline(self.clock_ceil(now), ttl_ms) else {
             return self.conns[slot].queue_error(id, ErrorCode::BadTtl, 0);
         };
         self.conns[slot].queue_reply(id, &Reply::Done);
@@ -41,6 +44,7 @@ impl<S: Read + Write> Engine<S> {
     }
 
     /// `EXPIRE`: gives an existing key a TTL; no event (the value did not change).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn expire(
         &mut self,
         slot: usize,
@@ -48,8 +52,9 @@ impl<S: Read + Write> Engine<S> {
         hash: u64,
         key: &[u8],
         ttl_ms: u64,
+        now: Instant,
     ) {
-        let Some(at) = deadline(self.store.now(), ttl_ms) else {
+        let Some(at) = deadline(self.clock_ceil(now), ttl_ms) else {
             return self.conns[slot].queue_error(id, ErrorCode::BadTtl, 0);
         };
         self.expire_if_due(hash, key);
@@ -66,8 +71,8 @@ impl<S: Read + Write> Engine<S> {
 
     /// `TTL`: nil for a missing key, `NO_TTL` for a key without one, else the ms left (at
     /// least 1: a key with no time left is already gone).
-    pub(super) fn ttl(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8]) {
-        let now = self.store.now();
+    pub(super) fn ttl(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8], now: Instant) {
+        let now = self.clock_ceil(now);
         let reply = match self.store.deadline(hash, key) {
             None => Reply::Nil,
             Some(None) => Reply::Uint(NO_TTL),
