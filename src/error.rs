@@ -47,6 +47,11 @@ pub enum Error {
         /// What is wrong with it.
         detail: String,
     },
+    /// A TTL of zero, or over [`crate::protocol::MAX_TTL_MS`] ms (checked before sending).
+    InvalidTtl {
+        /// The TTL given.
+        ttl: std::time::Duration,
+    },
     /// A key longer than the limit (checked before sending).
     KeyTooLarge {
         /// Its length.
@@ -166,6 +171,11 @@ impl fmt::Display for Error {
             Error::InvalidName { name, reason } => {
                 write!(f, "invalid cache name {name:?}: {reason}")
             }
+            Error::InvalidTtl { ttl } => write!(
+                f,
+                "invalid TTL of {ttl:?}: a TTL is 1 ms to {} ms (about 34 years)",
+                crate::protocol::MAX_TTL_MS
+            ),
             Error::InvalidOption { option, detail } => {
                 write!(f, "invalid option `{option}`: {detail}")
             }

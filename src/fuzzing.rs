@@ -73,6 +73,10 @@ pub enum ArbRequest {
     Stats,
     Shutdown,
     Ping,
+    SetTtl(Vec<u8>, Vec<u8>, u64),
+    Expire(Vec<u8>, u64),
+    Persist(Vec<u8>),
+    Ttl(Vec<u8>),
 }
 
 impl ArbRequest {
@@ -108,6 +112,14 @@ impl ArbRequest {
             ArbRequest::Stats => Request::Stats,
             ArbRequest::Shutdown => Request::Shutdown,
             ArbRequest::Ping => Request::Ping,
+            ArbRequest::SetTtl(k, v, t) => Request::SetTtl {
+                key: k,
+                value: v,
+                ttl_ms: *t,
+            },
+            ArbRequest::Expire(k, t) => Request::Expire { key: k, ttl_ms: *t },
+            ArbRequest::Persist(k) => Request::Persist { key: k },
+            ArbRequest::Ttl(k) => Request::Ttl { key: k },
         }
     }
 }
@@ -197,6 +209,14 @@ pub enum StoreOp {
     IncrEdge(u8, u8),
     Clear,
     Scan(u8),
+    /// Set with a TTL of 1 + n ms.
+    SetTtl(u8, Vec<u8>, u8),
+    /// Give a TTL of 1 + n ms.
+    Expire(u8, u8),
+    Persist(u8),
+    Ttl(u8),
+    /// The clock moves n ms; then up to 1 + m due keys are expired (m = 255: all).
+    Advance(u8, u8),
 }
 
 const EDGE_VALUES: [&[u8]; 8] = [
@@ -220,25 +240,66 @@ fn key_of(k: u8) -> Vec<u8> {
     }
 }
 
+/// The model of a stored key: its value and deadline.
+type ModelEntry = (Vec<u8>, Option<u64>);
+
+/// What the store model knows: every key the store holds (due ones included until they are
+/// expired or written), in insertion order, and the virtual clock.
+#[derive(Default)]
+struct Model {
+    map: HashMap<Vec<u8>, ModelEntry>,
+    order: Vec<Vec<u8>>,
+    now: u64,
+}
+
+impl Model {
+    /// The value of a key a read sees: none once its deadline has come.
+    fn live(&self, k: &[u8]) -> Option<&ModelEntry> {
+        self.map
+            .get(k)
+            .filter(|(_, d)| d.is_none_or(|d| d > self.now))
+    }
+
+    fn remove(&mut self, k: &[u8]) -> bool {
+        let had = self.map.remove(k).is_some();
+        if had {
+            self.order.retain(|x| x != k);
+        }
+        had
+    }
+
+    /// A write: a due key is replaced by a new one (new place, no TTL kept).
+    fn write(&mut self, k: Vec<u8>, v: Vec<u8>, deadline: Option<Option<u64>>) {
+        if self.map.contains_key(&k) && self.live(&k).is_none() {
+            self.remove(&k);
+        }
+        let keep = self.map.get(&k).and_then(|(_, d)| *d);
+        let d = deadline.unwrap_or(keep);
+        if self.map.insert(k.clone(), (v, d)).is_none() {
+            self.order.push(k);
+        }
+    }
+}
+
 /// Target 4: arbitrary operation sequences applied to the sharded store and to a `HashMap`
-/// (plus an insertion-order list) agree after every step, including `scan` in chunks.
+/// model with a virtual clock (plus an insertion-order list) agree after every step: values,
+/// TTLs, expiry at the right millisecond and never before, and `scan` in chunks.
 pub fn store_model_bytes(data: &[u8]) {
     let Ok(ops) = Vec::<StoreOp>::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
     // Small segments, so that they fill, get sealed and are reclaimed within a few operations.
     let mut store = Store::with_segment_size(ahash::RandomState::with_seeds(1, 2, 3, 4), 256);
-    let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-    let mut order: Vec<Vec<u8>> = Vec::new();
+    let mut m = Model::default();
     // Entries taken by `Get`, as a reply waiting in an output queue holds them: they must
     // read the same whatever the store does after.
     let mut held: Vec<(Entry, Vec<u8>, Vec<u8>)> = Vec::new();
     for op in ops {
         match op {
-            StoreOp::Set(k, v) => model_set(&mut store, &mut model, &mut order, key_of(k), v),
+            StoreOp::Set(k, v) => model_set(&mut store, &mut m, key_of(k), v),
             StoreOp::SetEdge(k, e) => {
                 let v = EDGE_VALUES[e as usize % EDGE_VALUES.len()].to_vec();
-                model_set(&mut store, &mut model, &mut order, key_of(k), v)
+                model_set(&mut store, &mut m, key_of(k), v)
             }
             StoreOp::Get(k) => {
                 let k = key_of(k);
@@ -246,33 +307,30 @@ pub fn store_model_bytes(data: &[u8]) {
                 // A server asks for the records of a batch before looking them up.
                 store.prefetch(&[h, h.rotate_left(17)]);
                 let got = store.get(h, &k);
-                assert_eq!(
-                    got.as_ref().map(|e| e.value()),
-                    model.get(&k).map(|v| &v[..])
-                );
-                if let Some(e) = got {
+                let want = m.live(&k).map(|(v, _)| v.clone());
+                assert_eq!(got.as_ref().map(|e| e.value()), want.as_deref());
+                if let (Some(e), Some(v)) = (got, want) {
                     let e = e.to_entry();
                     if held.len() == 8 {
                         held.remove(0);
                     }
-                    held.push((e, k.clone(), model[&k].clone()));
+                    held.push((e, k.clone(), v));
                 }
             }
             StoreOp::Remove(k) => {
                 let k = key_of(k);
                 let h = store.hash(&k);
-                assert_eq!(store.remove(h, &k), model.remove(&k).is_some());
-                order.retain(|x| *x != k);
+                assert_eq!(store.remove(h, &k), m.remove(&k));
             }
-            StoreOp::Incr(k, d) => model_incr(&mut store, &mut model, &mut order, key_of(k), d),
+            StoreOp::Incr(k, d) => model_incr(&mut store, &mut m, key_of(k), d),
             StoreOp::IncrEdge(k, e) => {
                 let d = EDGE_DELTAS[e as usize % EDGE_DELTAS.len()];
-                model_incr(&mut store, &mut model, &mut order, key_of(k), d)
+                model_incr(&mut store, &mut m, key_of(k), d)
             }
             StoreOp::Clear => {
                 store.clear();
-                model.clear();
-                order.clear();
+                m.map.clear();
+                m.order.clear();
             }
             StoreOp::Scan(batch) => {
                 let (until, mut cursor, mut got) = (store.next_seq(), 0, Vec::new());
@@ -287,15 +345,82 @@ pub fn store_model_bytes(data: &[u8]) {
                         break;
                     }
                 }
-                let want: Vec<_> = order
+                let want: Vec<_> = m
+                    .order
                     .iter()
-                    .map(|k| (k.clone(), model[k].clone()))
+                    .filter_map(|k| m.live(k).map(|(v, _)| (k.clone(), v.clone())))
                     .collect();
                 assert_eq!(got, want);
             }
+            StoreOp::SetTtl(k, v, ttl) => {
+                let (k, d) = (key_of(k), m.now + 1 + ttl as u64);
+                let h = store.hash(&k);
+                store.set_with_deadline(h, &k, &v, d);
+                m.write(k, v, Some(Some(d)));
+            }
+            StoreOp::Expire(k, ttl) => {
+                let (k, d) = (key_of(k), m.now + 1 + ttl as u64);
+                let h = store.hash(&k);
+                let want = m.live(&k).is_some();
+                assert_eq!(store.set_deadline(h, &k, Some(d)), want);
+                if want {
+                    m.map.get_mut(&k).expect("live").1 = Some(d);
+                }
+            }
+            StoreOp::Persist(k) => {
+                let k = key_of(k);
+                let h = store.hash(&k);
+                let want = m.live(&k).is_some_and(|(_, d)| d.is_some());
+                assert_eq!(store.set_deadline(h, &k, None), want);
+                if want {
+                    m.map.get_mut(&k).expect("live").1 = None;
+                }
+            }
+            StoreOp::Ttl(k) => {
+                let k = key_of(k);
+                let h = store.hash(&k);
+                assert_eq!(store.deadline(h, &k), m.live(&k).map(|(_, d)| *d));
+            }
+            StoreOp::Advance(ms, limit) => {
+                m.now += ms as u64;
+                store.set_time(m.now);
+                let limit = if limit == 255 {
+                    usize::MAX
+                } else {
+                    1 + limit as usize
+                };
+                let mut expired = Vec::new();
+                let more = store.expire_due(limit, |e| expired.push(e.key().to_vec()));
+                assert!(expired.len() <= limit);
+                for k in &expired {
+                    let d = m.map.get(k).and_then(|(_, d)| *d);
+                    assert!(d.is_some_and(|d| d <= m.now), "expired early: {k:?}");
+                    m.remove(k);
+                }
+                let due = m.map.values().any(|(_, d)| d.is_some_and(|d| d <= m.now));
+                assert_eq!(more, due, "more due keys exactly when the model has some");
+                if let Some(next) = store.next_expiry() {
+                    // Never later than the first deadline left.
+                    let first = m.map.values().filter_map(|(_, d)| *d).min();
+                    assert!(
+                        first.is_none_or(|f| next <= f.max(m.now)),
+                        "{next} {first:?}"
+                    );
+                } else {
+                    assert!(m.map.values().all(|(_, d)| d.is_none()));
+                }
+            }
         }
-        assert_eq!(store.len(), model.len());
-        let live: usize = model.iter().map(|(k, v)| Store::record_len(k, v)).sum();
+        assert_eq!(store.len(), m.map.len());
+        assert_eq!(
+            store.ttl_keys(),
+            m.map.values().filter(|(_, d)| d.is_some()).count()
+        );
+        let live: usize = m
+            .map
+            .iter()
+            .map(|(k, (v, d))| Store::record_len(k, v, d.is_some()))
+            .sum();
         assert_eq!(store.live_bytes(), live);
         assert!(store.footprint_is_bounded());
         for (e, k, v) in &held {
@@ -304,30 +429,18 @@ pub fn store_model_bytes(data: &[u8]) {
     }
 }
 
-fn model_set(
-    store: &mut Store,
-    model: &mut HashMap<Vec<u8>, Vec<u8>>,
-    order: &mut Vec<Vec<u8>>,
-    k: Vec<u8>,
-    v: Vec<u8>,
-) {
+fn model_set(store: &mut Store, m: &mut Model, k: Vec<u8>, v: Vec<u8>) {
     let h = store.hash(&k);
     store.set(h, &k, &v);
-    model_set_only(model, order, k, v);
+    m.write(k, v, None);
 }
 
-fn model_incr(
-    store: &mut Store,
-    model: &mut HashMap<Vec<u8>, Vec<u8>>,
-    order: &mut Vec<Vec<u8>>,
-    k: Vec<u8>,
-    d: i64,
-) {
+fn model_incr(store: &mut Store, m: &mut Model, k: Vec<u8>, d: i64) {
     let h = store.hash(&k);
     let got = store.incr(h, &k, d).map(|(n, _)| n);
-    let want = match model.get(&k) {
+    let want = match m.live(&k) {
         None => Ok(0i64),
-        Some(v) => std::str::from_utf8(v)
+        Some((v, _)) => std::str::from_utf8(v)
             .ok()
             .and_then(|s| s.parse::<i64>().ok())
             .ok_or(IncrError::NotAnInteger),
@@ -335,18 +448,7 @@ fn model_incr(
     .and_then(|cur| cur.checked_add(d).ok_or(IncrError::Overflow));
     assert_eq!(got, want);
     if let Ok(n) = want {
-        model_set_only(model, order, k, n.to_string().into_bytes());
-    }
-}
-
-fn model_set_only(
-    model: &mut HashMap<Vec<u8>, Vec<u8>>,
-    order: &mut Vec<Vec<u8>>,
-    k: Vec<u8>,
-    v: Vec<u8>,
-) {
-    if model.insert(k.clone(), v).is_none() {
-        order.push(k);
+        m.write(k, n.to_string().into_bytes(), None);
     }
 }
 

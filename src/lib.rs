@@ -86,7 +86,7 @@ mod stats;
 pub mod store;
 
 pub use client::{
-    Builder, Event, EventKind, Items, Keys, Pipeline, PipelineReply, Subscription, UpCache,
+    Builder, Event, EventKind, Items, Keys, Pipeline, PipelineReply, Subscription, Ttl, UpCache,
     SUBSCRIPTION_QUEUE,
 };
 pub use election::{ServerInfo, ServerInfoError};

@@ -55,6 +55,10 @@ pub struct ServerStats {
     pub protocol_errors: u64,
     /// The longest value this server accepts, in bytes.
     pub max_value_len: u64,
+    /// Keys removed because their TTL ran out, since the server started.
+    pub expired: u64,
+    /// Keys that have a TTL now.
+    pub ttl_keys: u64,
 }
 
 impl ServerStats {

@@ -78,7 +78,7 @@ impl<T> Slot<T> {
 
 /// What changed, as a subscriber sees it.
 ///
-/// Later versions add kinds (expiry, eviction): match with a `_` arm.
+/// Later versions add kinds (eviction): match with a `_` arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EventKind {
@@ -88,6 +88,8 @@ pub enum EventKind {
     Removed,
     /// Every key was removed (`key` is empty).
     Cleared,
+    /// The key's TTL ran out and it was removed (see [`crate::UpCache::set_with_ttl`]).
+    Expired,
     /// This many events were dropped because the subscriber fell behind (`key` is empty).
     Lagged(u64),
 }
@@ -455,6 +457,7 @@ fn route(shared: &Shared, item: Incoming<'_>) {
                         q.push(event(match kind {
                             PushKind::Set => EventKind::Set,
                             PushKind::Removed => EventKind::Removed,
+                            PushKind::Expired => EventKind::Expired,
                             PushKind::Cleared => EventKind::Cleared,
                             _ => EventKind::Lagged(p.arg),
                         }));

@@ -310,6 +310,39 @@ pub(crate) fn answer_of(r: &protocol::Reply<'_>) -> impl std::fmt::Debug {
     Answer::from_reply(r)
 }
 
+/// How long a key has left ([`UpCache::ttl`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ttl {
+    /// There is no such key.
+    Missing,
+    /// The key has no TTL.
+    Forever,
+    /// The key expires after this long (whole ms, at least 1).
+    Expires(Duration),
+}
+
+impl Ttl {
+    /// The TTL a `TTL` reply says, or the reply back if it is not one.
+    pub(crate) fn from_answer(a: Answer) -> std::result::Result<Ttl, Answer> {
+        match a {
+            Answer::Nil => Ok(Ttl::Missing),
+            Answer::Uint(crate::protocol::NO_TTL) => Ok(Ttl::Forever),
+            Answer::Uint(ms) => Ok(Ttl::Expires(Duration::from_millis(ms))),
+            a => Err(a),
+        }
+    }
+}
+
+/// A TTL in whole ms, rounded up (a key never expires early); zero and TTLs over
+/// [`MAX_TTL_MS`](crate::protocol::MAX_TTL_MS) are refused.
+pub(crate) fn ttl_ms(ttl: Duration) -> Result<u64> {
+    let ms = ttl.as_nanos().div_ceil(1_000_000);
+    match u64::try_from(ms) {
+        Ok(ms @ 1..=crate::protocol::MAX_TTL_MS) => Ok(ms),
+        _ => Err(Error::InvalidTtl { ttl }),
+    }
+}
+
 pub(crate) fn unexpected(peer: &Peer, a: Answer) -> Error {
     Error::UnexpectedReply {
         name: peer.name.clone(),
@@ -473,6 +506,69 @@ impl UpCache {
             Answer::Bool(b) => Ok(b),
             a => Err(unexpected(&self.inner.peer, a)),
         }
+    }
+
+    /// Stores `value` under `key` and gives the key a TTL: it expires `ttl` from when the
+    /// server applies this (rounded up to whole ms), on the server's monotonic clock. Then
+    /// it is removed, and subscribers get [`EventKind::Expired`](crate::EventKind::Expired);
+    /// until then every read sees it, and from that millisecond on none does.
+    ///
+    /// TTL rule: a plain [`UpCache::set`] and [`UpCache::incr`] keep a key's TTL; `set_with_ttl`
+    /// and [`UpCache::expire`] replace it; [`UpCache::persist`] removes it. A key that expired
+    /// and is stored again is a new key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTtl`] for a TTL of zero or over [`MAX_TTL_MS`](crate::protocol::MAX_TTL_MS)
+    /// ms, [`Error::KeyTooLarge`] or [`Error::ValueTooLarge`], all before anything is sent, and
+    /// those of [every call](UpCache#errors).
+    pub fn set_with_ttl(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        ttl: Duration,
+    ) -> Result<()> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.check(key, value)?;
+        let ttl_ms = ttl_ms(ttl)?;
+        self.expect_done(Request::SetTtl { key, value, ttl_ms })
+    }
+
+    /// Gives an existing key a TTL of `ttl` (replacing any); false if there is no such key.
+    /// Not an event: the value did not change.
+    ///
+    /// # Errors
+    ///
+    /// As [`UpCache::set_with_ttl`].
+    pub fn expire(&self, key: impl AsRef<[u8]>, ttl: Duration) -> Result<bool> {
+        let key = key.as_ref();
+        self.check(key, &[])?;
+        let ttl_ms = ttl_ms(ttl)?;
+        self.expect_bool(Request::Expire { key, ttl_ms })
+    }
+
+    /// Takes a key's TTL away; false if there is no such key or it had no TTL.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyTooLarge`] before anything is sent, and those of [every call](UpCache#errors).
+    pub fn persist(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let key = key.as_ref();
+        self.check(key, &[])?;
+        self.expect_bool(Request::Persist { key })
+    }
+
+    /// How long `key` has left: [`Ttl::Missing`], [`Ttl::Forever`] (no TTL), or
+    /// [`Ttl::Expires`] with the time left (at least 1 ms; the server counts whole ms).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyTooLarge`] before anything is sent, and those of [every call](UpCache#errors).
+    pub fn ttl(&self, key: impl AsRef<[u8]>) -> Result<Ttl> {
+        let key = key.as_ref();
+        self.check(key, &[])?;
+        let a = self.call(Request::Ttl { key })?;
+        Ttl::from_answer(a).map_err(|a| unexpected(&self.inner.peer, a))
     }
 
     /// Whether `key` is present.

@@ -10,16 +10,18 @@ use crate::protocol::Request;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum PipelineReply {
-    /// `set` and `clear` succeeded.
+    /// `set`, `set_with_ttl` and `clear` succeeded.
     Done,
     /// `get`: the value, or `None` if the key is missing.
     Value(Option<Vec<u8>>),
-    /// `exists`, and `remove` (whether the key existed).
+    /// `exists`, `remove` (whether the key existed), `expire` and `persist`.
     Bool(bool),
     /// `incr`, `decr`, `incr_by`: the new value.
     Int(i64),
     /// `count`.
     Count(u64),
+    /// `ttl`.
+    Ttl(super::Ttl),
     /// This operation failed (`NotAnInteger`, `Overflow`); the others still ran.
     Failed(Error),
 }
@@ -48,6 +50,8 @@ pub struct Pipeline<'c> {
     cache: &'c UpCache,
     frames: Vec<u8>,
     starts: Vec<usize>,
+    /// Which queued operations are `ttl` queries (their replies read as a [`super::Ttl`]).
+    ttl_queries: Vec<bool>,
     error: Option<Error>,
 }
 
@@ -57,6 +61,7 @@ impl<'c> Pipeline<'c> {
             cache,
             frames: Vec::new(),
             starts: Vec::new(),
+            ttl_queries: Vec::new(),
             error: None,
         }
     }
@@ -64,16 +69,13 @@ impl<'c> Pipeline<'c> {
     fn push(&mut self, req: Request<'_>) -> &mut Self {
         if self.error.is_none() {
             let (key, value): (&[u8], &[u8]) = match req {
-                Request::Set { key, value } => (key, value),
-                Request::Get { key }
-                | Request::Exists { key }
-                | Request::Remove { key }
-                | Request::Incr { key, .. } => (key, &[]),
-                _ => (&[], &[]),
+                Request::Set { key, value } | Request::SetTtl { key, value, .. } => (key, value),
+                _ => (req.key().unwrap_or(&[]), &[]),
             };
             match self.cache.inner.peer.check(key, value) {
                 Ok(()) => {
                     self.starts.push(self.frames.len());
+                    self.ttl_queries.push(matches!(req, Request::Ttl { .. }));
                     // The id is written at execute time.
                     req.encode(0, &mut self.frames);
                 }
@@ -117,6 +119,47 @@ impl<'c> Pipeline<'c> {
             delta,
         })
     }
+    /// Queues `set_with_ttl(key, value, ttl)`.
+    pub fn set_with_ttl(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        ttl: std::time::Duration,
+    ) -> &mut Self {
+        match super::ttl_ms(ttl) {
+            Ok(ttl_ms) => self.push(Request::SetTtl {
+                key: key.as_ref(),
+                value: value.as_ref(),
+                ttl_ms,
+            }),
+            Err(e) => self.fail(e),
+        }
+    }
+    /// Queues `expire(key, ttl)`.
+    pub fn expire(&mut self, key: impl AsRef<[u8]>, ttl: std::time::Duration) -> &mut Self {
+        match super::ttl_ms(ttl) {
+            Ok(ttl_ms) => self.push(Request::Expire {
+                key: key.as_ref(),
+                ttl_ms,
+            }),
+            Err(e) => self.fail(e),
+        }
+    }
+    /// Queues `persist(key)`.
+    pub fn persist(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+        self.push(Request::Persist { key: key.as_ref() })
+    }
+    /// Queues `ttl(key)`.
+    pub fn ttl(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+        self.push(Request::Ttl { key: key.as_ref() })
+    }
+
+    /// Makes the pipeline fail at [`Pipeline::execute`] (an operation could not be queued).
+    fn fail(&mut self, e: Error) -> &mut Self {
+        self.error.get_or_insert(e);
+        self
+    }
+
     /// Queues `count()`.
     pub fn count(&mut self) -> &mut Self {
         self.push(Request::Count)
@@ -151,6 +194,7 @@ impl<'c> Pipeline<'c> {
     pub fn execute(&mut self) -> Result<Vec<PipelineReply>> {
         let frames = std::mem::take(&mut self.frames);
         let starts = std::mem::take(&mut self.starts);
+        let ttl_queries = std::mem::take(&mut self.ttl_queries);
         if let Some(e) = self.error.take() {
             return Err(e);
         }
@@ -163,7 +207,15 @@ impl<'c> Pipeline<'c> {
         let peer = session.conn.peer();
         Ok(answers
             .into_iter()
-            .map(|a| match a {
+            .zip(ttl_queries)
+            .map(|(a, ttl_query)| match a {
+                a if ttl_query => match super::Ttl::from_answer(a) {
+                    Ok(t) => PipelineReply::Ttl(t),
+                    Err(Answer::Failed(code, arg, msg)) => {
+                        PipelineReply::Failed(peer.failed(code, arg, msg))
+                    }
+                    Err(other) => PipelineReply::Failed(super::unexpected(peer, other)),
+                },
                 Answer::Done => PipelineReply::Done,
                 Answer::Nil => PipelineReply::Value(None),
                 Answer::Value(v) => PipelineReply::Value(Some(v)),

@@ -59,6 +59,16 @@ codes! {
         Shutdown = 0x11,
         /// → done.
         Ping = 0x12,
+        /// key, value, arg = TTL in ms (1 ..= [`MAX_TTL_MS`](super::MAX_TTL_MS)) → done:
+        /// stores the value and gives the key that TTL.
+        SetTtl = 0x13,
+        /// key, arg = TTL in ms → bool: gives an existing key that TTL (false: no such key).
+        Expire = 0x14,
+        /// key → bool: takes the key's TTL away (false: no such key, or it had none).
+        Persist = 0x15,
+        /// key → nil (no such key), or uint: ms left, at least 1 ([`NO_TTL`](super::NO_TTL)
+        /// for a key without a TTL).
+        Ttl = 0x16,
     }
 }
 
@@ -77,6 +87,8 @@ codes! {
         Woken = 0x05,
         /// The subscription ended (server shutting down). id = subscription.
         Closed = 0x06,
+        /// key expired (its TTL ran out) and was removed. id = subscription.
+        Expired = 0x07,
     }
 }
 
@@ -123,6 +135,9 @@ codes! {
         NoSuchSubscription = 0x49,
         /// A per-connection limit was reached (waits, subscriptions).
         Busy = 0x4a,
+        /// A TTL of 0 or over [`MAX_TTL_MS`](super::MAX_TTL_MS); nothing changed and the
+        /// connection goes on.
+        BadTtl = 0x4b,
     }
 }
 
@@ -141,6 +156,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "server shutting down",
             ErrorCode::NoSuchSubscription => "no such subscription",
             ErrorCode::Busy => "too many waits or subscriptions on this connection",
+            ErrorCode::BadTtl => "a TTL must be 1 ms to 2^40 - 1 ms (about 34 years)",
         }
     }
 }

@@ -68,6 +68,10 @@ pub use requests::{decode_request, Request};
 pub const VERSION: u64 = 1;
 /// `arg` of a wait request that has no timeout.
 pub const NO_TIMEOUT: u64 = u64::MAX;
+/// The longest TTL, in ms: 2^40 − 1, about 34.8 years.
+pub const MAX_TTL_MS: u64 = (1 << 40) - 1;
+/// The `TTL` reply for a key that has none.
+pub const NO_TTL: u64 = u64::MAX;
 
 /// A request id, chosen by the client and echoed by the reply.
 pub type RequestId = u32;
@@ -268,6 +272,22 @@ mod tests {
             Request::Stats,
             Request::Shutdown,
             Request::Ping,
+            Request::SetTtl {
+                key: b"k",
+                value: b"v",
+                ttl_ms: MAX_TTL_MS,
+            },
+            Request::SetTtl {
+                key: b"k",
+                value: b"",
+                ttl_ms: 0,
+            },
+            Request::Expire {
+                key: b"k",
+                ttl_ms: 1,
+            },
+            Request::Persist { key: b"k" },
+            Request::Ttl { key: b"" },
         ] {
             one_request(r);
         }
@@ -275,7 +295,7 @@ mod tests {
 
     #[test]
     fn every_op_has_a_request() {
-        assert_eq!(Op::ALL.len(), 18);
+        assert_eq!(Op::ALL.len(), 22);
         for op in Op::ALL {
             assert_eq!(Op::from_u8(*op as u8), Some(*op));
         }

@@ -55,9 +55,9 @@ impl<'a> Push<'a> {
         let (key, value, arg) = (f.key, f.value, h.arg);
         match kind {
             PushKind::Set => check(arg == 0, "set event carries no argument")?,
-            PushKind::Removed => check(
+            PushKind::Removed | PushKind::Expired => check(
                 value.is_empty() && arg == 0,
-                "removed event carries only a key",
+                "removed and expired events carry only a key",
             )?,
             PushKind::Cleared | PushKind::Closed => check(
                 key.is_empty() && value.is_empty() && arg == 0,

@@ -71,6 +71,32 @@ pub enum Request<'a> {
         /// Milliseconds, or [`super::NO_TIMEOUT`].
         timeout_ms: u64,
     },
+    /// Store a value with a TTL.
+    SetTtl {
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+        /// Milliseconds until the key expires.
+        ttl_ms: u64,
+    },
+    /// Give an existing key a TTL.
+    Expire {
+        /// The key.
+        key: &'a [u8],
+        /// Milliseconds until the key expires.
+        ttl_ms: u64,
+    },
+    /// Take a key's TTL away.
+    Persist {
+        /// The key.
+        key: &'a [u8],
+    },
+    /// How long a key has left.
+    Ttl {
+        /// The key.
+        key: &'a [u8],
+    },
     /// Subscribe to one key (`Some`) or to every key (`None`).
     Subscribe {
         /// The key, or `None` for all keys.
@@ -99,6 +125,10 @@ impl<'a> Request<'a> {
             | Request::Remove { key }
             | Request::Incr { key, .. }
             | Request::Wait { key, .. }
+            | Request::SetTtl { key, .. }
+            | Request::Expire { key, .. }
+            | Request::Persist { key }
+            | Request::Ttl { key }
             | Request::Subscribe { key: Some(key) } => Some(key),
             _ => None,
         }
@@ -113,6 +143,10 @@ impl<'a> Request<'a> {
                 | Request::Exists { .. }
                 | Request::Remove { .. }
                 | Request::Incr { .. }
+                | Request::SetTtl { .. }
+                | Request::Expire { .. }
+                | Request::Persist { .. }
+                | Request::Ttl { .. }
         )
     }
 
@@ -134,6 +168,10 @@ impl<'a> Request<'a> {
             Request::Subscribe { key: Some(_) } => Op::Subscribe,
             Request::Subscribe { key: None } => Op::SubscribeAll,
             Request::Unsubscribe { .. } => Op::Unsubscribe,
+            Request::SetTtl { .. } => Op::SetTtl,
+            Request::Expire { .. } => Op::Expire,
+            Request::Persist { .. } => Op::Persist,
+            Request::Ttl { .. } => Op::Ttl,
             Request::Stats => Op::Stats,
             Request::Shutdown => Op::Shutdown,
             Request::Ping => Op::Ping,
@@ -149,6 +187,9 @@ impl<'a> Request<'a> {
                 (Bytes(key), &[], 0)
             }
             Request::Set { key, value } => (Bytes(key), value, 0),
+            Request::SetTtl { key, value, ttl_ms } => (Bytes(key), value, ttl_ms),
+            Request::Expire { key, ttl_ms } => (Bytes(key), &[], ttl_ms),
+            Request::Persist { key } | Request::Ttl { key } => (Bytes(key), &[], 0),
             Request::Incr { key, delta } => (Bytes(key), &[], delta as u64),
             Request::Keys { cursor, until } | Request::Items { cursor, until } => {
                 (Field::Word(until.to_le_bytes()), &[], cursor)
@@ -235,6 +276,25 @@ impl<'a> Request<'a> {
             Op::Set => {
                 no_arg()?;
                 Request::Set { key, value }
+            }
+            // A TTL out of range decodes: the server answers BAD_TTL and goes on.
+            Op::SetTtl => Request::SetTtl {
+                key,
+                value,
+                ttl_ms: arg,
+            },
+            Op::Expire => {
+                no_value()?;
+                Request::Expire { key, ttl_ms: arg }
+            }
+            Op::Persist | Op::Ttl => {
+                no_value()?;
+                no_arg()?;
+                if op == Op::Persist {
+                    Request::Persist { key }
+                } else {
+                    Request::Ttl { key }
+                }
             }
             Op::Incr => {
                 no_value()?;

@@ -250,6 +250,7 @@ impl<S: Read + Write> Engine<S> {
     /// Decodes and applies every whole frame in the connection's buffer, a window of up to
     /// [`PREFETCH_FRAMES`] frames at a time ([`Engine::apply_window`]).
     fn process(&mut self, slot: usize, now: Instant) {
+        self.set_time(now);
         let mut rbuf = std::mem::take(&mut self.conns[slot].rbuf);
         loop {
             let (applied, end) = self.apply_window(slot, rbuf.bytes(), now);

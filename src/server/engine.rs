@@ -209,10 +209,16 @@ impl<S: Read + Write> Engine<S> {
             return Some(self.started);
         }
         let timers = self.timers.peek().map(|r| r.0 .0);
-        [timers, self.hub.next_deadline(), self.lifecycle.deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        let expiry = self.store.next_expiry().map(|ms| self.instant_at(ms));
+        [
+            timers,
+            self.hub.next_deadline(),
+            self.lifecycle.deadline(),
+            expiry,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Whether a connection used its turn's reads and waits for the next [`Engine::tick`].
@@ -220,10 +226,13 @@ impl<S: Read + Write> Engine<S> {
         !self.parked.is_empty()
     }
 
-    /// Goes on with connections that used their turn's reads, fires due timers (a handshake or a close that did not finish in time closes its
-    /// connection; a wait past its deadline ends with `TimedOut`) and sends what other
-    /// connections' requests queued.
+    /// One turn's timed work at `now`: expires due keys (a turn's share, see `expiry.rs`),
+    /// fires due timers (a handshake or a close that did not finish in time closes its
+    /// connection; a wait past its deadline ends with `TimedOut`), goes on with connections
+    /// that used their turn's reads, and sends what other connections' requests queued.
     pub fn tick(&mut self, now: Instant) {
+        self.set_time(now);
+        self.expire_due(super::expiry::EXPIRE_PER_TURN);
         while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
             if at > now {
                 break;

@@ -25,6 +25,8 @@ pub(super) enum Change<'a> {
     Set(&'a Entry),
     /// The key was removed.
     Removed(&'a [u8]),
+    /// The key's TTL ran out and it was removed.
+    Expired(&'a [u8]),
 }
 
 /// Queues `change` as a push for subscription `id`: a `Set` sends key and value from the
@@ -37,9 +39,13 @@ fn queue_change<S>(c: &mut Connection<S>, id: u32, change: &Change<'_>) {
                 .with_buf(|b| protocol::encode_set_push_head(b, id, key_len, value_len));
             c.out.push_shared((*e).clone(), 0, key_len + value_len);
         }
-        Change::Removed(k) => {
+        Change::Removed(k) | Change::Expired(k) => {
+            let kind = match change {
+                Change::Expired(_) => PushKind::Expired,
+                _ => PushKind::Removed,
+            };
             let p = Push {
-                kind: PushKind::Removed,
+                kind,
                 id,
                 key: k,
                 value: &[],
@@ -83,7 +89,7 @@ impl<S: Read + Write> Engine<S> {
     pub(super) fn publish(&mut self, hash: u64, change: Change<'_>) {
         let key = match &change {
             Change::Set(e) => e.key(),
-            Change::Removed(k) => k,
+            Change::Removed(k) | Change::Expired(k) => k,
         };
         // Delivery changes no registration, so the indices stay valid while they are walked;
         // they are copied out only because delivering needs the hub mutably (lag counts).
@@ -93,7 +99,7 @@ impl<S: Read + Write> Engine<S> {
         }
         let value = match &change {
             Change::Set(e) => Some(e.value()),
-            Change::Removed(_) => None,
+            Change::Removed(_) | Change::Expired(_) => None,
         };
         for w in self.hub.take_woken(hash, key, value) {
             self.wake(w, WakeReason::Event);

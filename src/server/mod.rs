@@ -20,6 +20,7 @@ mod commands;
 mod conn_io;
 mod connection;
 pub mod engine;
+mod expiry;
 mod fanout;
 pub mod hub;
 pub mod lifecycle;

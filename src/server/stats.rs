@@ -29,6 +29,8 @@ pub struct Stats {
     pub events_dropped: u64,
     /// Connections closed for a protocol error.
     pub protocol_errors: u64,
+    /// Keys removed because their TTL ran out.
+    pub expired: u64,
 }
 
 impl<S: Read + Write> Engine<S> {
@@ -55,6 +57,8 @@ impl<S: Read + Write> Engine<S> {
             events_dropped: s.events_dropped,
             protocol_errors: s.protocol_errors,
             max_value_len: self.config.limits.max_value.into(),
+            expired: s.expired,
+            ttl_keys: self.store.ttl_keys() as u64,
         };
         // Serializing a struct of integers into a String cannot fail.
         serde_json::to_string(&report).unwrap_or_default()

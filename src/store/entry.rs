@@ -19,6 +19,8 @@ pub struct Entry<S = Rc<Segment>> {
     start: u32,
     key_len: u32,
     value_len: u32,
+    /// Whether the 8 bytes before the key hold the record's deadline.
+    has_deadline: bool,
 }
 
 /// An [`Entry`] borrowed from the store.
@@ -32,8 +34,29 @@ impl<S: Borrow<Rc<Segment>>> Entry<S> {
             start: (off + shape.key_start) as u32,
             key_len: shape.key_len as u32,
             value_len: shape.value_len as u32,
+            has_deadline: shape.has_deadline,
             seg,
         }
+    }
+
+    /// When the record expires (ms on the store's clock), if it has a TTL.
+    #[inline]
+    pub fn deadline(&self) -> Option<u64> {
+        if !self.has_deadline {
+            return None;
+        }
+        let start = self.start as usize;
+        let b = self.seg.borrow().bytes();
+        // The store wrote 8 deadline bytes before the key of every record whose header says so.
+        b.get(start - 8..start)
+            .and_then(|d| d.try_into().ok())
+            .map(u64::from_le_bytes)
+    }
+
+    /// Whether the record has expired by `now` (ms on the store's clock).
+    #[inline]
+    pub fn is_due(&self, now: u64) -> bool {
+        self.deadline().is_some_and(|d| d <= now)
     }
 
     /// Key then value.
@@ -74,6 +97,7 @@ impl<S: Borrow<Rc<Segment>>> Entry<S> {
             start: self.start,
             key_len: self.key_len,
             value_len: self.value_len,
+            has_deadline: self.has_deadline,
         }
     }
 }
@@ -84,7 +108,7 @@ impl Entry {
     /// Panics if either is longer than `u32::MAX` bytes (the protocol's limits keep them far
     /// below).
     pub fn new(key: &[u8], value: &[u8]) -> Self {
-        let (h, n) = RecordShape::header(key, value);
+        let (h, n) = RecordShape::header(key, value, None);
         let seg = Segment::with_capacity(n + key.len() + value.len());
         let off = seg.append(&[&h[..n], key, value]);
         Entry::at(Rc::new(seg), off)
@@ -121,7 +145,7 @@ mod tests {
         drop(e);
         assert_eq!(c.value(), b"value");
         let seg = Rc::new(Segment::with_capacity(100));
-        let (h, n) = RecordShape::header(b"k", b"vv");
+        let (h, n) = RecordShape::header(b"k", b"vv", None);
         let off = seg.append(&[&h[..n], b"k", b"vv"]);
         let owned = Record::at(&seg, off).to_entry();
         drop(seg);

@@ -36,6 +36,7 @@
 
 mod entry;
 mod segment;
+mod wheel;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -48,6 +49,7 @@ use smallvec::SmallVec;
 pub use entry::{Entry, Record};
 use segment::RecordShape;
 pub use segment::Segment;
+use wheel::Wheel;
 
 use crate::protocol::Chunk;
 
@@ -251,6 +253,8 @@ impl Shard {
         }
         match Rc::get_mut(&mut info.seg) {
             Some(seg) => {
+                // Same lengths: only the deadline in the header may differ.
+                seg.overwrite(off, header);
                 seg.overwrite(off + shape.value_start(), value);
                 true
             }
@@ -308,9 +312,22 @@ impl Shard {
         }
     }
 
-    /// Drops tombstones, keeping order, and rebuilds the index.
-    fn compact(&mut self, hasher: &ahash::RandomState) {
+    /// Drops tombstones, keeping order, and rebuilds the index. Returns where each old slot
+    /// went (`u32::MAX` for a tombstone).
+    fn compact(&mut self, hasher: &ahash::RandomState) -> Vec<u32> {
+        let mut moved = Vec::with_capacity(self.slots.len());
+        let mut next = 0u32;
+        for s in &self.slots {
+            if s.seg == DEAD {
+                moved.push(u32::MAX);
+            } else {
+                moved.push(next);
+                next += 1;
+            }
+        }
         self.slots.retain(|s| s.seg != DEAD);
+        // Give back what a mass removal (or expiry) left unused.
+        self.slots.shrink_to(2 * self.slots.len());
         self.dead = 0;
         let mut index = HashTable::with_capacity(self.slots.len());
         for i in 0..self.slots.len() as u32 {
@@ -321,6 +338,7 @@ impl Shard {
             });
         }
         self.index = index;
+        moved
     }
 }
 
@@ -330,6 +348,14 @@ pub struct Store {
     hasher: ahash::RandomState,
     next_seq: u64,
     len: usize,
+    /// The store's clock, in ms: what TTLs count from and deadlines are compared with.
+    now: u64,
+    /// Keys with a TTL, by deadline.
+    wheel: Wheel,
+    /// Wheel entries found due but not yet expired (a turn's budget ran out).
+    due: Vec<u32>,
+    /// Live keys with a TTL.
+    ttl_keys: usize,
 }
 
 impl fmt::Debug for Store {
@@ -362,6 +388,10 @@ impl Store {
             hasher,
             next_seq: 1,
             len: 0,
+            now: 0,
+            wheel: Wheel::default(),
+            due: Vec::new(),
+            ttl_keys: 0,
         }
     }
 
@@ -427,11 +457,13 @@ impl Store {
                         + s.segs.capacity() * std::mem::size_of::<Option<SegInfo>>()
                 })
                 .sum::<usize>()
+            + self.wheel.allocated_bytes()
+            + self.due.capacity() * 4
     }
 
-    /// Bytes a record of this key and value takes in a segment.
-    pub fn record_len(key: &[u8], value: &[u8]) -> usize {
-        let (_, n) = RecordShape::header(key, value);
+    /// Bytes a record of this key and value takes in a segment, with or without a deadline.
+    pub fn record_len(key: &[u8], value: &[u8], has_deadline: bool) -> usize {
+        let (_, n) = RecordShape::header(key, value, has_deadline.then_some(0));
         n + key.len() + value.len()
     }
 
@@ -444,11 +476,45 @@ impl Store {
         3 * self.segment_bytes() <= 8 * self.live_bytes() + 3 * SHARDS * segment
     }
 
-    /// The entry for `key` (`hash` from [`Store::hash`]).
+    /// The entry for `key` (`hash` from [`Store::hash`]); `None` for a key whose TTL ran out
+    /// by the store's clock ([`Store::set_time`]), even before it is expired.
     #[inline]
     pub fn get(&self, hash: u64, key: &[u8]) -> Option<Record<'_>> {
         let s = self.shard(hash);
-        s.find(hash, key).map(|(_, record)| record)
+        s.find(hash, key)
+            .map(|(_, record)| record)
+            .filter(|r| !r.is_due(self.now))
+    }
+
+    /// Whether `key` is stored with a TTL that ran out by the store's clock but has not been
+    /// expired yet ([`Store::expire_due`]): a server expires it before it writes the key.
+    pub fn is_due(&self, hash: u64, key: &[u8]) -> bool {
+        self.ttl_keys > 0
+            && self
+                .shard(hash)
+                .find(hash, key)
+                .is_some_and(|(_, r)| r.is_due(self.now))
+    }
+
+    /// Sets the store's clock (ms; it never goes back). Deadlines are `now + ttl`.
+    pub fn set_time(&mut self, now: u64) {
+        self.now = self.now.max(now);
+    }
+
+    /// The store's clock.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Number of live keys with a TTL (expired ones not yet removed included).
+    pub fn ttl_keys(&self) -> usize {
+        self.ttl_keys
+    }
+
+    /// The key's deadline: `None` if the key is missing (or due), `Some(None)` if it has no
+    /// TTL.
+    pub fn deadline(&self, hash: u64, key: &[u8]) -> Option<Option<u64>> {
+        self.get(hash, key).map(|r| r.deadline())
     }
 
     /// Starts loading into the cache the records of the keys with these hashes (from
@@ -483,35 +549,87 @@ impl Store {
         }
     }
 
-    /// Stores `value` under `key`, keeping the key's place if it exists. Returns the new entry.
+    /// Stores `value` under `key`, keeping the key's place and its TTL if it exists. Returns
+    /// the new entry. A key whose TTL ran out is replaced by a new one (the caller expires it
+    /// first to tell its listeners, see [`Store::is_due`]).
     ///
     /// Panics if the key or the value is longer than `u32::MAX` bytes (the protocol's limits
     /// keep them far below).
     pub fn set(&mut self, hash: u64, key: &[u8], value: &[u8]) -> Record<'_> {
-        let found = self.shard(hash).find(hash, key).map(|(i, _)| i);
-        self.put(hash, found, key, value)
+        let (found, deadline) = self.find_live(hash, key);
+        self.put(hash, found, key, value, deadline)
     }
 
-    /// Stores `value` under `key`, whose slot is `found` (from [`Shard::find`]).
-    fn put(&mut self, hash: u64, found: Option<usize>, key: &[u8], value: &[u8]) -> Record<'_> {
-        let (header, n) = RecordShape::header(key, value);
-        let hasher = &self.hasher;
-        let shard = &mut self.shards[Self::shard_of(hash).0];
-        if let Some(i) = found {
-            if shard.overwrite_in_place(i, &header[..n], value) {
-                return shard.record(&shard.slots[i]);
-            }
+    /// Stores `value` under `key` with the deadline `deadline` (ms on the store's clock, after
+    /// [`Store::now`]), keeping the key's place if it exists.
+    pub fn set_with_deadline(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        deadline: u64,
+    ) -> Record<'_> {
+        let (found, _) = self.find_live(hash, key);
+        self.put(hash, found, key, value, Some(deadline))
+    }
+
+    /// Gives an existing key the deadline `deadline`, or takes its TTL away (`None`); false if
+    /// the key is missing, or when taking away a TTL it does not have.
+    pub fn set_deadline(&mut self, hash: u64, key: &[u8], deadline: Option<u64>) -> bool {
+        let Some((i, record)) = self.shard(hash).find(hash, key) else {
+            return false;
+        };
+        if record.is_due(self.now) || (deadline.is_none() && record.deadline().is_none()) {
+            return false;
         }
-        let (seg, off) = shard.append(&[&header[..n], key, value]);
-        let pos = match found {
-            Some(i) => {
+        let value = record.value().to_vec();
+        self.put(hash, Some(i), key, &value, deadline);
+        true
+    }
+
+    /// The slot of `key` and the deadline to keep for it; a key whose TTL ran out is removed
+    /// first (as if it were not there).
+    fn find_live(&mut self, hash: u64, key: &[u8]) -> (Option<usize>, Option<u64>) {
+        match self.shard(hash).find(hash, key) {
+            Some((_, r)) if r.is_due(self.now) => {
+                self.remove(hash, key);
+                (None, None)
+            }
+            Some((i, r)) => (Some(i), r.deadline()),
+            None => (None, None),
+        }
+    }
+
+    /// Stores `value` under `key`, whose slot is `found` (from [`Shard::find`]), with
+    /// `deadline`.
+    fn put(
+        &mut self,
+        hash: u64,
+        found: Option<usize>,
+        key: &[u8],
+        value: &[u8],
+        deadline: Option<u64>,
+    ) -> Record<'_> {
+        let (header, n) = RecordShape::header(key, value, deadline);
+        let hasher = &self.hasher;
+        let shard_id = Self::shard_of(hash).0;
+        let shard = &mut self.shards[shard_id];
+        let had_deadline =
+            found.is_some_and(|i| shard.record(&shard.slots[i]).deadline().is_some());
+        self.ttl_keys = self.ttl_keys + usize::from(deadline.is_some()) - usize::from(had_deadline);
+        let in_place = found.filter(|&i| shard.overwrite_in_place(i, &header[..n], value));
+        let pos = match (in_place, found) {
+            (Some(i), _) => i,
+            (None, Some(i)) => {
+                let (seg, off) = shard.append(&[&header[..n], key, value]);
                 let old = &mut shard.slots[i];
                 let (old_seg, old_off) = (old.seg, old.off);
                 (old.seg, old.off) = (seg, off);
                 shard.forget(old_seg, old_off);
                 i
             }
-            None => {
+            (None, None) => {
+                let (seg, off) = shard.append(&[&header[..n], key, value]);
                 let i = shard.slots.len();
                 let pos = u32::try_from(i).expect("a shard holds fewer than 2^32 entries");
                 shard.slots.push(Slot {
@@ -529,7 +647,95 @@ impl Store {
             }
         };
         shard.settle(hasher);
+        if let Some(d) = deadline {
+            Self::file(
+                &mut self.wheel,
+                &mut self.due,
+                d,
+                Wheel::pack(shard_id, pos),
+            );
+        }
+        self.sweep_if_stale();
+        let shard = &self.shards[shard_id];
         shard.record(&shard.slots[pos])
+    }
+
+    /// Files a wheel entry for `deadline` (past the wheel's time, or among the due ones).
+    fn file(wheel: &mut Wheel, due: &mut Vec<u32>, deadline: u64, entry: u32) {
+        if deadline > wheel.elapsed() {
+            wheel.insert(deadline, entry);
+        } else {
+            due.push(entry);
+        }
+    }
+
+    /// The record a wheel entry names, if its slot is live.
+    fn record_of(shards: &[Shard], entry: u32) -> Option<Record<'_>> {
+        let (shard, slot) = Wheel::unpack(entry);
+        let shard = &shards[shard];
+        let slot = shard.slots.get(slot)?;
+        (slot.seg != DEAD).then(|| shard.record(slot))
+    }
+
+    /// Drops stale wheel entries once they are as many as the live ones (see [`wheel`]).
+    fn sweep_if_stale(&mut self) {
+        if self.wheel.len() <= 2 * self.ttl_keys + 1024 {
+            return;
+        }
+        let shards = &self.shards;
+        self.wheel.sweep(|e, r| {
+            Self::record_of(shards, e)
+                .and_then(|rec| rec.deadline())
+                .is_some_and(|d| (r.start..r.end).contains(&d))
+        });
+    }
+
+    /// The first ms at which a key may fall due, if any has a TTL: a server wakes then.
+    pub fn next_expiry(&self) -> Option<u64> {
+        if !self.due.is_empty() {
+            return Some(self.now);
+        }
+        self.wheel.next_due()
+    }
+
+    /// Removes up to `limit` keys whose TTL ran out by the store's clock, in deadline order,
+    /// calling `expired` with each one's last entry (which outlives the removal). Returns
+    /// whether more are due (a server spreads a large batch over several turns).
+    pub fn expire_due(&mut self, limit: usize, mut expired: impl FnMut(Entry)) -> bool {
+        let mut n = 0;
+        loop {
+            while let Some(e) = self.due.pop() {
+                if n == limit {
+                    self.due.push(e);
+                    return true;
+                }
+                let Some(rec) = Self::record_of(&self.shards, e) else {
+                    continue;
+                };
+                if !rec.is_due(self.now) {
+                    continue; // stale: the key has another deadline, filed on its own
+                }
+                let entry = rec.to_entry();
+                let hash = self.hasher.hash_one(entry.key());
+                self.remove(hash, entry.key());
+                expired(entry);
+                n += 1;
+            }
+            let Some((range, entries)) = self.wheel.pop(self.now) else {
+                return false;
+            };
+            for e in entries {
+                let Some(d) = Self::record_of(&self.shards, e).and_then(|r| r.deadline()) else {
+                    continue;
+                };
+                if !(range.start..range.end).contains(&d) {
+                    continue; // stale
+                }
+                if !self.wheel.refile(d, e) {
+                    self.due.push(e);
+                }
+            }
+        }
     }
 
     /// Removes `key`; true if it was present.
@@ -541,6 +747,9 @@ impl Store {
         });
         let Ok(found) = found else { return false };
         let (i, _) = found.remove();
+        if shard.record(&shard.slots[i as usize]).deadline().is_some() {
+            self.ttl_keys -= 1;
+        }
         let slot = &mut shard.slots[i as usize];
         let (seg, off) = (slot.seg, slot.off);
         slot.seg = DEAD;
@@ -548,8 +757,30 @@ impl Store {
         shard.dead += 1;
         self.len -= 1;
         shard.settle(&self.hasher);
+        if shard.live() == 0 {
+            // Nothing left: give back the current segment too (entries that replies still
+            // hold keep their own segments alive).
+            shard.segs = Vec::new();
+            shard.free = Vec::new();
+            shard.active = None;
+            shard.check.clear();
+        }
         if shard.dead > 32 && shard.dead > shard.live() {
-            shard.compact(&self.hasher);
+            let moved = shard.compact(&self.hasher);
+            if !self.wheel.is_empty() || !self.due.is_empty() {
+                // Wheel entries name slots: follow this shard's to their new places.
+                let id = Self::shard_of(hash).0;
+                let map = |e: u32| {
+                    let (sh, sl) = Wheel::unpack(e);
+                    if sh != id {
+                        return Some(e);
+                    }
+                    let to = *moved.get(sl)?;
+                    (to != u32::MAX).then(|| Wheel::pack(id, to as usize))
+                };
+                self.wheel.remap(map);
+                self.due = self.due.iter().filter_map(|&e| map(e)).collect();
+            }
         }
         true
     }
@@ -562,16 +793,17 @@ impl Store {
         key: &[u8],
         delta: i64,
     ) -> Result<(i64, Record<'_>), IncrError> {
-        let (found, current) = match self.shard(hash).find(hash, key) {
-            None => (None, 0),
-            Some((i, record)) => {
-                let n = parse_i64(record.value()).ok_or(IncrError::NotAnInteger)?;
-                (Some(i), n)
-            }
+        let current = match self.get(hash, key) {
+            None => 0,
+            Some(record) => parse_i64(record.value()).ok_or(IncrError::NotAnInteger)?,
         };
         let new = current.checked_add(delta).ok_or(IncrError::Overflow)?;
         let digits = itoa_buf(new);
-        Ok((new, self.put(hash, found, key, digits.as_str().as_bytes())))
+        let (found, deadline) = self.find_live(hash, key);
+        Ok((
+            new,
+            self.put(hash, found, key, digits.as_str().as_bytes(), deadline),
+        ))
     }
 
     /// Removes every key.
@@ -580,6 +812,9 @@ impl Store {
             *s = Shard::new(s.segment);
         }
         self.len = 0;
+        self.wheel = Wheel::default();
+        self.due = Vec::new();
+        self.ttl_keys = 0;
     }
 
     /// The sequence number the next new key will get: the snapshot bound of an enumeration
@@ -624,8 +859,10 @@ impl Store {
             let slot = &shard.slots[i];
             if slot.seg != DEAD {
                 let e = shard.record(slot);
-                Chunk::push(out, e.key(), with_values.then(|| e.value()));
-                taken += 1;
+                if !e.is_due(self.now) {
+                    Chunk::push(out, e.key(), with_values.then(|| e.value()));
+                    taken += 1;
+                }
             }
             if let Some(next) = shard.slots.get(i + 1) {
                 if next.seq < until {
@@ -862,7 +1099,7 @@ mod tests {
     fn expected_live(s: &Store) -> usize {
         scan_all(s, true, 1000)
             .iter()
-            .map(|(k, v)| Store::record_len(k, v))
+            .map(|(k, v)| Store::record_len(k, v, false))
             .sum()
     }
 
@@ -928,7 +1165,7 @@ mod tests {
         }
         assert_eq!(
             (s.segment_bytes(), s.live_bytes()),
-            (base, Store::record_len(b"k", b"0000"))
+            (base, Store::record_len(b"k", b"0000", false))
         );
         let held = s.get(h, b"k").unwrap().to_entry();
         s.set(h, b"k", b"abcd");
@@ -943,7 +1180,10 @@ mod tests {
         let base = s.segment_bytes();
         let big = vec![7u8; 100_000];
         set(&mut s, b"big", &big);
-        assert_eq!(s.segment_bytes(), base + Store::record_len(b"big", &big));
+        assert_eq!(
+            s.segment_bytes(),
+            base + Store::record_len(b"big", &big, false)
+        );
         set(&mut s, b"big", b"now small");
         assert_eq!(s.segment_bytes(), base);
         let h = s.hash(b"big");

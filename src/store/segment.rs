@@ -1,8 +1,9 @@
 //! [`Segment`]: a block of records that is only ever appended to, and the record format.
 //!
-//! A record is a key and its value with their lengths in front, as LEB128 varints:
-//! `varint(key_len) varint(value_len) key value`, byte-packed (a 16-byte key with a 64-byte
-//! value takes 82 bytes). Segments are shared by reference count ([`std::rc::Rc`]): the store
+//! A record is a key and its value with their lengths in front, as LEB128 varints, and for a
+//! key with a TTL its deadline: `varint(key_len << 1 | has_deadline) varint(value_len)
+//! [deadline: u64 LE] key value`, byte-packed (a 16-byte key with a 64-byte value takes 82
+//! bytes, 90 with a deadline). Segments are shared by reference count ([`std::rc::Rc`]): the store
 //! holds one count per segment, and a reply or an event that sends a stored value without
 //! copying it ([`super::Entry`]) holds another, so the bytes stay valid while the socket drains
 //! even after the store has dropped the segment.
@@ -131,13 +132,18 @@ impl Drop for Segment {
 /// Where a record's parts are, relative to the record's first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct RecordShape {
-    /// Offset of the key (the length of the two varints).
+    /// Offset of the key (after the two varints, and the deadline if there is one).
     pub key_start: usize,
     /// Key length.
     pub key_len: usize,
     /// Value length.
     pub value_len: usize,
+    /// Whether the 8 bytes before the key hold a deadline.
+    pub has_deadline: bool,
 }
+
+/// Longest record header: two varints and a deadline.
+pub(super) const MAX_HEADER: usize = 2 * MAX_VARINT + 8;
 
 impl RecordShape {
     /// Offset of the value.
@@ -150,17 +156,26 @@ impl RecordShape {
         self.value_start() + self.value_len
     }
 
-    /// The header (the two varints) of a record of `key` and `value`, and its length.
+    /// The header of a record of `key` and `value` that expires at `deadline` (ms on the
+    /// store's clock), and its length: `varint(key_len << 1 | has_deadline)`,
+    /// `varint(value_len)`, then the deadline as 8 little-endian bytes if there is one.
     ///
-    /// Panics if either is longer than `u32::MAX` bytes (the protocol's limits keep them far
-    /// below).
-    pub fn header(key: &[u8], value: &[u8]) -> ([u8; 2 * MAX_VARINT], usize) {
-        let key_len = u32::try_from(key.len()).expect("key fits in u32 bytes");
+    /// Panics if the key is longer than `u32::MAX / 2` bytes or the value than `u32::MAX`
+    /// (the protocol's limits keep them far below).
+    pub fn header(key: &[u8], value: &[u8], deadline: Option<u64>) -> ([u8; MAX_HEADER], usize) {
+        let key_len = u32::try_from(key.len())
+            .ok()
+            .filter(|&k| k <= u32::MAX >> 1)
+            .expect("key fits in u32::MAX / 2 bytes");
         let value_len = u32::try_from(value.len()).expect("value fits in u32 bytes");
-        let mut b = [0u8; 2 * MAX_VARINT];
-        let n = put_varint(&mut b, key_len);
-        let m = put_varint(&mut b[n..], value_len);
-        (b, n + m)
+        let mut b = [0u8; MAX_HEADER];
+        let n = put_varint(&mut b, key_len << 1 | u32::from(deadline.is_some()));
+        let mut n = n + put_varint(&mut b[n..], value_len);
+        if let Some(d) = deadline {
+            b[n..n + 8].copy_from_slice(&d.to_le_bytes());
+            n += 8;
+        }
+        (b, n)
     }
 
     /// Reads the shape of the record that starts at `bytes[0]`.
@@ -169,22 +184,26 @@ impl RecordShape {
     /// a bug in the store: it panics rather than misread.
     #[inline]
     pub fn read(bytes: &[u8]) -> RecordShape {
-        // Keys and values under 128 bytes, the common case: one byte each.
+        // Keys under 64 bytes and values under 128 bytes, the common case: one byte each.
         if let [k, v, ..] = *bytes {
             if k < 0x80 && v < 0x80 {
+                let has_deadline = k & 1 == 1;
                 return RecordShape {
-                    key_start: 2,
-                    key_len: k as usize,
+                    key_start: 2 + 8 * usize::from(has_deadline),
+                    key_len: (k >> 1) as usize,
                     value_len: v as usize,
+                    has_deadline,
                 };
             }
         }
-        let (key_len, n) = get_varint(bytes);
+        let (k, n) = get_varint(bytes);
         let (value_len, m) = get_varint(&bytes[n..]);
+        let has_deadline = k & 1 == 1;
         RecordShape {
-            key_start: n + m,
-            key_len: key_len as usize,
+            key_start: n + m + 8 * usize::from(has_deadline),
+            key_len: (k >> 1) as usize,
             value_len: value_len as usize,
+            has_deadline,
         }
     }
 }
@@ -232,13 +251,14 @@ mod tests {
             let n = put_varint(&mut b, v);
             assert_eq!(get_varint(&b[..n]), (v, n), "{v}");
         }
-        assert_eq!(RecordShape::header(&[0; 16], &[0; 64]).1, 2);
+        assert_eq!(RecordShape::header(&[0; 16], &[0; 64], None).1, 2);
+        assert_eq!(RecordShape::header(&[0; 16], &[0; 64], Some(7)).1, 10);
     }
 
     #[test]
     fn appended_bytes_stay_put_and_records_read_back() {
         let s = Segment::with_capacity(64);
-        let (h, n) = RecordShape::header(b"abc", &[0; 200]);
+        let (h, n) = RecordShape::header(b"abc", &[0; 200], None);
         let value = [9u8; 40];
         assert!(s.room() >= n + 3 + 40);
         let a = s.append(&[&h[..n], b"abc", &value]);
@@ -251,10 +271,35 @@ mod tests {
             (shape.key_start, shape.key_len, shape.value_len),
             (3, 3, 200)
         );
+        assert!(!shape.has_deadline);
         assert_eq!(s.room(), 64 - n - 45);
         let mut s = s;
         s.overwrite(n, b"xyz");
         assert_eq!(&s.bytes()[n..n + 3], b"xyz");
+    }
+
+    #[test]
+    fn a_deadline_rides_in_the_header_of_short_and_long_records() {
+        for (key, value) in [
+            (&[1u8; 3][..], &[2u8; 5][..]),
+            (&[1u8; 300][..], &[2u8; 70_000][..]),
+        ] {
+            let s = Segment::with_capacity(80_000);
+            let (h, n) = RecordShape::header(key, value, Some(u64::MAX - 5));
+            let at = s.append(&[&h[..n], key, value]);
+            let rec = &s.bytes()[at..];
+            let shape = RecordShape::read(rec);
+            assert_eq!((shape.key_len, shape.value_len), (key.len(), value.len()));
+            let deadline = u64::from_le_bytes(
+                rec[shape.key_start - 8..shape.key_start]
+                    .try_into()
+                    .unwrap(),
+            );
+            assert!(shape.has_deadline);
+            assert_eq!(deadline, u64::MAX - 5);
+            assert_eq!(&rec[shape.key_start..shape.value_start()], key);
+            assert_eq!(shape.len(), n + key.len() + value.len());
+        }
     }
 
     #[test]

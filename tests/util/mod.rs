@@ -195,6 +195,12 @@ fn run_role(p: &[&str]) -> upcache::Result<()> {
     match role {
         // set NAME KEY VALUE
         "set" => open(args[0])?.set(args[1], args[2]),
+        // set-ttl NAME KEY VALUE MS
+        "set-ttl" => open(args[0])?.set_with_ttl(
+            args[1],
+            args[2],
+            Duration::from_millis(args[3].parse().expect("ms")),
+        ),
         // get NAME KEY: prints the value or <none>
         "get" => {
             let v = open(args[0])?.get(args[1])?;

@@ -26,6 +26,7 @@ impl<S: Read + Write> Engine<S> {
     /// `SET`: always an event, even for the same value.
     pub(super) fn set(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8], value: &[u8]) {
         self.conns[slot].queue_reply(id, &Reply::Done);
+        self.expire_if_due(hash, key);
         let e = self.store.set(hash, key, value);
         if !self.hub.is_idle() {
             let e = e.to_entry();
@@ -41,6 +42,7 @@ impl<S: Read + Write> Engine<S> {
 
     /// `REMOVE`: an event only if the key existed.
     pub(super) fn remove(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8]) {
+        self.expire_if_due(hash, key);
         let existed = self.store.remove(hash, key);
         self.conns[slot].queue_reply(id, &Reply::Bool(existed));
         if existed && !self.hub.is_idle() {
@@ -50,6 +52,7 @@ impl<S: Read + Write> Engine<S> {
 
     /// `INCR`: an error leaves the value unchanged and sends no event.
     pub(super) fn incr(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8], delta: i64) {
+        self.expire_if_due(hash, key);
         match self.store.incr(hash, key, delta) {
             Ok((n, e)) => {
                 self.conns[slot].queue_reply(id, &Reply::Int(n));
@@ -73,8 +76,9 @@ impl<S: Read + Write> Engine<S> {
         self.publish_clear();
     }
 
-    /// `COUNT`.
+    /// `COUNT`: exact, so every key already due is expired first.
     pub(super) fn count(&mut self, slot: usize, id: RequestId) {
+        self.expire_due(usize::MAX);
         let n = self.store.len() as u64;
         self.conns[slot].queue_reply(id, &Reply::Uint(n));
     }

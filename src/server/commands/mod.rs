@@ -6,6 +6,7 @@
 //! | `scan.rs` | `KEYS`, `ITEMS` |
 //! | `wait.rs` | `WAIT`, `WAIT_VALUE` |
 //! | `subscribe.rs` | `SUBSCRIBE`, `SUBSCRIBE_ALL`, `UNSUBSCRIBE` |
+//! | `ttl.rs` | `SET_TTL`, `EXPIRE`, `PERSIST`, `TTL` |
 //! | `admin.rs` | `HELLO` (the handshake), `STATS`, `SHUTDOWN`, `PING` |
 //!
 //! A command queues its reply on its connection before it publishes what it changed, so on
@@ -15,6 +16,7 @@ mod admin;
 mod kv;
 mod scan;
 mod subscribe;
+mod ttl;
 mod wait;
 
 use std::io::{Read, Write};
@@ -56,6 +58,12 @@ impl<S: Read + Write> Engine<S> {
                 value,
                 timeout_ms,
             } => self.wait(slot, id, hash, key, value, timeout_ms, now),
+            Request::SetTtl { key, value, ttl_ms } => {
+                self.set_ttl(slot, id, hash, key, value, ttl_ms)
+            }
+            Request::Expire { key, ttl_ms } => self.expire(slot, id, hash, key, ttl_ms),
+            Request::Persist { key } => self.persist(slot, id, hash, key),
+            Request::Ttl { key } => self.ttl(slot, id, hash, key),
             Request::Subscribe { key } => self.subscribe(slot, id, hash, key),
             Request::Unsubscribe { sub } => self.unsubscribe(slot, id, sub),
             Request::Stats => self.stats_request(slot, id, now),

@@ -1,0 +1,68 @@
+//! Expiry on time: keys whose TTL runs out are removed, and their listeners told, at the
+//! millisecond the server's timers fire, not when a client happens to touch them.
+//!
+//! The store files every key with a TTL in a timing wheel (see `store::wheel`), so the next
+//! deadline is known in O(1) and each key costs O(1) to expire, however many keys have TTLs.
+//! The loop's poll wakes at the next deadline ([`Engine::next_deadline`]); each turn then
+//! expires at most [`EXPIRE_PER_TURN`] keys, sending `EXPIRED` to the key's subscriptions
+//! and every-key subscriptions and ending its `WAIT`s (reason `EVENT`), and leaves the rest
+//! for the following turns, which come at once: a mass expiry never holds the loop for long,
+//! and other clients' requests are served between its batches.
+//!
+//! Reads never see a key whose deadline has passed, even before it is removed: the store
+//! compares deadlines with its clock, which the engine sets from `now` before every batch
+//! of requests. A write to such a key expires it first (its listeners get `EXPIRED`, then
+//! what the write does), and `COUNT` expires every due key before it counts.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use super::engine::Engine;
+use super::fanout::Change;
+
+/// Most keys expired in one turn of the loop.
+pub const EXPIRE_PER_TURN: usize = 2048;
+
+impl<S: Read + Write> Engine<S> {
+    /// The store's clock at `now`: ms since the engine started.
+    pub(super) fn clock(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    /// The instant of ms `ms` on the store's clock.
+    pub(super) fn instant_at(&self, ms: u64) -> Instant {
+        self.started + Duration::from_millis(ms)
+    }
+
+    /// Moves the store's clock to `now`.
+    pub(super) fn set_time(&mut self, now: Instant) {
+        let ms = self.clock(now);
+        self.store.set_time(ms);
+    }
+
+    /// Expires up to `limit` due keys; returns whether more are due.
+    pub(super) fn expire_due(&mut self, limit: usize) -> bool {
+        let mut expired = Vec::new();
+        let more = self.store.expire_due(limit, |e| expired.push(e));
+        self.stats.expired += expired.len() as u64;
+        if !self.hub.is_idle() {
+            for e in &expired {
+                let hash = self.store.hash(e.key());
+                self.publish(hash, Change::Expired(e.key()));
+            }
+        }
+        more
+    }
+
+    /// Expires `key` now if its TTL ran out but the timers have not come to it yet, so a
+    /// write to it is seen after its `EXPIRED`.
+    pub(super) fn expire_if_due(&mut self, hash: u64, key: &[u8]) {
+        if self.store.is_due(hash, key) {
+            self.store.remove(hash, key);
+            self.stats.expired += 1;
+            if !self.hub.is_idle() {
+                self.publish(hash, Change::Expired(key));
+            }
+        }
+    }
+}
