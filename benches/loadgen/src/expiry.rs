@@ -28,6 +28,11 @@
 //!    (µs, 3 significant digits; an arrival before its deadline would show as a negative `min`);
 //!    the target is emptied again.
 //!
+//! The floor: a third thread of this process sleeps until each planned deadline in turn, in the
+//! same window, and records how late it woke (`timer p99`, `timer max`): what the machine's
+//! scheduling costs any process waking on time, the load generator included, so a server's
+//! lag can be read against it.
+//!
 //! Both servers and this client run on one machine, so the client's `Instant` (the monotonic
 //! clock) and upcache's clock are the same clock; Redis decides on its wall clock, which this
 //! client reads too.
@@ -155,9 +160,11 @@ fn subscribe(t: &Target) -> io::Result<Conn> {
         Proto::Upcache => {
             Request::Subscribe { key: None }.encode(1, &mut out);
             c.s.write_all(&out)?;
-            c.read_reply_with(|r| match upcache::protocol::decode_reply(r, &Limits::unlimited()) {
-                Ok(Decoded::Frame((_, Reply::Uint(_)), _)) => Ok(()),
-                other => Err(broken(format!("subscribe: {other:?}"))),
+            c.read_reply_with(|r| {
+                match upcache::protocol::decode_reply(r, &Limits::unlimited()) {
+                    Ok(Decoded::Frame((_, Reply::Uint(_)), _)) => Ok(()),
+                    other => Err(broken(format!("subscribe: {other:?}"))),
+                }
             })??;
         }
         Proto::Resp => {
@@ -199,7 +206,12 @@ fn fill(c: &mut Conn) -> io::Result<usize> {
     match n {
         Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
         Ok(n) => Ok(n),
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
             Ok(0)
         }
         Err(e) => Err(e),
@@ -268,6 +280,23 @@ struct Row {
     setting: Duration,
     lagged: u64,
     repeated: u64,
+    /// How late this process's own timer thread woke at the planned deadlines, in µs.
+    timer: Histogram<u64>,
+}
+
+/// Sleeps until each of `n` deadlines spread over `spread` from `first` in turn; returns how
+/// late each wake-up came, in µs.
+fn timer_lateness(first: Instant, spread: Duration, n: usize) -> Histogram<u64> {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
+    for i in 0..n {
+        let due = first + spread.mul_f64(i as f64 / n as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        hist.saturating_record((Instant::now() - due).as_micros().max(1) as u64);
+    }
+    hist
 }
 
 /// Runs one cell (see the module's documentation).
@@ -290,8 +319,9 @@ fn cell(t: &Target, d: &Dims, background: usize) -> io::Result<Row> {
     // The last recorded deadline is at most 1 ms after the last planned one (rounding up).
     let until = start + lead + spread + Duration::from_millis(d.give_up_ms + 1);
     let (proto, n) = (t.proto, d.keys);
-    let (arrivals, deadlines, setting) = std::thread::scope(|s| -> io::Result<_> {
+    let (arrivals, deadlines, setting, timer) = std::thread::scope(|s| -> io::Result<_> {
         let reader = s.spawn(move || listen(proto, subscriber, n, until));
+        let timer = s.spawn(move || timer_lateness(start + lead, spread, n));
         let mut deadlines = Vec::with_capacity(n);
         let mut out = Vec::new();
         for (b, batch) in keys.chunks(BATCH).enumerate() {
@@ -304,7 +334,10 @@ fn cell(t: &Target, d: &Dims, background: usize) -> io::Result<Row> {
                 let deadline = match t.proto {
                     Proto::Resp => {
                         let (ms, at) = clock.unix_ms_from(planned);
-                        resp_command(&[b"SET", k, &value, b"PXAT", ms.to_string().as_bytes()], &mut out);
+                        resp_command(
+                            &[b"SET", k, &value, b"PXAT", ms.to_string().as_bytes()],
+                            &mut out,
+                        );
                         at
                     }
                     _ => {
@@ -324,7 +357,8 @@ fn cell(t: &Target, d: &Dims, background: usize) -> io::Result<Row> {
         }
         let setting = start.elapsed();
         let arrivals = reader.join().expect("subscriber thread")?;
-        Ok((arrivals, deadlines, setting))
+        let timer = timer.join().expect("timer thread");
+        Ok((arrivals, deadlines, setting, timer))
     })?;
     drop(setter);
     flush(t)?;
@@ -353,13 +387,17 @@ fn cell(t: &Target, d: &Dims, background: usize) -> io::Result<Row> {
         min_us,
         setting,
         lagged: arrivals.lagged,
+        timer,
         repeated: arrivals.repeated,
     })
 }
 
 /// Runs every cell, B by B and target by target, and prints the table.
 pub fn run(targets: &[Target], d: &Dims) -> io::Result<()> {
-    if let Some(t) = targets.iter().find(|t| !matches!(t.name.as_str(), "upcache" | "redis")) {
+    if let Some(t) = targets
+        .iter()
+        .find(|t| !matches!(t.name.as_str(), "upcache" | "redis"))
+    {
         return Err(broken(format!(
             "expiry-lag needs upcache or redis targets (expiry events), not {}",
             t.name
@@ -373,12 +411,24 @@ pub fn run(targets: &[Target], d: &Dims) -> io::Result<()> {
     println!(
         "# expiry-lag: {} keys of {} B holding {} B, deadlines spread uniformly over {} ms from {} ms after the sets start; \
          background keys with a 1-hour TTL stored first; one subscriber stamps each expiry event as it is read; \
-         lag = arrival - deadline (client's clock); waiting at most {} ms after the last deadline",
+         lag = arrival - deadline (client's clock); waiting at most {} ms after the last deadline; \
+         timer: this process's own lateness waking at the same deadlines, same window (the floor)",
         d.keys, d.key_size, d.value_size, d.spread_ms, d.lead_ms, d.give_up_ms
     );
     println!(
-        "{:<8} {:<5} {:>10} {:>7} {:>11} {:>9} {:>9} {:>10} {:>8} {:>10}",
-        "server", "net", "background", "keys", "delivered %", "p50 ms", "p99 ms", "max ms", "min ms", "sets ms"
+        "{:<8} {:<5} {:>10} {:>7} {:>11} {:>9} {:>9} {:>10} {:>8} {:>9} {:>9} {:>8}",
+        "server",
+        "net",
+        "background",
+        "keys",
+        "delivered %",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "min ms",
+        "timer p99",
+        "timer max",
+        "sets ms"
     );
     let mut notes = Vec::new();
     for &b in &d.background {
@@ -396,7 +446,7 @@ pub fn run(targets: &[Target], d: &Dims) -> io::Result<()> {
                 )
             };
             println!(
-                "{:<8} {:<5} {:>10} {:>7} {:>11.2} {:>9} {:>9} {:>10} {:>8} {:>10.1}",
+                "{:<8} {:<5} {:>10} {:>7} {:>11.2} {:>9} {:>9} {:>10} {:>8} {:>9} {:>9} {:>8.1}",
                 r.name,
                 r.transport,
                 r.background,
@@ -406,6 +456,8 @@ pub fn run(targets: &[Target], d: &Dims) -> io::Result<()> {
                 p99,
                 max,
                 min,
+                ms(r.timer.value_at_quantile(0.99)),
+                ms(r.timer.max()),
                 r.setting.as_secs_f64() * 1000.0
             );
             if r.lagged > 0 || r.repeated > 0 {
@@ -456,6 +508,9 @@ mod tests {
         assert_eq!(ms, 1_700_000_000_001);
         assert_eq!(at - c.at, Duration::from_micros(600));
         let (ms, at) = c.unix_ms_from(c.at + Duration::from_micros(600));
-        assert_eq!((ms, at - c.at), (1_700_000_000_001, Duration::from_micros(600)));
+        assert_eq!(
+            (ms, at - c.at),
+            (1_700_000_000_001, Duration::from_micros(600))
+        );
     }
 }

