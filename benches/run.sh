@@ -5,18 +5,31 @@
 # generator is pinned to another, measures memory (on servers of its own), runs the matrix, one
 # cell over a larger key space, first-open and client measurements, the cost of fan-out to
 # another client (`loadgen fanout`: 65,536 waits woken by a CLEAR, 1,000 SETs to 4,096
-# subscriptions, each next to the same work with nobody listening), and stops every server it
-# started by its pid.
+# subscriptions, each next to the same work with nobody listening), the lateness of expiry
+# events against Redis's (`loadgen expiry-lag`, on servers of its own), and stops every server
+# it started by its pid.
 #
-#   bash benches/run.sh           # full matrix (GET/SET x depth 1,16,64 x 1,4,50 connections x TCP/Unix), < 10 min
-#   bash benches/run.sh --quick   # depth 1,16 x 1,4 connections, short cells, 100k keys for memory, < 1 min
+#   bash benches/run.sh           # full matrix (GET/SET x depth 1,16,64 x 1,4,50 connections x TCP/Unix), < 12 min
+#   bash benches/run.sh --quick   # depth 1,16 x 1,4 connections, short cells, 100k keys for memory, < 2 min
+#   bash benches/run.sh --expiry  # only the expiry lag (0, 100k and 1M background keys), < 3 min
+#   bash benches/run.sh --quick --expiry   # only the expiry lag, 0 and 100k background keys, < 1 min
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=""
+ONLY_EXPIRY=""
 FANOUT_ROUNDS=5
 MEM_KEYS=1000000
 MEM_OVERWRITES=3000000
-if [[ "${1:-}" == "--quick" ]]; then QUICK=--quick; MEM_KEYS=100000; MEM_OVERWRITES=300000; FANOUT_ROUNDS=1; fi
+EXPIRY_BACKGROUND=0,100000,1000000
+EXPIRY_GIVE_UP_MS=10000
+for arg in "$@"; do
+  case "$arg" in
+    --quick) QUICK=--quick; MEM_KEYS=100000; MEM_OVERWRITES=300000; FANOUT_ROUNDS=1
+             EXPIRY_BACKGROUND=0,100000; EXPIRY_GIVE_UP_MS=5000 ;;
+    --expiry) ONLY_EXPIRY=1 ;;
+    *) echo "usage: $0 [--quick] [--expiry]" >&2; exit 2 ;;
+  esac
+done
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 if ! command -v redis-server >/dev/null || ! command -v memcached >/dev/null; then
@@ -49,11 +62,30 @@ wait_for() { # wait_for FILE-OR-PORT: until a socket file exists or a port accep
 }
 first_line() { for _ in $(seq 200); do [[ -s "$1" ]] && { head -1 "$1"; return 0; }; sleep 0.05; done; exit 1; }
 
+# Expiry lag, on a Redis and an upcache server of its own (Unix sockets, nothing else stored):
+# 10,000 keys with deadlines the client knows, spread over 3 s, next to each count of
+# background keys with a 1-hour TTL. Redis keeps its defaults for expiry (hz 10,
+# active-expire-effort 1).
+expiry_lag() {
+  local redis_pid up up_pid
+  "${PIN[@]}" redis-server --port 0 --unixsocket "$W/redis-expiry.sock" --unixsocketperm 700 \
+    --save '' --appendonly no --io-threads 1 --daemonize no --logfile "$W/redis-expiry.log" &
+  PIDS+=($!); redis_pid=$!
+  read -r up up_pid < <("$L" serve --name bench-expiry --dir "$W" --transport unix)
+  PIDS+=("$up_pid"); taskset -pc "$SERVER_CPU" "$up_pid" >/dev/null
+  wait_for "$W/redis-expiry.sock"
+  taskset -c "$CLIENT_CPU" "$L" expiry-lag --keys 10000 --spread-ms 3000 \
+    --background "$EXPIRY_BACKGROUND" --give-up-ms "$EXPIRY_GIVE_UP_MS" \
+    --target "upcache=$up" --target "redis=unix:$W/redis-expiry.sock"
+  kill "$redis_pid" "$up_pid"
+}
+
 MC_USER=(); [[ $(id -u) -eq 0 ]] && MC_USER=(-u root)
 echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(uname -r)"
 echo "# servers pinned to CPU $SERVER_CPU, load generator to CPU $CLIENT_CPU"
 echo "# peers: $(redis-server --version | cut -d' ' -f3) (io-threads 1, no persistence); memcached $(memcached -V | cut -d' ' -f2) (-t 1)"
 echo
+if [[ -n $ONLY_EXPIRY ]]; then expiry_lag; exit 0; fi
 
 # Memory first, on servers of its own that hold nothing yet: bytes per key from empty, then
 # again after overwrites with values of varying sizes. They are stopped before the matrix, so
@@ -115,7 +147,9 @@ echo
 taskset -c "$CLIENT_CPU" "$L" client --transport tcp
 taskset -c "$CLIENT_CPU" "$L" client --transport unix
 echo
-# Last: its CLEARs empty the matrix's servers. Not pinned: the prober and the subscriber's reader
+# Last on the matrix's servers: its CLEARs empty them. Not pinned: the prober and the subscriber's reader
 # are threads of one process, kept apart from each other where the CPUs allow.
 "$L" fanout --rounds "$FANOUT_ROUNDS" --target "upcache=$UP_TCP"
 "$L" fanout --rounds "$FANOUT_ROUNDS" --target "upcache=$UP_UNIX"
+echo
+expiry_lag

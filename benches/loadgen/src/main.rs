@@ -11,8 +11,10 @@
 //! connection file), `run` (one measurement), `matrix` (the comparison table), `memory` (bytes
 //! per key), `first-open` (election and start time), `client` (the upcache library's own calls),
 //! `send-probe` (what the kernel charges for sending replies from scattered memory), `fanout`
-//! (another client's GET latency while waits are woken and events fan out; see `fanout.rs`).
+//! (another client's GET latency while waits are woken and events fan out; see `fanout.rs`),
+//! `expiry-lag` (how late expiry events arrive, upcache against Redis; see `expiry.rs`).
 
+mod expiry;
 mod fanout;
 mod floor;
 mod proto;
@@ -149,6 +151,31 @@ enum Cmd {
         /// Also measure while this many keys expire within one second (0: not).
         #[arg(long, default_value_t = 100_000)]
         expiring: u32,
+    },
+    /// How late expiry events arrive: `keys` keys with known deadlines spread over
+    /// `spread_ms`, next to each count of `background` keys with a 1-hour TTL; one row per
+    /// count and target, the targets in turn (see `expiry.rs`).
+    ExpiryLag {
+        /// `upcache=FILE` or `redis=ADDRESS`, as for `run`; repeat the flag.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        #[arg(long, default_value_t = 10_000)]
+        keys: usize,
+        /// Background key counts, comma-separated: one cell per count and target.
+        #[arg(long, value_delimiter = ',', default_value = "0,100000,1000000")]
+        background: Vec<usize>,
+        #[arg(long, default_value_t = 3_000)]
+        spread_ms: u64,
+        /// From the start of the sets to the first deadline.
+        #[arg(long, default_value_t = 1_000)]
+        lead_ms: u64,
+        /// How long after the last deadline to wait for the events still missing.
+        #[arg(long, default_value_t = 10_000)]
+        give_up_ms: u64,
+        #[arg(long, default_value_t = 16)]
+        key_size: usize,
+        #[arg(long, default_value_t = 64)]
+        value_size: usize,
     },
     /// The upcache library's own calls: get round trip and pipelined throughput.
     Client {
@@ -998,6 +1025,27 @@ fn main() {
                 memory(&targets, &pids, &load, overwrites)?;
             }
             Cmd::FirstOpen { runs, transport } => first_open(runs, transport)?,
+            Cmd::ExpiryLag {
+                targets,
+                keys,
+                background,
+                spread_ms,
+                lead_ms,
+                give_up_ms,
+                key_size,
+                value_size,
+            } => expiry::run(
+                &Target::parse_all(&targets)?,
+                &expiry::Dims {
+                    keys,
+                    background,
+                    spread_ms,
+                    lead_ms,
+                    give_up_ms,
+                    key_size,
+                    value_size,
+                },
+            )?,
             Cmd::Client { transport, ops } => client(transport, ops)?,
             Cmd::SendProbe { keys, batches } => send_probe(keys, batches)?,
             Cmd::Fanout {

@@ -20,10 +20,7 @@ impl Proto {
     pub fn get(self, key: &[u8], id: u32, out: &mut Vec<u8>) {
         match self {
             Proto::Upcache => Request::Get { key }.encode(id, out),
-            Proto::Resp => {
-                out.extend_from_slice(b"*2\r\n$3\r\nGET\r\n");
-                bulk(key, out);
-            }
+            Proto::Resp => resp_command(&[b"GET", key], out),
             Proto::Memcached => {
                 out.extend_from_slice(b"get ");
                 out.extend_from_slice(key);
@@ -36,11 +33,7 @@ impl Proto {
     pub fn set(self, key: &[u8], value: &[u8], id: u32, out: &mut Vec<u8>) {
         match self {
             Proto::Upcache => Request::Set { key, value }.encode(id, out),
-            Proto::Resp => {
-                out.extend_from_slice(b"*3\r\n$3\r\nSET\r\n");
-                bulk(key, out);
-                bulk(value, out);
-            }
+            Proto::Resp => resp_command(&[b"SET", key, value], out),
             Proto::Memcached => {
                 out.extend_from_slice(b"set ");
                 out.extend_from_slice(key);
@@ -48,6 +41,30 @@ impl Proto {
                 out.extend_from_slice(value);
                 out.extend_from_slice(b"\r\n");
             }
+        }
+    }
+
+    /// Appends a SET of `key` to `value` that expires `ttl_ms` milliseconds after the server
+    /// applies it: upcache's `SET_TTL`, Redis's `SET .. PX`. Panics for memcached, whose TTLs
+    /// are whole seconds (`expiry-lag` refuses memcached targets before it gets here).
+    pub fn set_ttl(self, key: &[u8], value: &[u8], ttl_ms: u64, id: u32, out: &mut Vec<u8>) {
+        match self {
+            Proto::Upcache => Request::SetTtl { key, value, ttl_ms }.encode(id, out),
+            Proto::Resp => resp_command(
+                &[b"SET", key, value, b"PX", ttl_ms.to_string().as_bytes()],
+                out,
+            ),
+            Proto::Memcached => panic!("memcached has no millisecond TTLs"),
+        }
+    }
+
+    /// Appends a request that removes every key: upcache's `CLEAR`, Redis's `FLUSHALL`,
+    /// memcached's `flush_all`.
+    pub fn flush(self, id: u32, out: &mut Vec<u8>) {
+        match self {
+            Proto::Upcache => Request::Clear.encode(id, out),
+            Proto::Resp => resp_command(&[b"FLUSHALL"], out),
+            Proto::Memcached => out.extend_from_slice(b"flush_all\r\n"),
         }
     }
 
@@ -89,7 +106,10 @@ impl Proto {
                         .ok()?;
                     let total = line + 2 + bytes + 2 + 5; // data, CRLF, "END\r\n"
                     (buf.len() >= total).then_some(total)
-                } else if buf.starts_with(b"STORED") || buf.starts_with(b"END") {
+                } else if ["STORED", "END", "OK"]
+                    .iter()
+                    .any(|r| buf.starts_with(r.as_bytes()))
+                {
                     Some(line + 2)
                 } else {
                     panic!("memcached error: {}", String::from_utf8_lossy(&buf[..line]))
@@ -99,10 +119,55 @@ impl Proto {
     }
 }
 
-fn bulk(b: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
-    out.extend_from_slice(b);
-    out.extend_from_slice(b"\r\n");
+/// Appends a RESP command: an array of one bulk string per argument.
+pub fn resp_command(args: &[&[u8]], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The first whole RESP array at the front of `buf` whose elements are bulk strings or
+/// integers (what Redis sends a subscriber: `subscribe` confirmations and `message`s), as
+/// the elements' bytes (an integer's digits) and the bytes consumed; `None` until it is all
+/// there. Panics on anything else: a benchmark must not read past what it cannot parse.
+pub fn resp_array(buf: &[u8]) -> Option<(Vec<&[u8]>, usize)> {
+    let line = |at: usize| -> Option<(&[u8], usize)> {
+        let end = at + memmem::find(&buf[at..], b"\r\n")?;
+        Some((&buf[at..end], end + 2))
+    };
+    let number = |digits: &[u8]| -> usize {
+        std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("bad RESP length {:?}", String::from_utf8_lossy(digits)))
+    };
+    let (head, mut at) = line(0)?;
+    let Some(count) = head.strip_prefix(b"*") else {
+        panic!("expected a RESP array: {}", String::from_utf8_lossy(head));
+    };
+    let mut elements = Vec::with_capacity(number(count));
+    for _ in 0..elements.capacity() {
+        let (l, next) = line(at)?;
+        match l.first() {
+            Some(b':') => {
+                elements.push(&l[1..]);
+                at = next;
+            }
+            Some(b'$') => {
+                let end = next + number(&l[1..]);
+                if buf.len() < end + 2 {
+                    return None;
+                }
+                elements.push(&buf[next..end]);
+                at = end + 2;
+            }
+            _ => panic!("unexpected RESP element: {}", String::from_utf8_lossy(l)),
+        }
+    }
+    Some((elements, at))
 }
 
 #[cfg(test)]
@@ -133,5 +198,50 @@ mod tests {
         Reply::Value(b"v").encode(1, &mut buf);
         assert_eq!(Proto::Upcache.reply_len(&buf), Some(buf.len()));
         assert_eq!(Proto::Upcache.reply_len(&buf[..buf.len() - 1]), None);
+    }
+
+    #[test]
+    fn resp_arrays_need_all_their_elements() {
+        let mut msg = Vec::new();
+        resp_command(
+            &[b"message", b"__keyevent@0__:expired", b"k\r\n1"],
+            &mut msg,
+        );
+        let confirm = b"*3\r\n$9\r\nsubscribe\r\n$22\r\n__keyevent@0__:expired\r\n:1\r\n";
+        let both = [confirm.as_slice(), &msg].concat();
+        let (first, n) = resp_array(&both).expect("whole");
+        assert_eq!(first, [&b"subscribe"[..], b"__keyevent@0__:expired", b"1"]);
+        assert_eq!(n, confirm.len());
+        let (second, m) = resp_array(&both[n..]).expect("whole");
+        assert_eq!(
+            second,
+            [&b"message"[..], b"__keyevent@0__:expired", b"k\r\n1"]
+        );
+        assert_eq!(m, msg.len());
+        for cut in 0..msg.len() {
+            assert_eq!(resp_array(&msg[..cut]), None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn expiring_sets_and_flushes_are_whole_requests() {
+        let mut buf = Vec::new();
+        Proto::Resp.set_ttl(b"k", b"v", 1500, 0, &mut buf);
+        assert_eq!(
+            buf,
+            b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nPX\r\n$4\r\n1500\r\n"
+        );
+        buf.clear();
+        Proto::Upcache.set_ttl(b"k", b"v", 1500, 7, &mut buf);
+        match protocol::decode_request(&buf, &Limits::unlimited()) {
+            Ok(Decoded::Frame((7, Request::SetTtl { key, value, ttl_ms }), n)) => {
+                assert_eq!(
+                    (key, value, ttl_ms, n),
+                    (&b"k"[..], &b"v"[..], 1500, buf.len())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(Proto::Memcached.reply_len(b"OK\r\n"), Some(4));
     }
 }
