@@ -112,6 +112,9 @@ enum Cmd {
         /// from half to one and a half times `value_size`, and report again.
         #[arg(long, default_value_t = 0)]
         overwrites: usize,
+        /// Store every key with this TTL (see `run --ttl-ms`): what a TTL costs per key.
+        #[arg(long, value_name = "MS")]
+        ttl_ms: Option<u64>,
     },
     /// Time of a first open: election, server start, connect, handshake.
     FirstOpen {
@@ -227,6 +230,20 @@ struct Load {
     /// With `--op mix`: the share of GETs, in percent.
     #[arg(long, default_value_t = 90)]
     get_percent: u8,
+    /// Every SET carries this TTL (upcache `SET_TTL`, Redis `SET .. PX`, memcached's
+    /// exptime rounded up to seconds). Pick one longer than the run.
+    #[arg(long, value_name = "MS")]
+    ttl_ms: Option<u64>,
+}
+
+impl Load {
+    /// Appends a SET of `key` to `value` for `t`, with the load's TTL if it has one.
+    fn set(&self, t: &Target, key: &[u8], value: &[u8], id: u32, out: &mut Vec<u8>) {
+        match self.ttl_ms {
+            Some(ttl) => t.proto.set_ttl(key, value, ttl, id, out),
+            None => t.proto.set(key, value, id, out),
+        }
+    }
 }
 
 /// A server to load.
@@ -352,8 +369,7 @@ fn key(i: usize, size: usize) -> Vec<u8> {
 fn preload(t: &Target, load: &Load, prefix: usize) -> io::Result<()> {
     let value = vec![b'v'; load.value_size];
     pipelined_sets(t, load.keys, |i, out| {
-        t.proto
-            .set(&key(prefix + i, load.key_size), &value, i as u32, out)
+        load.set(t, &key(prefix + i, load.key_size), &value, i as u32, out)
     })
 }
 
@@ -407,6 +423,7 @@ fn run(t: &Target, op: Op, load: &Load, depth: usize, conns: usize) -> io::Resul
     let warmup = Duration::from_secs_f64(load.warmup);
     let get_percent = load.get_percent;
     let duration = Duration::from_secs_f64(load.duration);
+    let load = *load;
     let handles: Vec<_> = (0..conns)
         .map(|n| {
             let (t, keys, value, barrier) =
@@ -441,7 +458,7 @@ fn run(t: &Target, op: Op, load: &Load, depth: usize, conns: usize) -> io::Resul
                         if get {
                             t.proto.get(k, id, &mut out)
                         } else {
-                            t.proto.set(k, &value, id, &mut out)
+                            load.set(&t, k, &value, id, &mut out)
                         }
                     }
                     c.s.write_all(&out)?;
@@ -679,7 +696,7 @@ fn churn(t: &Target, load: &Load, prefix: usize, count: usize) -> io::Result<()>
         let x = xorshift(&mut rng);
         let k = key(prefix + (x % load.keys as u64) as usize, load.key_size);
         let len = load.value_size / 2 + (x >> 32) as usize % (load.value_size + 1);
-        t.proto.set(&k, &value[..len], i as u32, out);
+        load.set(t, &k, &value[..len], i as u32, out);
     })
 }
 
@@ -1005,6 +1022,7 @@ fn main() {
                 key_size,
                 value_size,
                 overwrites,
+                ttl_ms,
             } => {
                 let targets = Target::parse_all(&targets)?;
                 let pids = pids
@@ -1021,6 +1039,7 @@ fn main() {
                     warmup: 0.0,
                     duration: 0.0,
                     get_percent: 0,
+                    ttl_ms,
                 };
                 memory(&targets, &pids, &load, overwrites)?;
             }

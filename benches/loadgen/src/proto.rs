@@ -54,7 +54,15 @@ impl Proto {
                 &[b"SET", key, value, b"PX", ttl_ms.to_string().as_bytes()],
                 out,
             ),
-            Proto::Memcached => panic!("memcached has no millisecond TTLs"),
+            // memcached counts exptime in seconds: rounded up, so a key never goes early.
+            Proto::Memcached => {
+                out.extend_from_slice(b"set ");
+                out.extend_from_slice(key);
+                let secs = ttl_ms.div_ceil(1000);
+                out.extend_from_slice(format!(" 0 {secs} {}\r\n", value.len()).as_bytes());
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
         }
     }
 

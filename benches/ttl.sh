@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# What a TTL costs: SET with a TTL against plain SET, for upcache and Redis (`SET .. PX`) with
+# the floor server beside them, and memory per key with and without TTLs, in one run.
+# Dimensions: 100,000 keys of 16 B with 64 B values for throughput (TCP, depth 1 with one
+# connection, depth 16 and 64 with four; 0.5 s warm-up, 2 s measured, ROUNDS rounds with the
+# servers alternating), 1,000,000 keys for memory; the TTL is one hour (nothing expires during
+# the run). Servers pinned to CPU 1, the load generator to CPU 0; loopback only.
+#
+#   bash benches/ttl.sh              # 3 rounds, about 4 minutes
+#   ROUNDS=5 bash benches/ttl.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+MEM_KEYS=${MEM_KEYS:-1000000}
+TTL=3600000
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+if ! command -v redis-server >/dev/null; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+cargo build --release -q -p upcache-loadgen
+L=$PWD/target/release/loadgen
+W=$(mktemp -d /tmp/upcache-ttl.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+if [[ $(nproc) -ge 2 ]]; then SERVER_CPU=1; CLIENT_CPU=0; else SERVER_CPU=0; CLIENT_CPU=0; fi
+PIN=(taskset -c "$SERVER_CPU")
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; exit 1; }
+first_line() { for _ in $(seq 200); do [[ -s "$1" ]] && { head -1 "$1"; return 0; }; sleep 0.05; done; exit 1; }
+
+start_redis() { # start_redis NAME: a Redis on a free loopback port; prints "PORT PID"
+  local port; port=$(free_port)
+  "${PIN[@]}" redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+    --io-threads 1 --daemonize no --logfile "$W/$1.log" &
+  PIDS+=($!); wait_port "$port"; echo "$port $!"
+}
+
+echo "# SET with a TTL ($TTL ms) against SET: 100000 keys of 16 B, values of 64 B, TCP, $ROUNDS rounds alternating, ops/s"
+"${PIN[@]}" "$L" foreground --file "$W/up.json" >/dev/null 2>&1 & PIDS+=($!)
+"${PIN[@]}" "$L" floor >"$W/floor.txt" 2>/dev/null & PIDS+=($!)
+read -r RPORT _ < <(start_redis redis)
+first_line "$W/up.json" >/dev/null
+FLOOR=$(first_line "$W/floor.txt")
+ops() { # ops TARGET DEPTH CONNS [--ttl-ms N]
+  local target=$1 depth=$2 conns=$3; shift 3
+  taskset -c "$CLIENT_CPU" "$L" run --target "$target" --op set --depth "$depth" --conns "$conns" \
+    --keys 100000 --warmup 0.5 --duration 2 "$@" | grep -o '[0-9.]*[kM] ops/s' |
+    awk '{v=$1; m=1; if (v ~ /k$/) m=1e3; if (v ~ /M$/) m=1e6; sub(/[kM]$/, "", v); printf "%.0f\n", v*m}'
+}
+median() { sort -n | awk '{a[NR]=$1} END { print a[int((NR + 1) / 2)] }'; }
+printf '%-16s %12s %12s %7s %12s %12s %7s %12s\n' cell "upcache SET" "+TTL" ratio "redis SET" "+PX" ratio floor
+for cell in "1 1" "16 4" "64 4"; do
+  read -r depth conns <<<"$cell"
+  : >"$W/r"
+  for _ in $(seq "$ROUNDS"); do
+    echo "us $(ops "upcache=$W/up.json" "$depth" "$conns")" >>"$W/r"
+    echo "ut $(ops "upcache=$W/up.json" "$depth" "$conns" --ttl-ms $TTL)" >>"$W/r"
+    echo "rs $(ops "redis=127.0.0.1:$RPORT" "$depth" "$conns")" >>"$W/r"
+    echo "rt $(ops "redis=127.0.0.1:$RPORT" "$depth" "$conns" --ttl-ms $TTL)" >>"$W/r"
+    echo "fl $(ops "floor=$FLOOR" "$depth" "$conns")" >>"$W/r"
+  done
+  m() { awk -v k="$1" '$1 == k { print $2 }' "$W/r" | median; }
+  us=$(m us) ut=$(m ut) rs=$(m rs) rt=$(m rt) fl=$(m fl)
+  printf '%-16s %12s %12s %7.2f %12s %12s %7.2f %12s\n' "depth $depth x $conns" "$us" "$ut" \
+    "$(awk -v a="$ut" -v b="$us" 'BEGIN { print a / b }')" "$rs" "$rt" \
+    "$(awk -v a="$rt" -v b="$rs" 'BEGIN { print a / b }')" "$fl"
+done
+echo "# medians of $ROUNDS rounds; ratio = with TTL / without; the floor bounds what the client and kernel allow"
+
+echo
+echo "# memory: $MEM_KEYS keys of 16 B with values of 64 B, bytes per key, on servers started empty for it"
+for ttl in none $TTL; do
+  args=(); [[ $ttl == none ]] || args=(--ttl-ms "$ttl")
+  "${PIN[@]}" "$L" foreground --file "$W/m-$ttl.json" >/dev/null 2>&1 & up_pid=$!; PIDS+=($up_pid)
+  read -r mport mpid < <(start_redis "mem-$ttl")
+  first_line "$W/m-$ttl.json" >/dev/null
+  echo "## TTL: $ttl"
+  taskset -c "$CLIENT_CPU" "$L" memory --keys "$MEM_KEYS" "${args[@]}" \
+    --target "upcache=$W/m-$ttl.json" --pid "upcache=$up_pid" \
+    --target "redis=127.0.0.1:$mport" --pid "redis=$mpid"
+  kill "$up_pid" "$mpid"
+done
