@@ -1,6 +1,6 @@
 //! Pipelines: many requests sent in one go, replies returned in order.
 
-use super::conn::Answer;
+use super::conn::{Answer, Peer};
 use super::UpCache;
 use crate::error::{Error, Result};
 use crate::protocol::Request;
@@ -46,22 +46,21 @@ pub enum PipelineReply {
 #[must_use = "a pipeline sends nothing until `execute()` is called"]
 pub struct Pipeline<'c> {
     cache: &'c UpCache,
-    frames: Vec<u8>,
-    starts: Vec<usize>,
-    error: Option<Error>,
+    batch: Batch,
 }
 
-impl<'c> Pipeline<'c> {
-    pub(crate) fn new(cache: &'c UpCache) -> Self {
-        Pipeline {
-            cache,
-            frames: Vec::new(),
-            starts: Vec::new(),
-            error: None,
-        }
-    }
+/// The queued operations of a pipeline (this one and the async one): frames encoded with id
+/// 0, each id written at execute time, and the first size error.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub(crate) frames: Vec<u8>,
+    pub(crate) starts: Vec<usize>,
+    pub(crate) error: Option<Error>,
+}
 
-    fn push(&mut self, req: Request<'_>) -> &mut Self {
+impl Batch {
+    /// Encodes `req`, or records why it cannot be sent (then nothing more is queued).
+    pub(crate) fn push(&mut self, peer: &Peer, req: Request<'_>) {
         if self.error.is_none() {
             let (key, value): (&[u8], &[u8]) = match req {
                 Request::Set { key, value } => (key, value),
@@ -71,7 +70,7 @@ impl<'c> Pipeline<'c> {
                 | Request::Incr { key, .. } => (key, &[]),
                 _ => (&[], &[]),
             };
-            match self.cache.inner.peer.check(key, value) {
+            match peer.check(key, value) {
                 Ok(()) => {
                     self.starts.push(self.frames.len());
                     // The id is written at execute time.
@@ -80,6 +79,46 @@ impl<'c> Pipeline<'c> {
                 Err(e) => self.error = Some(e),
             }
         }
+    }
+
+    /// Takes the queued frames and their starts, leaving the batch empty; the size error if
+    /// one operation was over a limit.
+    pub(crate) fn take(&mut self) -> Result<(Vec<u8>, Vec<usize>)> {
+        let frames = std::mem::take(&mut self.frames);
+        let starts = std::mem::take(&mut self.starts);
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok((frames, starts)),
+        }
+    }
+}
+
+impl PipelineReply {
+    /// The reply to one operation, from the server's answer.
+    pub(crate) fn from_answer(peer: &Peer, a: Answer) -> Self {
+        match a {
+            Answer::Done => PipelineReply::Done,
+            Answer::Nil => PipelineReply::Value(None),
+            Answer::Value(v) => PipelineReply::Value(Some(v)),
+            Answer::Bool(b) => PipelineReply::Bool(b),
+            Answer::Int(i) => PipelineReply::Int(i),
+            Answer::Uint(u) => PipelineReply::Count(u),
+            Answer::Failed(code, arg, msg) => PipelineReply::Failed(peer.failed(code, arg, msg)),
+            other => PipelineReply::Failed(super::unexpected(peer, other)),
+        }
+    }
+}
+
+impl<'c> Pipeline<'c> {
+    pub(crate) fn new(cache: &'c UpCache) -> Self {
+        Pipeline {
+            cache,
+            batch: Batch::default(),
+        }
+    }
+
+    fn push(&mut self, req: Request<'_>) -> &mut Self {
+        self.batch.push(&self.cache.inner.peer, req);
         self
     }
 
@@ -128,12 +167,12 @@ impl<'c> Pipeline<'c> {
 
     /// Number of queued operations.
     pub fn len(&self) -> usize {
-        self.starts.len()
+        self.batch.starts.len()
     }
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.starts.is_empty()
+        self.batch.starts.is_empty()
     }
 
     /// Sends every queued operation and returns their replies, in order. The pipeline is empty
@@ -149,32 +188,16 @@ impl<'c> Pipeline<'c> {
     /// An operation that fails on its own (`NotAnInteger`, `Overflow`) is not an error of the
     /// pipeline: its reply is [`PipelineReply::Failed`] and the others still run.
     pub fn execute(&mut self) -> Result<Vec<PipelineReply>> {
-        let frames = std::mem::take(&mut self.frames);
-        let starts = std::mem::take(&mut self.starts);
-        if let Some(e) = self.error.take() {
-            return Err(e);
-        }
+        let (mut frames, starts) = self.batch.take()?;
         if starts.is_empty() {
             return Ok(Vec::new());
         }
-        let mut frames = frames;
         let session = self.cache.session()?;
         let answers = session.conn.pipeline(&mut frames, &starts)?;
         let peer = session.conn.peer();
         Ok(answers
             .into_iter()
-            .map(|a| match a {
-                Answer::Done => PipelineReply::Done,
-                Answer::Nil => PipelineReply::Value(None),
-                Answer::Value(v) => PipelineReply::Value(Some(v)),
-                Answer::Bool(b) => PipelineReply::Bool(b),
-                Answer::Int(i) => PipelineReply::Int(i),
-                Answer::Uint(u) => PipelineReply::Count(u),
-                Answer::Failed(code, arg, msg) => {
-                    PipelineReply::Failed(peer.failed(code, arg, msg))
-                }
-                other => PipelineReply::Failed(super::unexpected(peer, other)),
-            })
+            .map(|a| PipelineReply::from_answer(peer, a))
             .collect())
     }
 }

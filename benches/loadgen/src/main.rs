@@ -11,11 +11,13 @@
 //! connection file), `run` (one measurement), `matrix` (the comparison table), `memory` (bytes
 //! per key), `first-open` (election and start time), `client` (the upcache library's own calls),
 //! `send-probe` (what the kernel charges for sending replies from scattered memory), `fanout`
-//! (another client's GET latency while waits are woken and events fan out; see `fanout.rs`).
+//! (another client's GET latency while waits are woken and events fan out; see `fanout.rs`),
+//! `tasks` (async clients under tokio, one connection shared by many tasks; see `tasks.rs`).
 
 mod fanout;
 mod floor;
 mod proto;
+mod tasks;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -146,6 +148,22 @@ enum Cmd {
         key_size: usize,
         #[arg(long, default_value_t = 64)]
         value_size: usize,
+    },
+    /// Async clients under tokio: upcache's `aio::UpCache` and redis-rs's multiplexed
+    /// connection, one connection shared by N tasks doing GETs (see `tasks.rs`).
+    Tasks {
+        /// `upcache=FILE`, `redis=tcp:HOST:PORT`, `redis=unix:PATH`, `floor=tcp:HOST:PORT`
+        /// (driven by upcache's async client); repeat the flag.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Task counts, one row each.
+        #[arg(long, value_delimiter = ',', default_value = "1,64,1024")]
+        tasks: Vec<usize>,
+        /// Worker threads of the runtime (default: the CPUs this process may use).
+        #[arg(long)]
+        workers: Option<usize>,
+        #[command(flatten)]
+        load: Load,
     },
     /// The upcache library's own calls: get round trip and pipelined throughput.
     Client {
@@ -995,6 +1013,12 @@ fn main() {
                 memory(&targets, &pids, &load, overwrites)?;
             }
             Cmd::FirstOpen { runs, transport } => first_open(runs, transport)?,
+            Cmd::Tasks {
+                targets,
+                tasks,
+                workers,
+                load,
+            } => tasks::run(&Target::parse_all(&targets)?, &tasks, &load, workers)?,
             Cmd::Client { transport, ops } => client(transport, ops)?,
             Cmd::SendProbe { keys, batches } => send_probe(keys, batches)?,
             Cmd::Fanout {
