@@ -524,6 +524,9 @@ async fn write_loop(shared: Arc<Shared>, sock: Arc<Socket>) {
     let mut out = Vec::new();
     loop {
         shared.wake_writer.notified().await;
+        // Let every task that is ready to run queue its request first: a woken task tends to
+        // run next, so without this each request would go out in a write of its own.
+        tokio::task::yield_now().await;
         loop {
             let was_full = {
                 let mut st = shared.lock();
