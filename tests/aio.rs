@@ -37,6 +37,8 @@ each_transport_async!(
     cancelled_subscribes_are_unsubscribed,
     waits_and_cancelled_waits,
     server_gone_fails_calls_and_ends_streams,
+    stuck_server_times_out_instead_of_hanging,
+    large_values_wait_for_room_in_the_write_queue,
 );
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -551,6 +553,51 @@ async fn server_gone_fails_calls_and_ends_streams(t: TransportKind) {
         c.wait_for(b"k", None, None).await,
         Err(Error::ServerGone { .. })
     ));
+}
+
+async fn stuck_server_times_out_instead_of_hanging(t: TransportKind) {
+    let sb = Sandbox::new(t);
+    let timeout = Duration::from_millis(300);
+    let c = sb
+        .builder(&sb.name("stuck"))
+        .request_timeout(Some(timeout))
+        .open_async()
+        .await
+        .unwrap();
+    c.set(b"k", b"v").await.unwrap();
+    let pid = util::server_pid(c.connection_file());
+    util::kill(pid, libc::SIGSTOP);
+    let t0 = std::time::Instant::now();
+    let e = c.get(b"k").await.unwrap_err();
+    let took = t0.elapsed();
+    util::kill(pid, libc::SIGCONT);
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    assert!(took >= timeout, "never before the timeout: {took:?}");
+    assert!(
+        matches!(c.count().await, Err(Error::Timeout { .. })),
+        "the handle stays closed"
+    );
+    // The server itself is fine: a new handle works.
+    let d = sb.builder(c.name()).open_async().await.unwrap();
+    assert_eq!(d.get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+async fn large_values_wait_for_room_in_the_write_queue(t: TransportKind) {
+    let sb = Sandbox::new(t);
+    let c = open(&sb, "large").await;
+    // Each value is over the write queue's 4 MiB mark: all but the first wait for the writer.
+    let big = |i: usize| vec![b'a' + i as u8; (6 << 20) + i];
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let c = c.clone();
+        tasks.spawn(async move { c.set(format!("big {i}"), big(i)).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap().unwrap();
+    }
+    for i in 0..4 {
+        assert_eq!(c.get(format!("big {i}")).await.unwrap(), Some(big(i)));
+    }
 }
 
 /// Opening runs the election on the blocking pool: it works on a current-thread runtime too.

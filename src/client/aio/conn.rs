@@ -132,10 +132,10 @@ struct State {
     /// Encoded requests not yet taken by the writer.
     tx: Vec<u8>,
     next_id: RequestId,
-    pending: HashMap<RequestId, Pending>,
+    pending: HashMap<RequestId, Pending, ahash::RandomState>,
     /// Waits the server registered (it answered `DONE`), by request id, until their wake-up.
-    waits: HashMap<RequestId, (oneshot::Sender<Result<bool>>, bool)>,
-    subs: HashMap<SubId, Arc<SubQueue>>,
+    waits: HashMap<RequestId, (oneshot::Sender<Result<bool>>, bool), ahash::RandomState>,
+    subs: HashMap<SubId, Arc<SubQueue>, ahash::RandomState>,
     broken: Option<Broken>,
 }
 
