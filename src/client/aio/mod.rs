@@ -103,6 +103,10 @@ impl Builder {
     /// # Ok(()) }
     /// ```
     ///
+    /// Cancelling it (dropping the future) while the election runs lets the election finish
+    /// on the blocking pool (a server it started keeps running, as after any open); the
+    /// connection it made is then closed.
+    ///
     /// # Errors
     ///
     /// As [`Builder::open`].
