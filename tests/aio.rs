@@ -39,6 +39,7 @@ each_transport_async!(
     server_gone_fails_calls_and_ends_streams,
     stuck_server_times_out_instead_of_hanging,
     large_values_wait_for_room_in_the_write_queue,
+    writes_larger_than_the_socket_buffer_stay_in_order,
 );
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -598,6 +599,35 @@ async fn large_values_wait_for_room_in_the_write_queue(t: TransportKind) {
     for i in 0..4 {
         assert_eq!(c.get(format!("big {i}")).await.unwrap(), Some(big(i)));
     }
+}
+
+async fn writes_larger_than_the_socket_buffer_stay_in_order(t: TransportKind) {
+    let sb = Sandbox::new(t);
+    let c = open(&sb, "medium").await;
+    // 64 tasks queue 200 KB sets at once: a caller that writes the queue itself (16 of them,
+    // over 3 MB) fills the socket's buffer and leaves the rest to the writer task, in order.
+    let medium = |i: usize| {
+        let mut v = format!("value {i} ").repeat(20_000).into_bytes();
+        v.truncate(200_000 + i);
+        v
+    };
+    for round in 0..3 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..64 {
+            let c = c.clone();
+            tasks.spawn(async move { c.set(format!("m {round} {i}"), medium(i)).await });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap().unwrap();
+        }
+    }
+    for round in 0..3 {
+        for i in 0..64 {
+            let v = c.get(format!("m {round} {i}")).await.unwrap();
+            assert!(v == Some(medium(i)), "value {round} {i}");
+        }
+    }
+    assert_eq!(c.stats().await.unwrap().protocol_errors, 0);
 }
 
 /// Opening runs the election on the blocking pool: it works on a current-thread runtime too.
