@@ -61,8 +61,8 @@ for cell in "1 1" "16 4" "64 4"; do
   for _ in $(seq "$ROUNDS"); do
     echo "us $(ops "upcache=$W/up.json" "$depth" "$conns")" >>"$W/r"
     echo "ut $(ops "upcache=$W/up.json" "$depth" "$conns" --ttl-ms $TTL)" >>"$W/r"
-    echo "rs $(ops "redis=127.0.0.1:$RPORT" "$depth" "$conns")" >>"$W/r"
-    echo "rt $(ops "redis=127.0.0.1:$RPORT" "$depth" "$conns" --ttl-ms $TTL)" >>"$W/r"
+    echo "rs $(ops "redis=tcp:127.0.0.1:$RPORT" "$depth" "$conns")" >>"$W/r"
+    echo "rt $(ops "redis=tcp:127.0.0.1:$RPORT" "$depth" "$conns" --ttl-ms $TTL)" >>"$W/r"
     echo "fl $(ops "floor=$FLOOR" "$depth" "$conns")" >>"$W/r"
   done
   m() { awk -v k="$1" '$1 == k { print $2 }' "$W/r" | median; }
@@ -83,6 +83,6 @@ for ttl in none $TTL; do
   echo "## TTL: $ttl"
   taskset -c "$CLIENT_CPU" "$L" memory --keys "$MEM_KEYS" "${args[@]}" \
     --target "upcache=$W/m-$ttl.json" --pid "upcache=$up_pid" \
-    --target "redis=127.0.0.1:$mport" --pid "redis=$mpid"
+    --target "redis=tcp:127.0.0.1:$mport" --pid "redis=$mpid"
   kill "$up_pid" "$mpid"
 done

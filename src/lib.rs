@@ -34,6 +34,7 @@
 //! | server | `server` | the mio event loop, connections, subscriptions and waits, lifecycle |
 //! | election | `election`, `launch` | the connection file and its lock, the detached server process |
 //! | client | `client`: [`UpCache`], [`Pipeline`], [`Subscription`], [`Keys`] | the blocking, thread-safe client |
+//! | async client | `aio` (cargo feature `tokio`): `aio::UpCache`, opened with `Builder::open_async` | the same operations as `async fn`s for tokio; many tasks share one connection, every future cancellation safe |
 //! | stats | `stats`: [`ServerStats`] | the server's counters, as both sides read them |
 //! | transports | [`transports`] (crate `upcache-transports`) | TCP and Unix sockets behind one trait |
 //!
@@ -90,6 +91,8 @@ mod stats;
 #[doc(hidden)]
 pub mod store;
 
+#[cfg(feature = "tokio")]
+pub use client::aio;
 pub use client::{
     Builder, Event, EventKind, Items, Keys, Pipeline, PipelineReply, Subscription, Ttl, UpCache,
     SUBSCRIPTION_QUEUE,

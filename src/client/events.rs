@@ -94,6 +94,21 @@ pub enum EventKind {
     Lagged(u64),
 }
 
+impl EventKind {
+    /// The event a push of `kind` (with its `arg`) is for a subscription; `None` for the pushes
+    /// that are not events (`Woken`, `Closed`). The one mapping both clients use.
+    pub(crate) fn of_push(kind: PushKind, arg: u64) -> Option<EventKind> {
+        Some(match kind {
+            PushKind::Set => EventKind::Set,
+            PushKind::Removed => EventKind::Removed,
+            PushKind::Expired => EventKind::Expired,
+            PushKind::Cleared => EventKind::Cleared,
+            PushKind::Lagged => EventKind::Lagged(arg),
+            PushKind::Woken | PushKind::Closed => return None,
+        })
+    }
+}
+
 /// One event of a subscription.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -453,14 +468,10 @@ fn route(shared: &Shared, item: Incoming<'_>) {
                     }
                 }
                 kind => {
-                    if let Some(q) = r.subs.get(&p.id) {
-                        q.push(event(match kind {
-                            PushKind::Set => EventKind::Set,
-                            PushKind::Removed => EventKind::Removed,
-                            PushKind::Expired => EventKind::Expired,
-                            PushKind::Cleared => EventKind::Cleared,
-                            _ => EventKind::Lagged(p.arg),
-                        }));
+                    if let (Some(q), Some(kind)) =
+                        (r.subs.get(&p.id), EventKind::of_push(kind, p.arg))
+                    {
+                        q.push(event(kind));
                     }
                 }
             }

@@ -1,5 +1,7 @@
 //! The client: [`UpCache`], its [`Builder`], [`Pipeline`]s and [`Subscription`]s.
 
+#[cfg(feature = "tokio")]
+pub mod aio;
 mod conn;
 mod events;
 mod pipeline;
@@ -208,16 +210,8 @@ impl Builder {
     ///   not be started or exited without serving (see [`Builder::server_exe`]).
     /// - [`Error::Io`] when the connection file cannot be created or read.
     pub fn open(self) -> Result<UpCache> {
-        validate_name(&self.name)?;
-        Limits::new(self.max_value_len).map_err(|e| Error::InvalidOption {
-            option: "max_value_len",
-            detail: e.to_string(),
-        })?;
-        watch_forks();
-        let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
-        let path = election::file_path(&dir, &self.name);
-        let deadline = Instant::now() + self.open_timeout;
-        let (peer, conn) = self.elect_and_connect(&dir, &path, deadline)?;
+        let (dir, path, deadline) = self.prepare()?;
+        let (peer, conn) = self.elect_and_connect(&dir, &path, deadline, Conn::open)?;
         let session = Session {
             fork_gen: fork_generation(),
             conn,
@@ -232,12 +226,29 @@ impl Builder {
         })
     }
 
-    fn elect_and_connect(
+    /// Checks the options; returns the connection file's directory and path, and the deadline
+    /// of the open.
+    fn prepare(&self) -> Result<(PathBuf, PathBuf, Instant)> {
+        validate_name(&self.name)?;
+        Limits::new(self.max_value_len).map_err(|e| Error::InvalidOption {
+            option: "max_value_len",
+            detail: e.to_string(),
+        })?;
+        watch_forks();
+        let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
+        let path = election::file_path(&dir, &self.name);
+        Ok((dir, path, Instant::now() + self.open_timeout))
+    }
+
+    /// Elects or finds the server and connects to it with `connect` (blocking: the async
+    /// client runs this on tokio's blocking pool).
+    fn elect_and_connect<C>(
         &self,
         dir: &Path,
         path: &Path,
         deadline: Instant,
-    ) -> Result<(Peer, Conn)> {
+        connect: impl Fn(&Peer) -> std::result::Result<C, ConnectError>,
+    ) -> Result<(Peer, C)> {
         let mut backoff = Backoff::default();
         let mut last = String::from("no attempt finished");
         loop {
@@ -323,7 +334,7 @@ impl Builder {
                 },
                 request_timeout: self.request_timeout,
             };
-            match Conn::open(&peer) {
+            match connect(&peer) {
                 Ok(conn) => return Ok((peer, conn)),
                 Err(ConnectError::Fatal(e)) => return Err(e),
                 Err(ConnectError::Retry(why)) => {

@@ -1,6 +1,6 @@
 //! Pipelines: many requests sent in one go, replies returned in order.
 
-use super::conn::Answer;
+use super::conn::{Answer, Peer};
 use super::UpCache;
 use crate::error::{Error, Result};
 use crate::protocol::Request;
@@ -48,31 +48,29 @@ pub enum PipelineReply {
 #[must_use = "a pipeline sends nothing until `execute()` is called"]
 pub struct Pipeline<'c> {
     cache: &'c UpCache,
-    frames: Vec<u8>,
-    starts: Vec<usize>,
-    /// Which queued operations are `ttl` queries (their replies read as a [`super::Ttl`]).
-    ttl_queries: Vec<bool>,
-    error: Option<Error>,
+    batch: Batch,
 }
 
-impl<'c> Pipeline<'c> {
-    pub(crate) fn new(cache: &'c UpCache) -> Self {
-        Pipeline {
-            cache,
-            frames: Vec::new(),
-            starts: Vec::new(),
-            ttl_queries: Vec::new(),
-            error: None,
-        }
-    }
+/// The queued operations of a pipeline (this one and the async one): frames encoded with id
+/// 0, each id written at execute time, and the first size error.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub(crate) frames: Vec<u8>,
+    pub(crate) starts: Vec<usize>,
+    /// Which operations are `ttl` queries (their replies read as a [`super::Ttl`]).
+    pub(crate) ttl_queries: Vec<bool>,
+    pub(crate) error: Option<Error>,
+}
 
-    fn push(&mut self, req: Request<'_>) -> &mut Self {
+impl Batch {
+    /// Encodes `req`, or records why it cannot be sent (then nothing more is queued).
+    pub(crate) fn push(&mut self, peer: &Peer, req: Request<'_>) {
         if self.error.is_none() {
             let (key, value): (&[u8], &[u8]) = match req {
                 Request::Set { key, value } | Request::SetTtl { key, value, .. } => (key, value),
                 _ => (req.key().unwrap_or(&[]), &[]),
             };
-            match self.cache.inner.peer.check(key, value) {
+            match peer.check(key, value) {
                 Ok(()) => {
                     self.starts.push(self.frames.len());
                     self.ttl_queries.push(matches!(req, Request::Ttl { .. }));
@@ -82,6 +80,67 @@ impl<'c> Pipeline<'c> {
                 Err(e) => self.error = Some(e),
             }
         }
+    }
+
+    /// Takes the queued frames and their starts, leaving the batch empty; the size error if
+    /// one operation was over a limit.
+    /// Queues an operation with a TTL made by `make`, or records why the TTL is refused.
+    pub(crate) fn push_ttl<'a>(
+        &mut self,
+        peer: &Peer,
+        ttl: std::time::Duration,
+        make: impl FnOnce(u64) -> Request<'a>,
+    ) {
+        match super::ttl_ms(ttl) {
+            Ok(ms) => self.push(peer, make(ms)),
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// The queued frames, their starts and which are `ttl` queries; empties the batch.
+    pub(crate) fn take(&mut self) -> Result<(Vec<u8>, Vec<usize>, Vec<bool>)> {
+        let frames = std::mem::take(&mut self.frames);
+        let starts = std::mem::take(&mut self.starts);
+        let ttl_queries = std::mem::take(&mut self.ttl_queries);
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok((frames, starts, ttl_queries)),
+        }
+    }
+}
+
+impl PipelineReply {
+    /// The reply to one operation, from the server's answer.
+    pub(crate) fn from_answer(peer: &Peer, a: Answer, ttl_query: bool) -> Self {
+        match a {
+            a if ttl_query => match super::Ttl::from_answer(a) {
+                Ok(t) => PipelineReply::Ttl(t),
+                Err(a) => PipelineReply::from_answer(peer, a, false),
+            },
+            Answer::Done => PipelineReply::Done,
+            Answer::Nil => PipelineReply::Value(None),
+            Answer::Value(v) => PipelineReply::Value(Some(v)),
+            Answer::Bool(b) => PipelineReply::Bool(b),
+            Answer::Int(i) => PipelineReply::Int(i),
+            Answer::Uint(u) => PipelineReply::Count(u),
+            Answer::Failed(code, arg, msg) => PipelineReply::Failed(peer.failed(code, arg, msg)),
+            other => PipelineReply::Failed(super::unexpected(peer, other)),
+        }
+    }
+}
+
+impl<'c> Pipeline<'c> {
+    pub(crate) fn new(cache: &'c UpCache) -> Self {
+        Pipeline {
+            cache,
+            batch: Batch::default(),
+        }
+    }
+
+    fn push(&mut self, req: Request<'_>) -> &mut Self {
+        self.batch.push(&self.cache.inner.peer, req);
         self
     }
 
@@ -126,24 +185,24 @@ impl<'c> Pipeline<'c> {
         value: impl AsRef<[u8]>,
         ttl: std::time::Duration,
     ) -> &mut Self {
-        match super::ttl_ms(ttl) {
-            Ok(ttl_ms) => self.push(Request::SetTtl {
-                key: key.as_ref(),
-                value: value.as_ref(),
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.batch
+            .push_ttl(&self.cache.inner.peer, ttl, |ttl_ms| Request::SetTtl {
+                key,
+                value,
                 ttl_ms,
-            }),
-            Err(e) => self.fail(e),
-        }
+            });
+        self
     }
     /// Queues `expire(key, ttl)`.
     pub fn expire(&mut self, key: impl AsRef<[u8]>, ttl: std::time::Duration) -> &mut Self {
-        match super::ttl_ms(ttl) {
-            Ok(ttl_ms) => self.push(Request::Expire {
-                key: key.as_ref(),
+        let key = key.as_ref();
+        self.batch
+            .push_ttl(&self.cache.inner.peer, ttl, |ttl_ms| Request::Expire {
+                key,
                 ttl_ms,
-            }),
-            Err(e) => self.fail(e),
-        }
+            });
+        self
     }
     /// Queues `persist(key)`.
     pub fn persist(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
@@ -152,12 +211,6 @@ impl<'c> Pipeline<'c> {
     /// Queues `ttl(key)`.
     pub fn ttl(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
         self.push(Request::Ttl { key: key.as_ref() })
-    }
-
-    /// Makes the pipeline fail at [`Pipeline::execute`] (an operation could not be queued).
-    fn fail(&mut self, e: Error) -> &mut Self {
-        self.error.get_or_insert(e);
-        self
     }
 
     /// Queues `count()`.
@@ -171,12 +224,12 @@ impl<'c> Pipeline<'c> {
 
     /// Number of queued operations.
     pub fn len(&self) -> usize {
-        self.starts.len()
+        self.batch.starts.len()
     }
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.starts.is_empty()
+        self.batch.starts.is_empty()
     }
 
     /// Sends every queued operation and returns their replies, in order. The pipeline is empty
@@ -192,41 +245,17 @@ impl<'c> Pipeline<'c> {
     /// An operation that fails on its own (`NotAnInteger`, `Overflow`) is not an error of the
     /// pipeline: its reply is [`PipelineReply::Failed`] and the others still run.
     pub fn execute(&mut self) -> Result<Vec<PipelineReply>> {
-        let frames = std::mem::take(&mut self.frames);
-        let starts = std::mem::take(&mut self.starts);
-        let ttl_queries = std::mem::take(&mut self.ttl_queries);
-        if let Some(e) = self.error.take() {
-            return Err(e);
-        }
+        let (mut frames, starts, ttl_queries) = self.batch.take()?;
         if starts.is_empty() {
             return Ok(Vec::new());
         }
-        let mut frames = frames;
         let session = self.cache.session()?;
         let answers = session.conn.pipeline(&mut frames, &starts)?;
         let peer = session.conn.peer();
         Ok(answers
             .into_iter()
             .zip(ttl_queries)
-            .map(|(a, ttl_query)| match a {
-                a if ttl_query => match super::Ttl::from_answer(a) {
-                    Ok(t) => PipelineReply::Ttl(t),
-                    Err(Answer::Failed(code, arg, msg)) => {
-                        PipelineReply::Failed(peer.failed(code, arg, msg))
-                    }
-                    Err(other) => PipelineReply::Failed(super::unexpected(peer, other)),
-                },
-                Answer::Done => PipelineReply::Done,
-                Answer::Nil => PipelineReply::Value(None),
-                Answer::Value(v) => PipelineReply::Value(Some(v)),
-                Answer::Bool(b) => PipelineReply::Bool(b),
-                Answer::Int(i) => PipelineReply::Int(i),
-                Answer::Uint(u) => PipelineReply::Count(u),
-                Answer::Failed(code, arg, msg) => {
-                    PipelineReply::Failed(peer.failed(code, arg, msg))
-                }
-                other => PipelineReply::Failed(super::unexpected(peer, other)),
-            })
+            .map(|(a, ttl_query)| PipelineReply::from_answer(peer, a, ttl_query))
             .collect())
     }
 }

@@ -12,12 +12,14 @@
 //! per key), `first-open` (election and start time), `client` (the upcache library's own calls),
 //! `send-probe` (what the kernel charges for sending replies from scattered memory), `fanout`
 //! (another client's GET latency while waits are woken and events fan out; see `fanout.rs`),
-//! `expiry-lag` (how late expiry events arrive, upcache against Redis; see `expiry.rs`).
+//! `expiry-lag` (how late expiry events arrive, upcache against Redis; see `expiry.rs`),
+//! `tasks` (async clients under tokio, one connection shared by many tasks; see `tasks.rs`).
 
 mod expiry;
 mod fanout;
 mod floor;
 mod proto;
+mod tasks;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -179,6 +181,22 @@ enum Cmd {
         key_size: usize,
         #[arg(long, default_value_t = 64)]
         value_size: usize,
+    },
+    /// Async clients under tokio: upcache's `aio::UpCache` and redis-rs's multiplexed
+    /// connection, one connection shared by N tasks doing GETs (see `tasks.rs`).
+    Tasks {
+        /// `upcache=FILE`, `redis=tcp:HOST:PORT`, `redis=unix:PATH`, `floor=tcp:HOST:PORT`
+        /// (driven by upcache's async client); repeat the flag.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Task counts, one row each.
+        #[arg(long, value_delimiter = ',', default_value = "1,64,1024")]
+        tasks: Vec<usize>,
+        /// Worker threads of the runtime (default: the CPUs this process may use).
+        #[arg(long)]
+        workers: Option<usize>,
+        #[command(flatten)]
+        load: Load,
     },
     /// The upcache library's own calls: get round trip and pipelined throughput.
     Client {
@@ -1065,6 +1083,12 @@ fn main() {
                     value_size,
                 },
             )?,
+            Cmd::Tasks {
+                targets,
+                tasks,
+                workers,
+                load,
+            } => tasks::run(&Target::parse_all(&targets)?, &tasks, &load, workers)?,
             Cmd::Client { transport, ops } => client(transport, ops)?,
             Cmd::SendProbe { keys, batches } => send_probe(keys, batches)?,
             Cmd::Fanout {

@@ -1,0 +1,340 @@
+//! Streams of the async client: [`Subscription`] (events) and [`Keys`] / [`Items`] (the
+//! cache, chunk by chunk).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use futures_core::Stream;
+use tokio::sync::oneshot;
+
+use super::conn::{Conn, Pending, Shared};
+use super::UpCache;
+use crate::client::conn::Answer;
+use crate::client::{unexpected, Event, EventKind, SUBSCRIPTION_QUEUE};
+use crate::error::{Error, Result};
+use crate::protocol::{Chunk, Request, SubId};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct QueueState {
+    events: VecDeque<Event>,
+    lagged: u64,
+    /// The server closed the subscription (shutdown) or the connection failed.
+    ended: bool,
+    waker: Option<Waker>,
+}
+
+/// The events of one subscription, filled by the reader task. Same rule as the blocking
+/// client's: at most [`SUBSCRIPTION_QUEUE`] events, then a count reported as one `Lagged`.
+pub(crate) struct SubQueue {
+    state: Mutex<QueueState>,
+}
+
+fn lagged(n: u64) -> Event {
+    Event {
+        key: Vec::new(),
+        kind: EventKind::Lagged(n),
+        value: None,
+    }
+}
+
+impl SubQueue {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(SubQueue {
+            state: Mutex::new(QueueState {
+                events: VecDeque::new(),
+                lagged: 0,
+                ended: false,
+                waker: None,
+            }),
+        })
+    }
+
+    pub(crate) fn push(&self, e: Event) {
+        let waker = {
+            let mut s = lock(&self.state);
+            if let EventKind::Lagged(n) = e.kind {
+                s.lagged += n;
+            } else if s.events.len() >= SUBSCRIPTION_QUEUE {
+                s.lagged += 1;
+                return;
+            } else {
+                if s.lagged > 0 {
+                    let n = std::mem::take(&mut s.lagged);
+                    s.events.push_back(lagged(n));
+                }
+                s.events.push_back(e);
+            }
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn end(&self) {
+        let waker = {
+            let mut s = lock(&self.state);
+            s.ended = true;
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The next event; `Ready(None)` once ended and empty; `Pending` (with `waker` kept, if
+    /// given) otherwise.
+    fn poll_next(&self, waker: Option<&Waker>) -> Poll<Option<Event>> {
+        let mut s = lock(&self.state);
+        if let Some(e) = s.events.pop_front() {
+            return Poll::Ready(Some(e));
+        }
+        if s.lagged > 0 {
+            let n = std::mem::take(&mut s.lagged);
+            return Poll::Ready(Some(lagged(n)));
+        }
+        if s.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(w) = waker {
+            match &s.waker {
+                Some(old) if old.will_wake(w) => {}
+                _ => s.waker = Some(w.clone()),
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// Unsubscribes when dropped. The reader task makes it from the subscribe reply, so a
+/// subscription whose caller was cancelled before it got the reply is dropped, and so
+/// unsubscribed, wherever that happens.
+pub(crate) struct SubGuard {
+    pub(crate) sub: SubId,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Drop for SubGuard {
+    fn drop(&mut self) {
+        self.shared.unsubscribe(self.sub);
+    }
+}
+
+/// A subscription to key events: a [`Stream`] of [`Event`]s (or call
+/// [`Subscription::recv`]). Dropping it unsubscribes.
+///
+/// Same contract as the blocking [`crate::Subscription`]: events in the order the server
+/// applied the changes; a subscriber that falls behind never slows writers, and gets one
+/// [`EventKind::Lagged`] event with the count of those dropped past [`SUBSCRIPTION_QUEUE`];
+/// when the server goes away, queued events are still delivered, then the stream ends (and
+/// `recv` fails with [`Error::ServerGone`]).
+///
+/// The stream is cancellation safe: a `next()` dropped before it completes loses no event.
+#[must_use = "dropping a Subscription unsubscribes at once; keep it and read its events"]
+pub struct Subscription {
+    pub(crate) queue: Arc<SubQueue>,
+    pub(crate) guard: SubGuard,
+    /// Keeps the event connection open while the subscription lives.
+    pub(crate) _conn: Arc<Conn>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.guard.sub)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// The next event, waiting as long as it takes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ServerGone`] once the server went away or shut down and every event queued
+    /// before was taken.
+    pub async fn recv(&mut self) -> Result<Event> {
+        let queue = &self.queue;
+        match std::future::poll_fn(|cx| queue.poll_next(Some(cx.waker()))).await {
+            Some(e) => Ok(e),
+            None => Err(self.guard.shared.peer.gone()),
+        }
+    }
+
+    /// The next event if one is queued.
+    ///
+    /// # Errors
+    ///
+    /// As [`Subscription::recv`].
+    pub fn try_recv(&mut self) -> Result<Option<Event>> {
+        match self.queue.poll_next(None) {
+            Poll::Ready(Some(e)) => Ok(Some(e)),
+            Poll::Ready(None) => Err(self.guard.shared.peer.gone()),
+            Poll::Pending => Ok(None),
+        }
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Event;
+
+    /// The next event; `None` once the server is gone and every queued event was taken.
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.queue.poll_next(Some(cx.waker()))
+    }
+}
+
+/// A key and its value (empty for keys).
+type Entry = (Vec<u8>, Vec<u8>);
+
+/// One enumeration: the server's cursor and bound, the entries of the chunk last read, and
+/// the request for the next chunk while it is in flight.
+struct Scan {
+    cache: UpCache,
+    with_values: bool,
+    cursor: u64,
+    until: u64,
+    chunk: std::vec::IntoIter<Entry>,
+    in_flight: Option<oneshot::Receiver<Answer>>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Scan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scan")
+            .field("cache", &self.cache.name())
+            .field("cursor", &self.cursor)
+            .field("pending", &self.chunk.len())
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl Scan {
+    fn new(cache: &UpCache, with_values: bool) -> Self {
+        Scan {
+            cache: cache.clone(),
+            with_values,
+            cursor: 0,
+            until: 0,
+            chunk: Vec::new().into_iter(),
+            in_flight: None,
+            done: false,
+        }
+    }
+
+    fn poll_entry(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Entry>>> {
+        loop {
+            if let Some(e) = self.chunk.next() {
+                return Poll::Ready(Some(Ok(e)));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            if let Err(e) = std::task::ready!(self.poll_fetch(cx)) {
+                self.done = true;
+                return Poll::Ready(Some(Err(e)));
+            }
+        }
+    }
+
+    /// Asks for the next chunk if not yet asked, and takes it once it came.
+    fn poll_fetch(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let shared = &self.cache.inner.conn.shared;
+        let rx = match &mut self.in_flight {
+            Some(rx) => rx,
+            None => {
+                let (cursor, until) = (self.cursor, self.until);
+                let req = if self.with_values {
+                    Request::Items { cursor, until }
+                } else {
+                    Request::Keys { cursor, until }
+                };
+                let (tx, rx) = oneshot::channel();
+                shared.submit(&req, Pending::Call(tx))?;
+                self.in_flight.insert(rx)
+            }
+        };
+        let answer = std::task::ready!(Pin::new(rx).poll(cx));
+        self.in_flight = None;
+        let (next, bound, body) = match answer {
+            Ok(Answer::Chunk { next, until, body }) => (next, until, body),
+            Ok(Answer::Failed(code, arg, msg)) => {
+                return Poll::Ready(Err(shared.peer.failed(code, arg, msg)))
+            }
+            Ok(a) => return Poll::Ready(Err(unexpected(&shared.peer, a))),
+            Err(_) => return Poll::Ready(Err(shared.error())),
+        };
+        let entries = Chunk::new(&body, self.with_values)
+            .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::Protocol)?;
+        self.chunk = entries.into_iter();
+        if next == 0 {
+            self.done = true;
+        } else {
+            (self.cursor, self.until) = (next, bound);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The keys of a cache, fetched chunk by chunk: see [`UpCache::keys_stream`]. A [`Stream`];
+/// [`Keys::next_key`] without a stream extension trait.
+///
+/// Yields `Err` once if a chunk cannot be read, then ends.
+#[derive(Debug)]
+#[must_use = "streams are lazy: nothing is fetched until the stream is read"]
+pub struct Keys(Scan);
+
+impl Keys {
+    pub(crate) fn new(cache: &UpCache) -> Self {
+        Keys(Scan::new(cache, false))
+    }
+
+    /// The next key; `None` at the end.
+    pub async fn next_key(&mut self) -> Option<Result<Vec<u8>>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+}
+
+impl Stream for Keys {
+    type Item = Result<Vec<u8>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_entry(cx).map(|e| e.map(|e| e.map(|(k, _)| k)))
+    }
+}
+
+/// The keys and values of a cache, fetched chunk by chunk: see [`UpCache::items_stream`]. A
+/// [`Stream`]; [`Items::next_item`] without a stream extension trait.
+///
+/// Yields `Err` once if a chunk cannot be read, then ends.
+#[derive(Debug)]
+#[must_use = "streams are lazy: nothing is fetched until the stream is read"]
+pub struct Items(Scan);
+
+impl Items {
+    pub(crate) fn new(cache: &UpCache) -> Self {
+        Items(Scan::new(cache, true))
+    }
+
+    /// The next key and value; `None` at the end.
+    pub async fn next_item(&mut self) -> Option<Result<(Vec<u8>, Vec<u8>)>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+}
+
+impl Stream for Items {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_entry(cx)
+    }
+}
