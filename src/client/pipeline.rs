@@ -131,6 +131,96 @@ impl PipelineReply {
     }
 }
 
+/// The operations a pipeline queues, the same for the blocking [`Pipeline`] and the async
+/// one (`aio::Pipeline`): each encodes its request into the pipeline's [`Batch`].
+macro_rules! queue_methods {
+    () => {
+        fn push(&mut self, req: Request<'_>) -> &mut Self {
+            self.batch.push(&self.cache.inner.peer, req);
+            self
+        }
+
+        /// Queues `set(key, value)`.
+        pub fn set(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Self {
+            self.push(Request::Set {
+                key: key.as_ref(),
+                value: value.as_ref(),
+            })
+        }
+        /// Queues `get(key)`.
+        pub fn get(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+            self.push(Request::Get { key: key.as_ref() })
+        }
+        /// Queues `exists(key)`.
+        pub fn exists(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+            self.push(Request::Exists { key: key.as_ref() })
+        }
+        /// Queues `remove(key)`.
+        pub fn remove(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+            self.push(Request::Remove { key: key.as_ref() })
+        }
+        /// Queues `incr(key)`.
+        pub fn incr(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+            self.incr_by(key, 1)
+        }
+        /// Queues `decr(key)`.
+        pub fn decr(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+            self.incr_by(key, -1)
+        }
+        /// Queues `incr_by(key, delta)`.
+        pub fn incr_by(&mut self, key: impl AsRef<[u8]>, delta: i64) -> &mut Self {
+            self.push(Request::Incr {
+                key: key.as_ref(),
+                delta,
+            })
+        }
+        /// Queues `set_with_ttl(key, value, ttl)`.
+        pub fn set_with_ttl(
+            &mut self,
+            key: impl AsRef<[u8]>,
+            value: impl AsRef<[u8]>,
+            ttl: std::time::Duration,
+        ) -> &mut Self {
+            let (key, value) = (key.as_ref(), value.as_ref());
+            self.batch
+                .push_ttl(&self.cache.inner.peer, ttl, |ttl_ms| Request::SetTtl {
+                    key,
+                    value,
+                    ttl_ms,
+                });
+            self
+        }
+        /// Queues `expire(key, ttl)`.
+        pub fn expire(&mut self, key: impl AsRef<[u8]>, ttl: std::time::Duration) -> &mut Self {
+            let key = key.as_ref();
+            self.batch
+                .push_ttl(&self.cache.inner.peer, ttl, |ttl_ms| Request::Expire {
+                    key,
+                    ttl_ms,
+                });
+            self
+        }
+        /// Queues `persist(key)`.
+        pub fn persist(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+            self.push(Request::Persist { key: key.as_ref() })
+        }
+        /// Queues `ttl(key)`.
+        pub fn ttl(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+            self.push(Request::Ttl { key: key.as_ref() })
+        }
+
+        /// Queues `count()`.
+        pub fn count(&mut self) -> &mut Self {
+            self.push(Request::Count)
+        }
+        /// Queues `clear()`.
+        pub fn clear(&mut self) -> &mut Self {
+            self.push(Request::Clear)
+        }
+    };
+}
+pub(crate) use queue_methods;
+
 impl<'c> Pipeline<'c> {
     pub(crate) fn new(cache: &'c UpCache) -> Self {
         Pipeline {
@@ -139,88 +229,7 @@ impl<'c> Pipeline<'c> {
         }
     }
 
-    fn push(&mut self, req: Request<'_>) -> &mut Self {
-        self.batch.push(&self.cache.inner.peer, req);
-        self
-    }
-
-    /// Queues `set(key, value)`.
-    pub fn set(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Self {
-        self.push(Request::Set {
-            key: key.as_ref(),
-            value: value.as_ref(),
-        })
-    }
-    /// Queues `get(key)`.
-    pub fn get(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
-        self.push(Request::Get { key: key.as_ref() })
-    }
-    /// Queues `exists(key)`.
-    pub fn exists(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
-        self.push(Request::Exists { key: key.as_ref() })
-    }
-    /// Queues `remove(key)`.
-    pub fn remove(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
-        self.push(Request::Remove { key: key.as_ref() })
-    }
-    /// Queues `incr(key)`.
-    pub fn incr(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
-        self.incr_by(key, 1)
-    }
-    /// Queues `decr(key)`.
-    pub fn decr(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
-        self.incr_by(key, -1)
-    }
-    /// Queues `incr_by(key, delta)`.
-    pub fn incr_by(&mut self, key: impl AsRef<[u8]>, delta: i64) -> &mut Self {
-        self.push(Request::Incr {
-            key: key.as_ref(),
-            delta,
-        })
-    }
-    /// Queues `set_with_ttl(key, value, ttl)`.
-    pub fn set_with_ttl(
-        &mut self,
-        key: impl AsRef<[u8]>,
-        value: impl AsRef<[u8]>,
-        ttl: std::time::Duration,
-    ) -> &mut Self {
-        let (key, value) = (key.as_ref(), value.as_ref());
-        self.batch
-            .push_ttl(&self.cache.inner.peer, ttl, |ttl_ms| Request::SetTtl {
-                key,
-                value,
-                ttl_ms,
-            });
-        self
-    }
-    /// Queues `expire(key, ttl)`.
-    pub fn expire(&mut self, key: impl AsRef<[u8]>, ttl: std::time::Duration) -> &mut Self {
-        let key = key.as_ref();
-        self.batch
-            .push_ttl(&self.cache.inner.peer, ttl, |ttl_ms| Request::Expire {
-                key,
-                ttl_ms,
-            });
-        self
-    }
-    /// Queues `persist(key)`.
-    pub fn persist(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
-        self.push(Request::Persist { key: key.as_ref() })
-    }
-    /// Queues `ttl(key)`.
-    pub fn ttl(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
-        self.push(Request::Ttl { key: key.as_ref() })
-    }
-
-    /// Queues `count()`.
-    pub fn count(&mut self) -> &mut Self {
-        self.push(Request::Count)
-    }
-    /// Queues `clear()`.
-    pub fn clear(&mut self) -> &mut Self {
-        self.push(Request::Clear)
-    }
+    queue_methods!();
 
     /// Number of queued operations.
     pub fn len(&self) -> usize {

@@ -648,8 +648,9 @@ impl Store {
         };
         shard.settle(hasher);
         // A key keeps its slot when rewritten, so an entry filed for its old deadline still
-        // names it: a new one is needed only for a new deadline.
-        if let Some(d) = deadline.filter(|&d| Some(d) != old_deadline) {
+        // names it: a new one is needed only for a deadline outside that entry's slot.
+        let covered = |d: u64| old_deadline.is_some_and(|o| self.wheel.covers(o, d));
+        if let Some(d) = deadline.filter(|&d| !covered(d)) {
             Self::file(
                 &mut self.wheel,
                 &mut self.due,

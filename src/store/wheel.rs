@@ -125,6 +125,19 @@ impl Wheel {
         (significant / BITS as usize).min(LEVELS - 1)
     }
 
+    /// Whether an entry filed for `filed` (after the current time) also stands for `when`:
+    /// both fall in the slot that holds it, so when that slot comes up the entry is filed
+    /// again by the record's deadline, whichever of the two it is by then. (An entry filed
+    /// earlier may sit a level higher than `filed` would be filed now; that slot holds this
+    /// one's range too.) A key re-given a TTL close to its last one then needs no new entry.
+    pub fn covers(&self, filed: u64, when: u64) -> bool {
+        if filed <= self.elapsed || when <= self.elapsed {
+            return false;
+        }
+        let level = self.level_for(filed);
+        (filed ^ when) >> (BITS as usize * level) == 0
+    }
+
     /// Files `entry` for `when`, which must be after the current time ([`Wheel::elapsed`]).
     pub fn insert(&mut self, when: u64, entry: u32) {
         debug_assert!(when > self.elapsed);
@@ -339,6 +352,31 @@ mod tests {
         assert_eq!(w.len(), 100);
         w.remap(|e| (e % 2 == 0).then_some(e + 1000));
         assert_eq!(w.len(), 50);
+    }
+
+    #[test]
+    fn an_entry_covers_the_deadlines_of_its_slot_only() {
+        let mut w = Wheel::default();
+        w.insert(3_600_000, 7);
+        // An hour away: level 3, slots of 262,144 ms.
+        assert!(w.covers(3_600_000, 3_600_500));
+        assert!(!w.covers(3_600_000, 3_600_000 + 262_144));
+        assert!(w.covers(5, 5) && !w.covers(5, 6), "level 0: the same ms only");
+        // Re-given TTLs within the slot keep one entry, and it falls due at the last one.
+        let deadlines = [3_600_123u64; 8];
+        let got = {
+            let mut out = Vec::new();
+            while let Some((range, entries)) = w.pop(4_000_000) {
+                for e in entries {
+                    let d = deadlines[e as usize];
+                    if (range.start..range.end).contains(&d) && !w.refile(d, e) {
+                        out.push((e, range.start));
+                    }
+                }
+            }
+            out
+        };
+        assert_eq!(got, [(7, 3_600_123)]);
     }
 
     #[test]
