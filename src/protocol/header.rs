@@ -81,6 +81,7 @@ pub fn set_frame_id(frame: &mut [u8], id: RequestId) {
 }
 
 /// Reads a header's fields, checking only the magic (the decoders check the rest).
+#[inline]
 pub fn read_header(buf: &[u8; HEADER_LEN]) -> Result<Header, DecodeError> {
     if buf[0..2] != MAGIC {
         return Err(DecodeError::BadMagic([buf[0], buf[1]]));
@@ -114,6 +115,7 @@ pub struct RawFrame<'a> {
 ///
 /// A request's value is also refused above [`MAX_VALUE_LEN_CAP`], whatever `limits` say, so
 /// that no value a server stores can make a reply too long for the frame format.
+#[inline]
 pub fn decode_raw<'a>(
     buf: &'a [u8],
     kind: FrameKind,

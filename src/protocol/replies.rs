@@ -93,6 +93,7 @@ impl<'a> Reply<'a> {
     }
 
     /// Appends the whole encoded frame to `out`.
+    #[inline]
     pub fn encode(&self, id: RequestId, out: &mut Vec<u8>) {
         let (_, key, value, _) = self.fields();
         encode_header(out, &self.header(id));
@@ -180,6 +181,7 @@ pub fn decode_reply<'a>(
 /// without copying it).
 ///
 /// `value_len` fits a `u32`: the value was admitted by [`Limits`] (checked in debug builds).
+#[inline]
 pub fn encode_value_head(out: &mut Vec<u8>, id: RequestId, value_len: usize) {
     encode_header(
         out,

@@ -117,6 +117,7 @@ pub enum Request<'a> {
 
 impl<'a> Request<'a> {
     /// The key the request names, if any (a server hashes it once, when it decodes the frame).
+    #[inline]
     pub fn key(&self) -> Option<&'a [u8]> {
         match *self {
             Request::Get { key }
@@ -135,6 +136,7 @@ impl<'a> Request<'a> {
     }
 
     /// Whether the request reads or writes a stored record (worth prefetching in a batch).
+    #[inline]
     pub fn reads_store(&self) -> bool {
         matches!(
             self,
@@ -358,6 +360,7 @@ impl<'a> Request<'a> {
 }
 
 /// Decodes one request from the front of `buf`.
+#[inline]
 pub fn decode_request<'a>(
     buf: &'a [u8],
     limits: &Limits,

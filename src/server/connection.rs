@@ -53,6 +53,7 @@ impl OutQueue {
     }
 
     /// Appends bytes the caller writes into the returned buffer.
+    #[inline]
     pub fn with_buf(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
         let start = self.buf.len();
         f(&mut self.buf);
@@ -68,6 +69,7 @@ impl OutQueue {
     }
 
     /// Appends a range of a stored entry's bytes ([`Entry::bytes`]), without copying them.
+    #[inline]
     pub fn push_shared(&mut self, data: Entry, start: usize, end: usize) {
         if end > start {
             self.pending += end - start;
@@ -161,12 +163,14 @@ pub struct Connection<S> {
 
 impl<S> Connection<S> {
     /// Queues a reply.
+    #[inline]
     pub fn queue_reply(&mut self, id: RequestId, r: &Reply<'_>) {
         self.out.with_buf(|b| r.encode(id, b));
     }
 
     /// Queues an error reply; its message is for people reading a capture, programs match
     /// the code.
+    #[inline]
     pub fn queue_error(&mut self, id: RequestId, code: ErrorCode, arg: u64) {
         let r = Reply::Error {
             code,
@@ -177,6 +181,7 @@ impl<S> Connection<S> {
     }
 
     /// Queues a push with no key or value (`Lagged`, `Cleared`, `Closed`, `Woken`).
+    #[inline]
     pub fn queue_signal(&mut self, kind: PushKind, id: u32, arg: u64) {
         let p = Push {
             kind,

@@ -43,6 +43,7 @@ impl<S: Read + Write> Engine<S> {
     }
 
     /// Moves the store's clock to `now`.
+    #[inline]
     pub(super) fn set_time(&mut self, now: Instant) {
         let ms = self.clock(now);
         self.store.set_time(ms);
@@ -64,6 +65,7 @@ impl<S: Read + Write> Engine<S> {
 
     /// Expires `key` now if its TTL ran out but the timers have not come to it yet, so a
     /// write to it is seen after its `EXPIRED`.
+    #[inline]
     pub(super) fn expire_if_due(&mut self, hash: u64, key: &[u8]) {
         if self.store.is_due(hash, key) {
             self.store.remove(hash, key);

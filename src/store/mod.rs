@@ -488,6 +488,7 @@ impl Store {
 
     /// Whether `key` is stored with a TTL that ran out by the store's clock but has not been
     /// expired yet ([`Store::expire_due`]): a server expires it before it writes the key.
+    #[inline]
     pub fn is_due(&self, hash: u64, key: &[u8]) -> bool {
         self.ttl_keys > 0
             && self
@@ -555,6 +556,7 @@ impl Store {
     ///
     /// Panics if the key or the value is longer than `u32::MAX` bytes (the protocol's limits
     /// keep them far below).
+    #[inline]
     pub fn set(&mut self, hash: u64, key: &[u8], value: &[u8]) -> Record<'_> {
         let (found, deadline) = self.find_live(hash, key);
         self.put(hash, found, key, value, deadline)
@@ -589,6 +591,7 @@ impl Store {
 
     /// The slot of `key` and the deadline to keep for it; a key whose TTL ran out is removed
     /// first (as if it were not there).
+    #[inline]
     fn find_live(&mut self, hash: u64, key: &[u8]) -> (Option<usize>, Option<u64>) {
         match self.shard(hash).find(hash, key) {
             Some((_, r)) if r.is_due(self.now) => {

@@ -9,6 +9,7 @@ use crate::store::IncrError;
 
 impl<S: Read + Write> Engine<S> {
     /// `GET`: the value goes from its segment to the socket, not copied.
+    #[inline]
     pub(super) fn get(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8]) {
         self.stats.gets += 1;
         let c = &mut self.conns[slot];
@@ -24,6 +25,7 @@ impl<S: Read + Write> Engine<S> {
     }
 
     /// `SET`: always an event, even for the same value.
+    #[inline]
     pub(super) fn set(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8], value: &[u8]) {
         self.conns[slot].queue_reply(id, &Reply::Done);
         self.expire_if_due(hash, key);
@@ -35,12 +37,14 @@ impl<S: Read + Write> Engine<S> {
     }
 
     /// `EXISTS`.
+    #[inline]
     pub(super) fn exists(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8]) {
         let found = self.store.get(hash, key).is_some();
         self.conns[slot].queue_reply(id, &Reply::Bool(found));
     }
 
     /// `REMOVE`: an event only if the key existed.
+    #[inline]
     pub(super) fn remove(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8]) {
         self.expire_if_due(hash, key);
         let existed = self.store.remove(hash, key);
@@ -51,6 +55,7 @@ impl<S: Read + Write> Engine<S> {
     }
 
     /// `INCR`: an error leaves the value unchanged and sends no event.
+    #[inline]
     pub(super) fn incr(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8], delta: i64) {
         self.expire_if_due(hash, key);
         match self.store.incr(hash, key, delta) {

@@ -30,6 +30,7 @@ impl<S: Read + Write> Engine<S> {
     /// Applies one request from connection `slot` and queues its reply. `hash` is the store's
     /// hash of the request's key (0 for a request without one), computed once when the frame
     /// was decoded.
+    #[inline]
     pub(super) fn apply(
         &mut self,
         slot: usize,
