@@ -253,8 +253,10 @@ impl Shard {
         }
         match Rc::get_mut(&mut info.seg) {
             Some(seg) => {
-                // Same lengths: only the deadline in the header may differ.
-                seg.overwrite(off, header);
+                // Same lengths: only a deadline in the header may differ.
+                if shape.has_deadline {
+                    seg.overwrite(off, header);
+                }
                 seg.overwrite(off + shape.value_start(), value);
                 true
             }
@@ -558,8 +560,8 @@ impl Store {
     /// keep them far below).
     #[inline]
     pub fn set(&mut self, hash: u64, key: &[u8], value: &[u8]) -> Record<'_> {
-        let (found, deadline) = self.find_live(hash, key);
-        self.put(hash, found, key, value, deadline)
+        let found = self.find_live(hash, key);
+        self.put(hash, found, key, value, found.and_then(|(_, d)| d))
     }
 
     /// Stores `value` under `key` with the deadline `deadline` (ms on the store's clock, after
@@ -571,7 +573,7 @@ impl Store {
         value: &[u8],
         deadline: u64,
     ) -> Record<'_> {
-        let (found, _) = self.find_live(hash, key);
+        let found = self.find_live(hash, key);
         self.put(hash, found, key, value, Some(deadline))
     }
 
@@ -584,31 +586,31 @@ impl Store {
         if record.is_due(self.now) || (deadline.is_none() && record.deadline().is_none()) {
             return false;
         }
-        let value = record.value().to_vec();
-        self.put(hash, Some(i), key, &value, deadline);
+        let (value, old) = (record.value().to_vec(), record.deadline());
+        self.put(hash, Some((i, old)), key, &value, deadline);
         true
     }
 
-    /// The slot of `key` and the deadline to keep for it; a key whose TTL ran out is removed
-    /// first (as if it were not there).
+    /// The slot of `key` and its deadline; a key whose TTL ran out is removed first (as if it
+    /// were not there).
     #[inline]
-    fn find_live(&mut self, hash: u64, key: &[u8]) -> (Option<usize>, Option<u64>) {
+    fn find_live(&mut self, hash: u64, key: &[u8]) -> Option<(usize, Option<u64>)> {
         match self.shard(hash).find(hash, key) {
             Some((_, r)) if r.is_due(self.now) => {
                 self.remove(hash, key);
-                (None, None)
+                None
             }
-            Some((i, r)) => (Some(i), r.deadline()),
-            None => (None, None),
+            Some((i, r)) => Some((i, r.deadline())),
+            None => None,
         }
     }
 
-    /// Stores `value` under `key`, whose slot is `found` (from [`Shard::find`]), with
-    /// `deadline`.
+    /// Stores `value` under `key`, whose slot and current deadline are `found` (from
+    /// [`Store::find_live`]), with `deadline`.
     fn put(
         &mut self,
         hash: u64,
-        found: Option<usize>,
+        found: Option<(usize, Option<u64>)>,
         key: &[u8],
         value: &[u8],
         deadline: Option<u64>,
@@ -617,7 +619,8 @@ impl Store {
         let hasher = &self.hasher;
         let shard_id = Self::shard_of(hash).0;
         let shard = &mut self.shards[shard_id];
-        let old_deadline = found.and_then(|i| shard.record(&shard.slots[i]).deadline());
+        let old_deadline = found.and_then(|(_, d)| d);
+        let found = found.map(|(i, _)| i);
         self.ttl_keys =
             self.ttl_keys + usize::from(deadline.is_some()) - usize::from(old_deadline.is_some());
         let in_place = found.filter(|&i| shard.overwrite_in_place(i, &header[..n], value));
@@ -649,7 +652,9 @@ impl Store {
                 i
             }
         };
-        shard.settle(hasher);
+        if in_place.is_none() {
+            shard.settle(hasher);
+        }
         // A key keeps its slot when rewritten, so an entry filed for its old deadline still
         // names it: a new one is needed only for a deadline outside that entry's slot.
         let covered = |d: u64| old_deadline.is_some_and(|o| self.wheel.covers(o, d));
@@ -806,10 +811,11 @@ impl Store {
         };
         let new = current.checked_add(delta).ok_or(IncrError::Overflow)?;
         let digits = itoa_buf(new);
-        let (found, deadline) = self.find_live(hash, key);
+        let found = self.find_live(hash, key);
+        let keep = found.and_then(|(_, d)| d);
         Ok((
             new,
-            self.put(hash, found, key, digits.as_str().as_bytes(), deadline),
+            self.put(hash, found, key, digits.as_str().as_bytes(), keep),
         ))
     }
 

@@ -361,7 +361,10 @@ mod tests {
         // An hour away: level 3, slots of 262,144 ms.
         assert!(w.covers(3_600_000, 3_600_500));
         assert!(!w.covers(3_600_000, 3_600_000 + 262_144));
-        assert!(w.covers(5, 5) && !w.covers(5, 6), "level 0: the same ms only");
+        assert!(
+            w.covers(5, 5) && !w.covers(5, 6),
+            "level 0: the same ms only"
+        );
         // Re-given TTLs within the slot keep one entry, and it falls due at the last one.
         let deadlines = [3_600_123u64; 8];
         let got = {
