@@ -31,36 +31,8 @@ for arg in "$@"; do
   esac
 done
 
-as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
-if ! command -v redis-server >/dev/null || ! command -v memcached >/dev/null; then
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools memcached >/dev/null
-fi
-
-cargo build --release -q -p upcache-loadgen
-L=$PWD/target/release/loadgen
-W=$(mktemp -d /tmp/upcache-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
-
-if [[ $(nproc) -ge 2 ]]; then SERVER_CPU=1; CLIENT_CPU=0; else SERVER_CPU=0; CLIENT_CPU=0; fi
-# Servers are started as `$PIN server ... &` (taskset execs the server, so `$!` is its pid).
-PIN=(taskset -c "$SERVER_CPU")
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_for() { # wait_for FILE-OR-PORT: until a socket file exists or a port accepts, 10 s at most
-  for _ in $(seq 200); do
-    if [[ "$1" == /* ]]; then [[ -S "$1" ]] && return 0
-    else (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; fi
-    sleep 0.05
-  done
-  echo "server on $1 did not start" >&2; exit 1
-}
-first_line() { for _ in $(seq 200); do [[ -s "$1" ]] && { head -1 "$1"; return 0; }; sleep 0.05; done; exit 1; }
+source benches/common.sh
+setup bench redis-server memcached
 
 # Expiry lag, on a Redis and an upcache server of its own (Unix sockets, nothing else stored):
 # 10,000 keys with deadlines the client knows, spread over 3 s, next to each count of

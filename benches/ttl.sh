@@ -13,38 +13,20 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 MEM_KEYS=${MEM_KEYS:-1000000}
 TTL=3600000
-as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
-if ! command -v redis-server >/dev/null; then
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
-fi
-cargo build --release -q -p upcache-loadgen
-L=$PWD/target/release/loadgen
-W=$(mktemp -d /tmp/upcache-ttl.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
-if [[ $(nproc) -ge 2 ]]; then SERVER_CPU=1; CLIENT_CPU=0; else SERVER_CPU=0; CLIENT_CPU=0; fi
-PIN=(taskset -c "$SERVER_CPU")
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; exit 1; }
-first_line() { for _ in $(seq 200); do [[ -s "$1" ]] && { head -1 "$1"; return 0; }; sleep 0.05; done; exit 1; }
+source benches/common.sh
+setup ttl redis-server
 
-start_redis() { # start_redis NAME: a Redis on a free loopback port; prints "PORT PID"
-  local port; port=$(free_port)
-  "${PIN[@]}" redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+start_redis() { # start_redis NAME: a Redis on a free loopback port; sets RPORT and RPID
+  RPORT=$(free_port)
+  "${PIN[@]}" redis-server --bind 127.0.0.1 --port "$RPORT" --save '' --appendonly no \
     --io-threads 1 --daemonize no --logfile "$W/$1.log" &
-  PIDS+=($!); wait_port "$port"; echo "$port $!"
+  RPID=$!; PIDS+=("$RPID"); wait_for "$RPORT"
 }
 
 echo "# SET with a TTL ($TTL ms) against SET: 100000 keys of 16 B, values of 64 B, TCP, $ROUNDS rounds alternating, ops/s"
 "${PIN[@]}" "$L" foreground --file "$W/up.json" >/dev/null 2>&1 & PIDS+=($!)
 "${PIN[@]}" "$L" floor >"$W/floor.txt" 2>/dev/null & PIDS+=($!)
-read -r RPORT _ < <(start_redis redis)
+start_redis redis
 first_line "$W/up.json" >/dev/null
 FLOOR=$(first_line "$W/floor.txt")
 ops() { # ops TARGET DEPTH CONNS [--ttl-ms N]
@@ -78,7 +60,7 @@ echo "# memory: $MEM_KEYS keys of 16 B with values of 64 B, bytes per key, on se
 for ttl in none $TTL; do
   args=(); [[ $ttl == none ]] || args=(--ttl-ms "$ttl")
   "${PIN[@]}" "$L" foreground --file "$W/m-$ttl.json" >/dev/null 2>&1 & up_pid=$!; PIDS+=($up_pid)
-  read -r mport mpid < <(start_redis "mem-$ttl")
+  start_redis "mem-$ttl"; mport=$RPORT; mpid=$RPID
   first_line "$W/m-$ttl.json" >/dev/null
   echo "## TTL: $ttl"
   taskset -c "$CLIENT_CPU" "$L" memory --keys "$MEM_KEYS" "${args[@]}" \

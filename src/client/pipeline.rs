@@ -219,6 +219,7 @@ macro_rules! queue_methods {
         }
     };
 }
+#[cfg(feature = "tokio")]
 pub(crate) use queue_methods;
 
 impl<'c> Pipeline<'c> {
