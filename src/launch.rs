@@ -81,6 +81,23 @@ fn no_fd() -> RawFd {
 }
 
 impl ServerSpec {
+    /// How the server this spec describes is to run, on `transport`.
+    fn config(&self, transport: Kind) -> Config {
+        Config {
+            transport,
+            bind: BindOptions {
+                dir: self.dir.clone(),
+                name: self.name.clone(),
+            },
+            auto_kill: self.auto_kill,
+            linger: Duration::from_millis(self.linger_ms),
+            limits: Limits {
+                max_key: crate::protocol::MAX_KEY_LEN,
+                max_value: self.max_value,
+            },
+        }
+    }
+
     /// A spec; descriptors are filled in by [`start`]. A relative `dir` is made absolute
     /// against the current directory (the server runs in `/`).
     pub fn new(
@@ -396,19 +413,7 @@ fn run_server(spec: ServerSpec, transport: Kind) -> io::Result<()> {
             return Err(e);
         }
     };
-    let config = Config {
-        transport,
-        bind: BindOptions {
-            dir: spec.dir.clone(),
-            name: spec.name.clone(),
-        },
-        auto_kill: spec.auto_kill,
-        linger: Duration::from_millis(spec.linger_ms),
-        limits: Limits {
-            max_key: crate::protocol::MAX_KEY_LEN,
-            max_value: spec.max_value,
-        },
-    };
+    let config = spec.config(transport);
     let ready_dup = ready.try_clone()?;
     let mut host = LaunchedHost {
         file,
@@ -752,19 +757,7 @@ pub(crate) fn serve_here(
     let file = won
         .into_owned()
         .map_err(Error::io("locking the connection file"))?;
-    let config = Config {
-        transport,
-        bind: BindOptions {
-            dir: spec.dir.clone(),
-            name: spec.name.clone(),
-        },
-        auto_kill: spec.auto_kill,
-        linger: Duration::from_millis(spec.linger_ms),
-        limits: Limits {
-            max_key: crate::protocol::MAX_KEY_LEN,
-            max_value: spec.max_value,
-        },
-    };
+    let config = spec.config(transport);
     let mut host = HereHost {
         file,
         max_value: spec.max_value,
