@@ -34,9 +34,9 @@ use slab::Slab;
 use super::connection::{Connection, Phase};
 use super::hub::Hub;
 use super::lifecycle::Lifecycle;
-use super::stats::Stats;
 use crate::protocol::{Limits, PushKind, WakeReason};
 use crate::store::Store;
+use crate::ServerStats;
 
 /// Queued output above which a connection is no longer read (the default of
 /// [`EngineConfig::high_water`]).
@@ -103,7 +103,8 @@ pub struct Engine<S> {
     pub(super) hub: Hub,
     pub(super) conns: Slab<Connection<S>>,
     pub(super) lifecycle: Lifecycle,
-    pub(super) stats: Stats,
+    /// The counters (the other fields of the report are filled when it is made).
+    pub(super) stats: ServerStats,
     pub(super) config: EngineConfig,
     pub(super) timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     /// Connections with output queued by another connection's request (events, wakes),
@@ -136,7 +137,7 @@ impl<S: Read + Write> Engine<S> {
             hub: Hub::default(),
             conns: Slab::new(),
             lifecycle: Lifecycle::new(config.auto_kill, config.linger, now),
-            stats: Stats::default(),
+            stats: ServerStats::default(),
             config,
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
@@ -175,11 +176,6 @@ impl<S: Read + Write> Engine<S> {
     /// Number of open connections.
     pub fn connections(&self) -> usize {
         self.conns.len()
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> Stats {
-        self.stats
     }
 
     /// The store (read-only), for tests and fuzzing.

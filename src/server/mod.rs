@@ -39,7 +39,6 @@ use mio::{Events, Interest, Poll, Token};
 use upcache_transports::{BindOptions, Endpoint, Kind, Tcp, Transport, Unix};
 
 pub use engine::{Engine, EngineConfig};
-pub use stats::Stats;
 
 use crate::protocol::Limits;
 use crate::store::Store;
