@@ -13,9 +13,10 @@ use tokio::sync::oneshot;
 use super::conn::{Conn, Pending, Shared};
 use super::UpCache;
 use crate::client::conn::Answer;
+use crate::client::scan::{Entry, ScanState};
 use crate::client::{unexpected, Event, EventKind, SUBSCRIPTION_QUEUE};
-use crate::error::{Error, Result};
-use crate::protocol::{Chunk, Request, SubId};
+use crate::error::Result;
+use crate::protocol::SubId;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -190,28 +191,19 @@ impl Stream for Subscription {
     }
 }
 
-/// A key and its value (empty for keys).
-type Entry = (Vec<u8>, Vec<u8>);
-
-/// One enumeration: the server's cursor and bound, the entries of the chunk last read, and
-/// the request for the next chunk while it is in flight.
+/// One async enumeration: its [`ScanState`] and the request for the next chunk while it is
+/// in flight.
 struct Scan {
     cache: UpCache,
-    with_values: bool,
-    cursor: u64,
-    until: u64,
-    chunk: std::vec::IntoIter<Entry>,
+    state: ScanState,
     in_flight: Option<oneshot::Receiver<Answer>>,
-    done: bool,
 }
 
 impl std::fmt::Debug for Scan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scan")
             .field("cache", &self.cache.name())
-            .field("cursor", &self.cursor)
-            .field("pending", &self.chunk.len())
-            .field("done", &self.done)
+            .field("state", &self.state)
             .finish()
     }
 }
@@ -220,25 +212,21 @@ impl Scan {
     fn new(cache: &UpCache, with_values: bool) -> Self {
         Scan {
             cache: cache.clone(),
-            with_values,
-            cursor: 0,
-            until: 0,
-            chunk: Vec::new().into_iter(),
+            state: ScanState::new(with_values),
             in_flight: None,
-            done: false,
         }
     }
 
     fn poll_entry(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Entry>>> {
         loop {
-            if let Some(e) = self.chunk.next() {
+            if let Some(e) = self.state.buffered() {
                 return Poll::Ready(Some(Ok(e)));
             }
-            if self.done {
+            if self.state.done {
                 return Poll::Ready(None);
             }
             if let Err(e) = std::task::ready!(self.poll_fetch(cx)) {
-                self.done = true;
+                self.state.done = true;
                 return Poll::Ready(Some(Err(e)));
             }
         }
@@ -250,38 +238,21 @@ impl Scan {
         let rx = match &mut self.in_flight {
             Some(rx) => rx,
             None => {
-                let (cursor, until) = (self.cursor, self.until);
-                let req = if self.with_values {
-                    Request::Items { cursor, until }
-                } else {
-                    Request::Keys { cursor, until }
-                };
                 let (tx, rx) = oneshot::channel();
-                shared.submit(&req, Pending::Call(tx))?;
+                shared.submit(&self.state.request(), Pending::Call(tx))?;
                 self.in_flight.insert(rx)
             }
         };
         let answer = std::task::ready!(Pin::new(rx).poll(cx));
         self.in_flight = None;
-        let (next, bound, body) = match answer {
-            Ok(Answer::Chunk { next, until, body }) => (next, until, body),
-            Ok(Answer::Failed(code, arg, msg)) => {
-                return Poll::Ready(Err(shared.peer.failed(code, arg, msg)))
-            }
-            Ok(a) => return Poll::Ready(Err(unexpected(&shared.peer, a))),
-            Err(_) => return Poll::Ready(Err(shared.error())),
-        };
-        let entries = Chunk::new(&body, self.with_values)
-            .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Error::Protocol)?;
-        self.chunk = entries.into_iter();
-        if next == 0 {
-            self.done = true;
-        } else {
-            (self.cursor, self.until) = (next, bound);
-        }
-        Poll::Ready(Ok(()))
+        Poll::Ready(match answer {
+            Ok(Answer::Failed(code, arg, msg)) => Err(shared.peer.failed(code, arg, msg)),
+            Ok(a) => self
+                .state
+                .take(a)
+                .unwrap_or_else(|a| Err(unexpected(&shared.peer, a))),
+            Err(_) => Err(shared.error()),
+        })
     }
 }
 
