@@ -120,49 +120,70 @@ pub struct Event {
     pub value: Option<Vec<u8>>,
 }
 
-struct QueueState {
+/// The events of one subscription waiting to be read: at most [`SUBSCRIPTION_QUEUE`], then a
+/// count reported as one `Lagged` before the next event (or when the queue is empty). The
+/// rule of both clients; they differ only in how a reader is woken (a condvar, a waker).
+#[derive(Default)]
+pub(crate) struct EventBuffer {
     events: VecDeque<Event>,
     lagged: u64,
     /// The server closed the subscription (shutdown) or the connection failed.
-    ended: bool,
+    pub(crate) ended: bool,
+}
+
+impl EventBuffer {
+    /// Queues `e` (a `Lagged` from the server adds to the count); false if the queue was full
+    /// and the event only counted (no reader needs waking for it).
+    pub(crate) fn push(&mut self, e: Event) -> bool {
+        if let EventKind::Lagged(n) = e.kind {
+            self.lagged += n;
+        } else if self.events.len() >= SUBSCRIPTION_QUEUE {
+            self.lagged += 1;
+            return false;
+        } else {
+            if self.lagged > 0 {
+                let n = std::mem::take(&mut self.lagged);
+                self.events.push_back(lagged(n));
+            }
+            self.events.push_back(e);
+        }
+        true
+    }
+
+    /// The next event: the queued ones, then the count of those dropped since.
+    pub(crate) fn pop(&mut self) -> Option<Event> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        (self.lagged > 0).then(|| lagged(std::mem::take(&mut self.lagged)))
+    }
+}
+
+fn lagged(n: u64) -> Event {
+    Event {
+        key: Vec::new(),
+        kind: EventKind::Lagged(n),
+        value: None,
+    }
 }
 
 pub(crate) struct SubQueue {
-    state: Mutex<QueueState>,
+    state: Mutex<EventBuffer>,
     ready: Condvar,
 }
 
 impl SubQueue {
     fn new() -> Arc<Self> {
         Arc::new(SubQueue {
-            state: Mutex::new(QueueState {
-                events: VecDeque::new(),
-                lagged: 0,
-                ended: false,
-            }),
+            state: Mutex::new(EventBuffer::default()),
             ready: Condvar::new(),
         })
     }
 
     fn push(&self, e: Event) {
-        let mut s = lock(&self.state);
-        if let EventKind::Lagged(n) = e.kind {
-            s.lagged += n;
-        } else if s.events.len() >= SUBSCRIPTION_QUEUE {
-            s.lagged += 1;
-            return;
-        } else {
-            if s.lagged > 0 {
-                let n = std::mem::take(&mut s.lagged);
-                s.events.push_back(Event {
-                    key: Vec::new(),
-                    kind: EventKind::Lagged(n),
-                    value: None,
-                });
-            }
-            s.events.push_back(e);
+        if lock(&self.state).push(e) {
+            self.ready.notify_all();
         }
-        self.ready.notify_all();
     }
 
     fn end(&self) {
@@ -176,16 +197,8 @@ impl SubQueue {
     fn recv(&self, deadline: Option<Instant>, gone: &dyn Fn() -> Error) -> Result<Option<Event>> {
         let mut s = lock(&self.state);
         loop {
-            if let Some(e) = s.events.pop_front() {
+            if let Some(e) = s.pop() {
                 return Ok(Some(e));
-            }
-            if s.lagged > 0 {
-                let n = std::mem::take(&mut s.lagged);
-                return Ok(Some(Event {
-                    key: Vec::new(),
-                    kind: EventKind::Lagged(n),
-                    value: None,
-                }));
             }
             if s.ended {
                 return Err(gone());

@@ -1,7 +1,6 @@
 //! Streams of the async client: [`Subscription`] (events) and [`Keys`] / [`Items`] (the
 //! cache, chunk by chunk).
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,8 +12,9 @@ use tokio::sync::oneshot;
 use super::conn::{Conn, Pending, Shared};
 use super::UpCache;
 use crate::client::conn::Answer;
+use crate::client::events::EventBuffer;
 use crate::client::scan::{Entry, ScanState};
-use crate::client::{unexpected, Event, EventKind, SUBSCRIPTION_QUEUE};
+use crate::client::{unexpected, Event};
 use crate::error::Result;
 use crate::protocol::SubId;
 
@@ -23,34 +23,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct QueueState {
-    events: VecDeque<Event>,
-    lagged: u64,
-    /// The server closed the subscription (shutdown) or the connection failed.
-    ended: bool,
+    buf: EventBuffer,
     waker: Option<Waker>,
 }
 
-/// The events of one subscription, filled by the reader task. Same rule as the blocking
-/// client's: at most [`SUBSCRIPTION_QUEUE`] events, then a count reported as one `Lagged`.
+/// The events of one subscription, filled by the reader task, by the blocking client's rule
+/// ([`EventBuffer`]).
 pub(crate) struct SubQueue {
     state: Mutex<QueueState>,
-}
-
-fn lagged(n: u64) -> Event {
-    Event {
-        key: Vec::new(),
-        kind: EventKind::Lagged(n),
-        value: None,
-    }
 }
 
 impl SubQueue {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(SubQueue {
             state: Mutex::new(QueueState {
-                events: VecDeque::new(),
-                lagged: 0,
-                ended: false,
+                buf: EventBuffer::default(),
                 waker: None,
             }),
         })
@@ -59,17 +46,8 @@ impl SubQueue {
     pub(crate) fn push(&self, e: Event) {
         let waker = {
             let mut s = lock(&self.state);
-            if let EventKind::Lagged(n) = e.kind {
-                s.lagged += n;
-            } else if s.events.len() >= SUBSCRIPTION_QUEUE {
-                s.lagged += 1;
+            if !s.buf.push(e) {
                 return;
-            } else {
-                if s.lagged > 0 {
-                    let n = std::mem::take(&mut s.lagged);
-                    s.events.push_back(lagged(n));
-                }
-                s.events.push_back(e);
             }
             s.waker.take()
         };
@@ -81,7 +59,7 @@ impl SubQueue {
     pub(crate) fn end(&self) {
         let waker = {
             let mut s = lock(&self.state);
-            s.ended = true;
+            s.buf.ended = true;
             s.waker.take()
         };
         if let Some(w) = waker {
@@ -93,14 +71,10 @@ impl SubQueue {
     /// given) otherwise.
     fn poll_next(&self, waker: Option<&Waker>) -> Poll<Option<Event>> {
         let mut s = lock(&self.state);
-        if let Some(e) = s.events.pop_front() {
+        if let Some(e) = s.buf.pop() {
             return Poll::Ready(Some(e));
         }
-        if s.lagged > 0 {
-            let n = std::mem::take(&mut s.lagged);
-            return Poll::Ready(Some(lagged(n)));
-        }
-        if s.ended {
+        if s.buf.ended {
             return Poll::Ready(None);
         }
         if let Some(w) = waker {
@@ -132,9 +106,9 @@ impl Drop for SubGuard {
 ///
 /// Same contract as the blocking [`crate::Subscription`]: events in the order the server
 /// applied the changes; a subscriber that falls behind never slows writers, and gets one
-/// [`EventKind::Lagged`] event with the count of those dropped past [`SUBSCRIPTION_QUEUE`];
+/// [`EventKind::Lagged`](crate::EventKind::Lagged) event with the count of those dropped past [`SUBSCRIPTION_QUEUE`](crate::SUBSCRIPTION_QUEUE);
 /// when the server goes away, queued events are still delivered, then the stream ends (and
-/// `recv` fails with [`Error::ServerGone`]).
+/// `recv` fails with [`Error::ServerGone`](crate::Error::ServerGone)).
 ///
 /// The stream is cancellation safe: a `next()` dropped before it completes loses no event.
 #[must_use = "dropping a Subscription unsubscribes at once; keep it and read its events"]
@@ -158,7 +132,7 @@ impl Subscription {
     ///
     /// # Errors
     ///
-    /// [`Error::ServerGone`] once the server went away or shut down and every event queued
+    /// [`Error::ServerGone`](crate::Error::ServerGone) once the server went away or shut down and every event queued
     /// before was taken.
     pub async fn recv(&mut self) -> Result<Event> {
         let queue = &self.queue;
