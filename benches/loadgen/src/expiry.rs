@@ -47,14 +47,24 @@ use super::proto::{resp_array, resp_command, Proto};
 use super::{key, pipelined_sets, Conn, Target};
 
 /// What `loadgen expiry-lag` measures (see the module's documentation).
-#[derive(Clone, Debug)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct Dims {
+    #[arg(long, default_value_t = 10_000)]
     pub keys: usize,
+    /// Background key counts, comma-separated: one cell per count and target.
+    #[arg(long, value_delimiter = ',', default_value = "0,100000,1000000")]
     pub background: Vec<usize>,
+    #[arg(long, default_value_t = 3_000)]
     pub spread_ms: u64,
+    /// From the start of the sets to the first deadline.
+    #[arg(long, default_value_t = 1_000)]
     pub lead_ms: u64,
+    /// How long after the last deadline to wait for the events still missing.
+    #[arg(long, default_value_t = 10_000)]
     pub give_up_ms: u64,
+    #[arg(long, default_value_t = 16)]
     pub key_size: usize,
+    #[arg(long, default_value_t = 64)]
     pub value_size: usize,
 }
 

@@ -40,15 +40,22 @@ use upcache::protocol::{
 use super::{key, Conn, Target};
 
 /// What `loadgen fanout` measures (see the module's documentation).
-#[derive(Clone, Copy, Debug)]
+#[derive(clap::Args, Clone, Copy, Debug)]
 pub struct Dims {
+    #[arg(long, default_value_t = 65_536)]
     pub waits: u32,
+    #[arg(long, default_value_t = 4_096)]
     pub subs: u32,
+    #[arg(long, default_value_t = 1_000)]
     pub sets: u32,
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    #[arg(long, default_value_t = 16)]
     pub key_size: usize,
+    #[arg(long, default_value_t = 64)]
     pub value_size: usize,
-    /// Keys due within one second, for the expiry rows (0: no such rows).
+    /// Also measure while this many keys expire within one second (0: not).
+    #[arg(long, default_value_t = 100_000)]
     pub expiring: u32,
 }
 

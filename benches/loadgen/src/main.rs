@@ -141,21 +141,8 @@ enum Cmd {
         /// `upcache=FILE` (a connection file, as for `run`).
         #[arg(long)]
         target: String,
-        #[arg(long, default_value_t = 65_536)]
-        waits: u32,
-        #[arg(long, default_value_t = 4_096)]
-        subs: u32,
-        #[arg(long, default_value_t = 1_000)]
-        sets: u32,
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        #[arg(long, default_value_t = 16)]
-        key_size: usize,
-        #[arg(long, default_value_t = 64)]
-        value_size: usize,
-        /// Also measure while this many keys expire within one second (0: not).
-        #[arg(long, default_value_t = 100_000)]
-        expiring: u32,
+        #[command(flatten)]
+        dims: fanout::Dims,
     },
     /// How late expiry events arrive: `keys` keys with known deadlines spread over
     /// `spread_ms`, next to each count of `background` keys with a 1-hour TTL; one row per
@@ -164,23 +151,8 @@ enum Cmd {
         /// `upcache=FILE` or `redis=ADDRESS`, as for `run`; repeat the flag.
         #[arg(long = "target")]
         targets: Vec<String>,
-        #[arg(long, default_value_t = 10_000)]
-        keys: usize,
-        /// Background key counts, comma-separated: one cell per count and target.
-        #[arg(long, value_delimiter = ',', default_value = "0,100000,1000000")]
-        background: Vec<usize>,
-        #[arg(long, default_value_t = 3_000)]
-        spread_ms: u64,
-        /// From the start of the sets to the first deadline.
-        #[arg(long, default_value_t = 1_000)]
-        lead_ms: u64,
-        /// How long after the last deadline to wait for the events still missing.
-        #[arg(long, default_value_t = 10_000)]
-        give_up_ms: u64,
-        #[arg(long, default_value_t = 16)]
-        key_size: usize,
-        #[arg(long, default_value_t = 64)]
-        value_size: usize,
+        #[command(flatten)]
+        dims: expiry::Dims,
     },
     /// Async clients under tokio: upcache's `aio::UpCache` and redis-rs's multiplexed
     /// connection, one connection shared by N tasks doing GETs (see `tasks.rs`).
@@ -1062,27 +1034,7 @@ fn main() {
                 memory(&targets, &pids, &load, overwrites)?;
             }
             Cmd::FirstOpen { runs, transport } => first_open(runs, transport)?,
-            Cmd::ExpiryLag {
-                targets,
-                keys,
-                background,
-                spread_ms,
-                lead_ms,
-                give_up_ms,
-                key_size,
-                value_size,
-            } => expiry::run(
-                &Target::parse_all(&targets)?,
-                &expiry::Dims {
-                    keys,
-                    background,
-                    spread_ms,
-                    lead_ms,
-                    give_up_ms,
-                    key_size,
-                    value_size,
-                },
-            )?,
+            Cmd::ExpiryLag { targets, dims } => expiry::run(&Target::parse_all(&targets)?, &dims)?,
             Cmd::Tasks {
                 targets,
                 tasks,
@@ -1091,27 +1043,7 @@ fn main() {
             } => tasks::run(&Target::parse_all(&targets)?, &tasks, &load, workers)?,
             Cmd::Client { transport, ops } => client(transport, ops)?,
             Cmd::SendProbe { keys, batches } => send_probe(keys, batches)?,
-            Cmd::Fanout {
-                target,
-                waits,
-                subs,
-                sets,
-                rounds,
-                key_size,
-                value_size,
-                expiring,
-            } => fanout::run(
-                &Target::parse(&target)?,
-                &fanout::Dims {
-                    waits,
-                    subs,
-                    sets,
-                    rounds,
-                    key_size,
-                    value_size,
-                    expiring,
-                },
-            )?,
+            Cmd::Fanout { target, dims } => fanout::run(&Target::parse(&target)?, &dims)?,
         }
         Ok(())
     })();
