@@ -1,6 +1,6 @@
 //! Replies: one per request, in request order.
 
-use super::header::{decode_raw, encode_header, FrameKind, Header, RawFrame};
+use super::header::{decode_raw, encode_header, FrameKind, Header, RawFrame, HEADER_LEN, MAGIC};
 use super::{check, len32, word, DecodeError, Decoded, ErrorCode, Field, Limits, RequestId};
 
 /// Reply codes below 0x40; 0x40 and up are [`ErrorCode`]s.
@@ -95,9 +95,41 @@ impl<'a> Reply<'a> {
     /// Appends the whole encoded frame to `out`.
     #[inline]
     pub fn encode(&self, id: RequestId, out: &mut Vec<u8>) {
-        let (_, key, value, _) = self.fields();
-        encode_header(out, &self.header(id));
-        out.extend_from_slice(key.as_slice());
+        use reply_code::*;
+        // The replies without a payload (most of a server's) are one 24-byte write.
+        let (code, arg) = match *self {
+            Reply::Done => (DONE, 0),
+            Reply::Nil => (NIL, 0),
+            Reply::Bool(b) => (BOOL, b as u64),
+            Reply::Int(i) => (INT, i as u64),
+            Reply::Uint(u) => (UINT, u),
+            _ => return self.encode_with_payload(id, out),
+        };
+        let mut b = [0u8; HEADER_LEN];
+        b[0..2].copy_from_slice(&MAGIC);
+        b[2] = FrameKind::Reply as u8;
+        b[3] = code;
+        b[4..8].copy_from_slice(&id.to_le_bytes());
+        b[16..24].copy_from_slice(&arg.to_le_bytes());
+        out.extend_from_slice(&b);
+    }
+
+    fn encode_with_payload(&self, id: RequestId, out: &mut Vec<u8>) {
+        let (code, key, value, arg) = self.fields();
+        let (key, value_len) = (key.as_slice(), len32(value.len()));
+        out.reserve(HEADER_LEN + key.len() + value.len());
+        encode_header(
+            out,
+            &Header {
+                kind: FrameKind::Reply as u8,
+                code,
+                id,
+                key_len: key.len() as u32,
+                value_len,
+                arg,
+            },
+        );
+        out.extend_from_slice(key);
         out.extend_from_slice(value);
     }
 
@@ -186,8 +218,12 @@ pub fn encode_value_head(out: &mut Vec<u8>, id: RequestId, value_len: usize) {
     encode_header(
         out,
         &Header {
+            kind: FrameKind::Reply as u8,
+            code: reply_code::VALUE,
+            id,
+            key_len: 0,
             value_len: len32(value_len),
-            ..Reply::Value(&[]).header(id)
+            arg: 0,
         },
     );
 }

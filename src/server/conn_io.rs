@@ -38,6 +38,7 @@ use super::engine::{Engine, PREFETCH_FRAMES};
 /// its socket full cannot keep the loop from every other client.
 pub const READS_PER_TURN: usize = 16;
 use crate::protocol::{self, DecodeError, Decoded, ErrorCode, Request, RequestId};
+use crate::store::NO_HINT;
 
 /// How far [`Engine::drive`] reads the socket.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -319,20 +320,29 @@ impl<S: Read + Write> Engine<S> {
                 }
             }
         }
+        // Where each frame's key probably is (NO_HINT: look it up).
+        let mut hints: SmallVec<[u32; PREFETCH_FRAMES]> =
+            SmallVec::from_elem(NO_HINT, frames.len());
         if frames.len() > 1 && self.conns[slot].phase == Phase::Ready {
-            let hashes: SmallVec<[u64; PREFETCH_FRAMES]> = frames
-                .iter()
-                .filter(|(_, req, _, _)| req.reads_store())
-                .map(|&(_, _, hash, _)| hash)
+            let reads: SmallVec<[usize; PREFETCH_FRAMES]> = (0..frames.len())
+                .filter(|&i| frames[i].1.reads_store())
                 .collect();
-            self.store.prefetch(&hashes);
+            let hashes: SmallVec<[u64; PREFETCH_FRAMES]> =
+                reads.iter().map(|&i| frames[i].2).collect();
+            let mut found: SmallVec<[u32; PREFETCH_FRAMES]> =
+                SmallVec::from_elem(NO_HINT, hashes.len());
+            self.store.prefetch(&hashes, &mut found);
+            for (&i, &hint) in reads.iter().zip(&found) {
+                hints[i] = hint;
+            }
         }
         let mut applied = 0;
-        for (id, req, hash, n) in frames {
+        // By reference: moving the vector out (`into_iter`) would copy its whole inline array.
+        for (&(id, req, hash, n), &hint) in frames.iter().zip(&hints) {
             if self.stops_reading(slot) {
                 return (applied, WindowEnd::Stopped);
             }
-            self.apply(slot, id, req, hash, now);
+            self.apply(slot, id, req, hash, hint, now);
             applied += n;
         }
         if self.stops_reading(slot) {

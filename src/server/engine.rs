@@ -51,6 +51,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a connection in error has to take its error reply before it is closed.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub use super::hub::{MAX_SUBS_PER_CONN, MAX_WAITS_PER_CONN};
+/// Values up to this size are copied into the output buffer to be sent; longer ones are sent
+/// from where they are stored (the default of [`EngineConfig::copy_max`]). Copying a small value
+/// costs less than the kernel's read of a scattered page plus an output piece of its own (the
+/// A/B per value size is in BENCHMARKS.md, "Copy or send in place").
+pub const COPY_MAX: usize = 16 * 1024;
 /// Most frames decoded at once: the window whose records the engine asks the store for
 /// together ([`Store::prefetch`]) before applying them.
 pub const PREFETCH_FRAMES: usize = 128;
@@ -72,6 +77,9 @@ pub struct EngineConfig {
     /// 1 (a connection resumes at the latest when its output is empty) and at most
     /// `high_water`.
     pub low_water: usize,
+    /// Values up to this many bytes are copied into a reply's output buffer; longer ones go to
+    /// the socket from their segment by vectored write ([`COPY_MAX`]).
+    pub copy_max: usize,
 }
 
 impl EngineConfig {
@@ -84,6 +92,7 @@ impl EngineConfig {
             token,
             high_water: HIGH_WATER,
             low_water: LOW_WATER,
+            copy_max: COPY_MAX,
         }
     }
 }

@@ -60,6 +60,9 @@ pub struct Config {
     pub linger: Duration,
     /// Frame limits.
     pub limits: Limits,
+    /// Values up to this size are copied into replies, longer ones sent in place
+    /// ([`engine::COPY_MAX`] is the default).
+    pub copy_max: usize,
 }
 
 /// What the server tells the process that hosts it.
@@ -119,12 +122,15 @@ fn run_loop<T: Transport>(
     )?;
 
     let token = random_token()?;
-    let engine_config = EngineConfig::new(
-        config.auto_kill,
-        config.linger,
-        config.limits,
-        token.clone().into_bytes(),
-    );
+    let engine_config = EngineConfig {
+        copy_max: config.copy_max,
+        ..EngineConfig::new(
+            config.auto_kill,
+            config.linger,
+            config.limits,
+            token.clone().into_bytes(),
+        )
+    };
     let mut engine: Engine<T::Conn> = Engine::new(engine_config, Store::default(), Instant::now());
     host.ready(endpoint, &token)?;
 

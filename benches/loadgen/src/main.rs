@@ -67,6 +67,10 @@ enum Cmd {
         file: PathBuf,
         #[arg(long, default_value = "tcp")]
         transport: Transport,
+        /// Copy values up to this many bytes into replies, send longer ones in place (default:
+        /// the server's own choice); 0 sends every value in place.
+        #[arg(long, value_name = "BYTES")]
+        copy_max: Option<usize>,
     },
     /// One measurement.
     Run {
@@ -951,7 +955,11 @@ fn main() {
                 let info = upcache::ServerInfo::read(c.connection_file())?;
                 println!("{} {}", c.connection_file().display(), info.pid);
             }
-            Cmd::Foreground { file, transport } => {
+            Cmd::Foreground {
+                file,
+                transport,
+                copy_max,
+            } => {
                 /// Writes a connection file where `run --target upcache=FILE` reads it.
                 struct FileHost(PathBuf, u32);
                 impl upcache::server::Host for FileHost {
@@ -975,6 +983,7 @@ fn main() {
                     auto_kill: false,
                     linger: Duration::ZERO,
                     limits: Default::default(),
+                    copy_max: copy_max.unwrap_or(upcache::server::engine::COPY_MAX),
                 };
                 let max_value = config.limits.max_value;
                 upcache::server::serve(&config, &mut FileHost(file, max_value))?;

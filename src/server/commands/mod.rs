@@ -37,6 +37,7 @@ impl<S: Read + Write> Engine<S> {
         id: RequestId,
         req: Request<'_>,
         hash: u64,
+        hint: u32,
         now: Instant,
     ) {
         self.stats.requests += 1;
@@ -45,8 +46,8 @@ impl<S: Read + Write> Engine<S> {
         }
         match req {
             Request::Hello { .. } => self.hello_again(slot, id),
-            Request::Get { key } => self.get(slot, id, hash, key),
-            Request::Set { key, value } => self.set(slot, id, hash, key, value),
+            Request::Get { key } => self.get(slot, id, hash, hint, key),
+            Request::Set { key, value } => self.set(slot, id, hash, hint, key, value),
             Request::Exists { key } => self.exists(slot, id, hash, key),
             Request::Remove { key } => self.remove(slot, id, hash, key),
             Request::Incr { key, delta } => self.incr(slot, id, hash, key, delta),
