@@ -94,7 +94,7 @@ pub mod store;
 #[cfg(feature = "tokio")]
 pub use client::aio;
 pub use client::{
-    Builder, Event, EventKind, Items, Keys, Pipeline, PipelineReply, Subscription, Ttl, UpCache,
+    Builder, ComputeError, Event, EventKind, Items, Keys, Pipeline, PipelineReply, Subscription, Ttl, UpCache,
     SUBSCRIPTION_QUEUE,
 };
 pub use election::{ServerInfo, ServerInfoError};

@@ -60,7 +60,9 @@ pub use header::{
 pub use limits::{
     LimitError, Limits, DEFAULT_MAX_VALUE_LEN, MAX_KEY_LEN, MAX_TOKEN_LEN, MAX_VALUE_LEN_CAP,
 };
-pub use pushes::{decode_incoming, decode_push, encode_set_push_head, Incoming, Push};
+pub use pushes::{
+    decode_incoming, decode_push, encode_lease_value_head, encode_set_push_head, Incoming, Push,
+};
 pub use replies::{decode_reply, encode_value_head, Reply};
 pub use requests::{decode_request, Request};
 

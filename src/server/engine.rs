@@ -209,6 +209,7 @@ impl<S: Read + Write> Engine<S> {
         [
             timers,
             self.hub.next_deadline(),
+            self.hub.leases.next_deadline(),
             self.lifecycle.deadline(),
             expiry,
         ]
@@ -224,7 +225,8 @@ impl<S: Read + Write> Engine<S> {
 
     /// One turn's timed work at `now`: expires due keys (a turn's share, see `expiry.rs`),
     /// fires due timers (a handshake or a close that did not finish in time closes its
-    /// connection; a wait past its deadline ends with `TimedOut`), goes on with connections
+    /// connection; a wait past its deadline ends with `TimedOut`; a lease past its deadline
+    /// passes on), goes on with connections
     /// that used their turn's reads, and sends what other connections' requests queued.
     pub fn tick(&mut self, now: Instant) {
         self.set_time(now);
@@ -244,6 +246,7 @@ impl<S: Read + Write> Engine<S> {
         for w in self.hub.take_expired(now) {
             self.wake(w, WakeReason::TimedOut);
         }
+        self.expire_leases(now);
         self.serve_parked(now);
         self.flush_dirty(now);
     }
