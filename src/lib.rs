@@ -94,8 +94,8 @@ pub mod store;
 #[cfg(feature = "tokio")]
 pub use client::aio;
 pub use client::{
-    Builder, ComputeError, Event, EventKind, Items, Keys, Pipeline, PipelineReply, Subscription, Ttl, UpCache,
-    SUBSCRIPTION_QUEUE,
+    Builder, ComputeError, Event, EventKind, Items, Keys, Pipeline, PipelineReply, Subscription,
+    Ttl, UpCache, SUBSCRIPTION_QUEUE,
 };
 pub use election::{ServerInfo, ServerInfoError};
 pub use error::{validate_name, Error, NameError, Result};

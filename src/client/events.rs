@@ -105,10 +105,9 @@ impl EventKind {
             PushKind::Expired => EventKind::Expired,
             PushKind::Cleared => EventKind::Cleared,
             PushKind::Lagged => EventKind::Lagged(arg),
-            PushKind::Woken
-            | PushKind::Closed
-            | PushKind::LeaseValue
-            | PushKind::LeaseGranted => return None,
+            PushKind::Woken | PushKind::Closed | PushKind::LeaseValue | PushKind::LeaseGranted => {
+                return None
+            }
         })
     }
 }
@@ -391,7 +390,8 @@ impl Events {
             &Request::GetOrLease { key, timeout_ms },
             Pending::Lease(Arc::clone(&slot)),
         )?;
-        slot.take(None).unwrap_or_else(|| Err(self.shared.peer.gone()))
+        slot.take(None)
+            .unwrap_or_else(|| Err(self.shared.peer.gone()))
     }
 
     /// Gives up the lease request `req` got (its reply is not awaited: the server applies it

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, Once, RwLock};
 use std::time::{Duration, Instant};
 
 pub use events::{Event, EventKind, Subscription, SUBSCRIPTION_QUEUE};
-pub use lease::{ComputeError, DEFAULT_LEASE_TIMEOUT};
 use lease::lease_ms;
+pub use lease::{ComputeError, DEFAULT_LEASE_TIMEOUT};
 pub use pipeline::{Pipeline, PipelineReply};
 pub use scan::{Items, Keys};
 

@@ -391,7 +391,11 @@ mod tests {
                 Outcome::Waiting
             );
         }
-        assert_eq!(l.release(t(1, 2), h, k, now), Err(NotHolder), "wrong request id");
+        assert_eq!(
+            l.release(t(1, 2), h, k, now),
+            Err(NotHolder),
+            "wrong request id"
+        );
         assert_eq!(l.release(t(1, 1), h, k, now), Ok(Some(t(2, 2))));
         assert_eq!(l.handoffs, 1);
         // Waiter 3 leaves: the lease skips it.
@@ -424,7 +428,10 @@ mod tests {
         assert_eq!(l.fulfil(hash(b"a"), b"a"), [t(2, 5)]);
         assert!(l.is_empty());
         assert_eq!(l.waiting(), 0);
-        assert!(l.conns.iter().all(|c| c.held.is_empty() && c.waiting.is_empty()));
+        assert!(l
+            .conns
+            .iter()
+            .all(|c| c.held.is_empty() && c.waiting.is_empty()));
     }
 
     #[test]

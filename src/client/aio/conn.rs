@@ -163,7 +163,8 @@ struct State {
     subs: HashMap<SubId, Arc<SubQueue>, ahash::RandomState>,
     /// `GET_OR_LEASE` requests the server answered `WAITING`, by request id, until their push.
     #[allow(clippy::type_complexity)]
-    leases: HashMap<RequestId, (oneshot::Sender<Result<LeaseAnswer>>, Box<[u8]>), ahash::RandomState>,
+    leases:
+        HashMap<RequestId, (oneshot::Sender<Result<LeaseAnswer>>, Box<[u8]>), ahash::RandomState>,
     broken: Option<Broken>,
 }
 

@@ -32,7 +32,10 @@ impl<S: Read + Write> Engine<S> {
             return self.get(slot, id, hash, key);
         }
         self.stats.gets += 1;
-        let who = Ticket { conn: slot, req: id };
+        let who = Ticket {
+            conn: slot,
+            req: id,
+        };
         let timeout = Duration::from_millis(timeout_ms);
         let c = &mut self.conns[slot];
         match self.hub.leases.request(who, hash, key, timeout, now) {
