@@ -106,6 +106,11 @@ impl UpCache {
     /// `remove` and `clear` do not end a lease: a value computed before a `clear` is stored
     /// after it.
     ///
+    /// Not on [`Pipeline`](crate::Pipeline): what a caller does after asking depends on the
+    /// answer (compute and store, or wait for a push that may come much later), and a pipeline
+    /// sends every request before it reads any reply; a waiting pipeline would also hold every
+    /// other request queued behind it.
+    ///
     /// ```no_run
     /// # fn demo(cache: &upcache::UpCache) -> Result<(), upcache::ComputeError<std::io::Error>> {
     /// let page = cache.get_or_compute(b"/index.html", None, || {

@@ -61,8 +61,9 @@ impl UpCache {
     ///
     /// ```no_run
     /// # async fn demo(cache: &upcache::aio::UpCache) -> Result<(), upcache::ComputeError<std::io::Error>> {
+    /// # async fn render() -> std::io::Result<Vec<u8>> { Ok(b"<html>".to_vec()) }
     /// let page = cache
-    ///     .get_or_compute(b"/index.html", None, || tokio::fs::read("index.html"))
+    ///     .get_or_compute(b"/index.html", None, || render()) // one computation, anywhere
     ///     .await?;
     /// # let _ = page; Ok(()) }
     /// ```
