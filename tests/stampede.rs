@@ -362,8 +362,124 @@ fn async_tasks_compute_once_and_a_cancelled_computation_passes_the_lease_on() {
             assert_eq!(waiter.await.unwrap().unwrap(), b"by the waiter");
             let s = h1.stats().await.unwrap();
             assert_eq!((s.leases, s.lease_handoffs), (0, 1));
+
+            // A waiter that was cancelled: the lease that reaches it is released at once, to
+            // the next waiter (two handoffs: to the cancelled one, then past it).
+            let (fail, failed) = tokio::sync::oneshot::channel::<()>();
+            let (started, is_started) = tokio::sync::oneshot::channel();
+            let h = h1.clone();
+            let holder = tokio::spawn(async move {
+                h.get_or_compute(b"d", None, || async move {
+                    let _ = started.send(());
+                    let _ = failed.await;
+                    Err::<Vec<u8>, _>("the holder fails")
+                })
+                .await
+            });
+            is_started.await.unwrap();
+            let h = h2.clone();
+            let cancelled = tokio::spawn(async move {
+                h.get_or_compute(b"d", None, || async { Ok::<_, String>(b"never".to_vec()) })
+                    .await
+            });
+            while h1.stats().await.unwrap().lease_waiters < 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let h = h2.clone();
+            let next = tokio::spawn(async move {
+                h.get_or_compute(b"d", None, || async {
+                    Ok::<_, String>(b"by the next".to_vec())
+                })
+                .await
+            });
+            while h1.stats().await.unwrap().lease_waiters < 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            cancelled.abort();
+            assert!(cancelled.await.unwrap_err().is_cancelled());
+            fail.send(()).unwrap();
+            assert!(matches!(
+                holder.await.unwrap(),
+                Err(ComputeError::Compute("the holder fails"))
+            ));
+            assert_eq!(next.await.unwrap().unwrap(), b"by the next");
+            let s = h1.stats().await.unwrap();
+            assert_eq!((s.leases, s.lease_handoffs), (0, 3));
         })
         .await
         .expect("within the deadline");
     });
+}
+
+#[test]
+fn a_lease_timeout_out_of_range_is_refused_before_any_election() {
+    let sb = Sandbox::new(TransportKind::Tcp);
+    let name = sb.name("lease-option");
+    for d in [Duration::ZERO, Duration::from_millis(1 << 40)] {
+        let e = sb.builder(&name).lease_timeout(d).open().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                upcache::Error::InvalidOption {
+                    option: "lease_timeout",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    assert!(!sb.file(&name).exists(), "no election ran");
+}
+
+/// Threads of one process, on one handle and on a second one: a computation that panics
+/// releases its lease (the panic goes on in its own thread), and so does one whose value is
+/// too large to store; then exactly one thread computes, and a present key is just read.
+#[test]
+fn threads_share_leases_and_a_panicking_or_unstorable_computation_releases_it() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
+    let sb = Sandbox::new(TransportKind::Unix);
+    let name = sb.name("lease-threads");
+    let (a, b) = (sb.open(&name), sb.open(&name));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(Barrier::new(16));
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            let c = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let (runs, barrier) = (Arc::clone(&runs), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                c.get_or_compute(KEY, None, || {
+                    match runs.fetch_add(1, Ordering::SeqCst) {
+                        0 => panic!("the first computation panics"),
+                        1 => Ok(vec![0u8; 64 << 20 | 1]), // over the server's value limit
+                        _ => Ok::<_, String>(b"third time lucky".to_vec()),
+                    }
+                })
+            })
+        })
+        .collect();
+    let mut values = 0;
+    let mut too_large = 0;
+    let mut panicked = 0;
+    for t in threads {
+        match t.join() {
+            Err(_) => panicked += 1,
+            Ok(Ok(v)) => {
+                assert_eq!(v, b"third time lucky");
+                values += 1;
+            }
+            Ok(Err(ComputeError::Cache(upcache::Error::ValueTooLarge { .. }))) => too_large += 1,
+            Ok(Err(e)) => panic!("{e}"),
+        }
+    }
+    assert_eq!((panicked, too_large, values), (1, 1, 14));
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    // Present now: one round trip, no computation.
+    let v = a
+        .get_or_compute(KEY, None, || Err::<Vec<u8>, _>("not called"))
+        .unwrap();
+    assert_eq!(v, b"third time lucky");
+    let s = a.stats().unwrap();
+    assert_eq!((s.leases, s.lease_waiters), (0, 0));
 }

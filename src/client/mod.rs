@@ -214,7 +214,8 @@ impl Builder {
     ///
     /// - [`Error::InvalidName`] for a name that is not 1–128 characters of `[A-Za-z0-9_-]`.
     /// - [`Error::InvalidOption`] for a `max_value_len` over
-    ///   [`MAX_VALUE_LEN_CAP`](crate::protocol::MAX_VALUE_LEN_CAP), before any election.
+    ///   [`MAX_VALUE_LEN_CAP`](crate::protocol::MAX_VALUE_LEN_CAP) or a `lease_timeout` out of
+    ///   range, before any election.
     /// - [`Error::OpenTimedOut`] when no working server was reached within
     ///   [`Builder::open_timeout`] (the error says what was last seen).
     /// - [`Error::VersionMismatch`] when the running server speaks another protocol version,
@@ -248,6 +249,7 @@ impl Builder {
             option: "max_value_len",
             detail: e.to_string(),
         })?;
+        lease_ms(self.lease_timeout)?;
         watch_forks();
         let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
         let path = election::file_path(&dir, &self.name);
