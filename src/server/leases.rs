@@ -461,6 +461,21 @@ mod tests {
         assert_eq!(l.request(t(7, 0), hash(b"x"), b"x", T, now), Outcome::Busy);
         assert_eq!(l.close_conn(7, now), []);
         assert!(l.is_empty());
-        assert!(l.deadlines.len() <= 2 * l.held() + 65 || l.next_deadline().is_none());
+        assert_eq!(l.next_deadline(), None);
+        assert!(l.deadlines.is_empty(), "stale deadlines are dropped");
+    }
+
+    #[test]
+    fn deadlines_of_ended_leases_do_not_pile_up() {
+        let mut l = Leases::default();
+        let now = Instant::now();
+        for _ in 0..10_000 {
+            assert_eq!(
+                l.request(t(1, 1), hash(b"k"), b"k", T, now),
+                Outcome::Leased
+            );
+            assert_eq!(l.fulfil(hash(b"k"), b"k"), []);
+        }
+        assert!(l.deadlines.len() <= 65, "{}", l.deadlines.len());
     }
 }
