@@ -77,6 +77,9 @@ pub enum ArbRequest {
     Expire(Vec<u8>, u64),
     Persist(Vec<u8>),
     Ttl(Vec<u8>),
+    /// Key and lease timeout (mapped into 1 ..= `MAX_TTL_MS`, the range that decodes).
+    GetOrLease(Vec<u8>, u64),
+    Release(Vec<u8>, u32),
 }
 
 impl ArbRequest {
@@ -120,6 +123,11 @@ impl ArbRequest {
             ArbRequest::Expire(k, t) => Request::Expire { key: k, ttl_ms: *t },
             ArbRequest::Persist(k) => Request::Persist { key: k },
             ArbRequest::Ttl(k) => Request::Ttl { key: k },
+            ArbRequest::GetOrLease(k, t) => Request::GetOrLease {
+                key: k,
+                timeout_ms: 1 + t % protocol::MAX_TTL_MS,
+            },
+            ArbRequest::Release(k, r) => Request::Release { key: k, req: *r },
         }
     }
 }

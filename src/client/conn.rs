@@ -37,6 +37,8 @@ pub(crate) enum Answer {
         body: Vec<u8>,
     },
     Text(String),
+    Leased,
+    Waiting,
     Failed(ErrorCode, u64, String),
 }
 
@@ -55,6 +57,8 @@ impl Answer {
                 body: body.to_vec(),
             },
             Reply::Text(t) => Answer::Text(String::from_utf8_lossy(t).into_owned()),
+            Reply::Leased => Answer::Leased,
+            Reply::Waiting => Answer::Waiting,
             Reply::Error { code, arg, message } => {
                 Answer::Failed(code, arg, String::from_utf8_lossy(message).into_owned())
             }
@@ -72,6 +76,8 @@ pub(crate) struct Peer {
     pub limits: Limits,
     /// Longest wait for the server to take a request or send a reply.
     pub request_timeout: Option<Duration>,
+    /// How long a lease of `get_or_compute` lasts, in ms (`Builder::lease_timeout`).
+    pub lease_timeout_ms: u64,
 }
 
 impl Peer {

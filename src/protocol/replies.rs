@@ -13,6 +13,8 @@ mod reply_code {
     pub const UINT: u8 = 0x05;
     pub const CHUNK: u8 = 0x06;
     pub const TEXT: u8 = 0x07;
+    pub const LEASED: u8 = 0x0c;
+    pub const WAITING: u8 = 0x0d;
 }
 
 /// A decoded reply. Replies describe themselves: the code says which shape it is, so a reply
@@ -43,6 +45,12 @@ pub enum Reply<'a> {
     },
     /// `stats`: UTF-8 JSON.
     Text(&'a [u8]),
+    /// `get_or_lease` of a missing key: the caller holds the key's lease; it computes the value
+    /// and stores it (or releases the lease).
+    Leased,
+    /// `get_or_lease` of a missing key whose lease another request holds: a `LeaseValue` or
+    /// `LeaseGranted` push with the request's id follows.
+    Waiting,
     /// The request failed.
     Error {
         /// What went wrong.
@@ -70,6 +78,8 @@ impl<'a> Reply<'a> {
                 (CHUNK, Field::Word(until.to_le_bytes()), body, next)
             }
             Reply::Text(t) => (TEXT, none, t, 0),
+            Reply::Leased => (LEASED, none, &[], 0),
+            Reply::Waiting => (WAITING, none, &[], 0),
             Reply::Error { code, arg, message } => (code as u8, none, message, arg),
         }
     }
@@ -149,13 +159,14 @@ impl<'a> Reply<'a> {
         let no_value = || check(value.is_empty(), "this reply carries no value");
         let no_arg = || check(arg == 0, "this reply carries no argument");
         Ok(match h.code {
-            DONE | NIL => {
+            DONE | NIL | LEASED | WAITING => {
                 no_value()?;
                 no_arg()?;
-                if h.code == DONE {
-                    Reply::Done
-                } else {
-                    Reply::Nil
+                match h.code {
+                    DONE => Reply::Done,
+                    NIL => Reply::Nil,
+                    LEASED => Reply::Leased,
+                    _ => Reply::Waiting,
                 }
             }
             VALUE => {

@@ -220,6 +220,7 @@ impl<S: Read + Write> Engine<S> {
         if self.conns.try_remove(slot).is_none() {
             return;
         }
+        self.end_leases_of(slot, now);
         // A slot still listed as dirty is skipped by flush_dirty (and a new connection in the
         // same slot is flushed once more, which is harmless).
         self.hub.close_conn(slot);
@@ -230,9 +231,12 @@ impl<S: Read + Write> Engine<S> {
     /// then close once they are written or the socket fails. Not a protocol error: no timer,
     /// as for any client that reads slowly.
     fn finish(&mut self, slot: usize, now: Instant) {
-        let Some(c) = self.conns.get_mut(slot) else {
+        if !self.conns.contains(slot) {
             return;
-        };
+        }
+        // It sends nothing more: its leases pass on now, not when its output drains.
+        self.end_leases_of(slot, now);
+        let c = &mut self.conns[slot];
         if c.out.pending() == 0 {
             return self.close(slot, now);
         }
@@ -245,6 +249,7 @@ impl<S: Read + Write> Engine<S> {
     pub(super) fn begin_close(&mut self, slot: usize, now: Instant) {
         self.conns[slot].phase = Phase::Closing;
         self.stats.protocol_errors += 1;
+        self.end_leases_of(slot, now);
         self.add_timer(now + super::engine::CLOSE_TIMEOUT, slot);
     }
 

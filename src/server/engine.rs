@@ -8,8 +8,9 @@
 //! |---|---|
 //! | `engine.rs` | the state, timers (handshake and close deadlines), shutdown |
 //! | `conn_io.rs` | reading, decoding windows, backpressure, writing, closing |
-//! | `commands/` | one file per command family: `kv`, `scan`, `wait`, `subscribe`, `admin` |
-//! | `fanout.rs` | delivering events to subscriptions, waking waits, lag reports |
+//! | `commands/` | one file per command family: `kv`, `scan`, `wait`, `subscribe`, `ttl`, `lease`, `admin` |
+//! | `fanout.rs` | delivering events to subscriptions, waking waits, serving lease waiters, lag reports |
+//! | `leases.rs` | who holds the lease of a missing key and who waits for it (`get_or_compute`) |
 //! | `stats.rs` | the counters and the `stats` reply |
 //!
 //! A new command family is one new file in `commands/` plus its protocol entries.
@@ -218,6 +219,7 @@ impl<S: Read + Write> Engine<S> {
         [
             timers,
             self.hub.next_deadline(),
+            self.hub.leases.next_deadline(),
             self.lifecycle.deadline(),
             expiry,
         ]
@@ -233,7 +235,8 @@ impl<S: Read + Write> Engine<S> {
 
     /// One turn's timed work at `now`: expires due keys (a turn's share, see `expiry.rs`),
     /// fires due timers (a handshake or a close that did not finish in time closes its
-    /// connection; a wait past its deadline ends with `TimedOut`), goes on with connections
+    /// connection; a wait past its deadline ends with `TimedOut`; a lease past its deadline
+    /// passes on), goes on with connections
     /// that used their turn's reads, and sends what other connections' requests queued.
     pub fn tick(&mut self, now: Instant) {
         self.set_time(now);
@@ -253,6 +256,7 @@ impl<S: Read + Write> Engine<S> {
         for w in self.hub.take_expired(now) {
             self.wake(w, WakeReason::TimedOut);
         }
+        self.expire_leases(now);
         self.serve_parked(now);
         self.flush_dirty(now);
     }

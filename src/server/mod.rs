@@ -23,6 +23,7 @@ pub mod engine;
 mod expiry;
 mod fanout;
 pub mod hub;
+pub mod leases;
 pub mod lifecycle;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]

@@ -13,12 +13,15 @@
 //! `send-probe` (what the kernel charges for sending replies from scattered memory), `fanout`
 //! (another client's GET latency while waits are woken and events fan out; see `fanout.rs`),
 //! `expiry-lag` (how late expiry events arrive, upcache against Redis; see `expiry.rs`),
-//! `tasks` (async clients under tokio, one connection shared by many tasks; see `tasks.rs`).
+//! `tasks` (async clients under tokio, one connection shared by many tasks; see `tasks.rs`),
+//! `stampede` (N callers of one missing key: `get_or_compute` against Redis's lock-and-poll
+//! recipe; see `stampede.rs`).
 
 mod expiry;
 mod fanout;
 mod floor;
 mod proto;
+mod stampede;
 mod tasks;
 
 use std::io::{self, Write};
@@ -173,6 +176,15 @@ enum Cmd {
         workers: Option<usize>,
         #[command(flatten)]
         load: Load,
+    },
+    /// N callers of one missing key with a fixed compute time: upcache's `get_or_compute`
+    /// against Redis's `SET NX PX` lock and polled GET (see `stampede.rs`).
+    Stampede {
+        /// `upcache=DIR/upcache-NAME.json` or `redis=tcp:HOST:PORT`; repeat the flag.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        #[command(flatten)]
+        dims: stampede::Dims,
     },
     /// The upcache library's own calls: get round trip and pipelined throughput.
     Client {
@@ -1053,6 +1065,7 @@ fn main() {
             Cmd::Client { transport, ops } => client(transport, ops)?,
             Cmd::SendProbe { keys, batches } => send_probe(keys, batches)?,
             Cmd::Fanout { target, dims } => fanout::run(&Target::parse(&target)?, &dims)?,
+            Cmd::Stampede { targets, dims } => stampede::run(&targets, &dims)?,
         }
         Ok(())
     })();

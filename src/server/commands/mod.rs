@@ -7,6 +7,7 @@
 //! | `wait.rs` | `WAIT`, `WAIT_VALUE` |
 //! | `subscribe.rs` | `SUBSCRIBE`, `SUBSCRIBE_ALL`, `UNSUBSCRIBE` |
 //! | `ttl.rs` | `SET_TTL`, `EXPIRE`, `PERSIST`, `TTL` |
+//! | `lease.rs` | `GET_OR_LEASE`, `RELEASE` (the leases of `get_or_compute`) |
 //! | `admin.rs` | `HELLO` (the handshake), `STATS`, `SHUTDOWN`, `PING` |
 //!
 //! A command queues its reply on its connection before it publishes what it changed, so on
@@ -14,6 +15,7 @@
 
 mod admin;
 mod kv;
+mod lease;
 mod scan;
 mod subscribe;
 mod ttl;
@@ -66,6 +68,10 @@ impl<S: Read + Write> Engine<S> {
             Request::Expire { key, ttl_ms } => self.expire(slot, id, hash, key, ttl_ms, now),
             Request::Persist { key } => self.persist(slot, id, hash, key),
             Request::Ttl { key } => self.ttl(slot, id, hash, key, now),
+            Request::GetOrLease { key, timeout_ms } => {
+                self.get_or_lease(slot, id, hash, key, timeout_ms, now)
+            }
+            Request::Release { key, req } => self.release(slot, id, hash, key, req, now),
             Request::Subscribe { key } => self.subscribe(slot, id, hash, key),
             Request::Unsubscribe { sub } => self.unsubscribe(slot, id, sub),
             Request::Stats => self.stats_request(slot, id, now),
