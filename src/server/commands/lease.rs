@@ -17,7 +17,7 @@ use crate::server::leases::{Outcome, Ticket};
 use crate::store::Entry;
 
 impl<S: Read + Write> Engine<S> {
-    /// `GET_OR_LEASE`: the value (zero-copy, as `GET`), `LEASED`, `WAITING`, or `BUSY` past
+    /// `GET_OR_LEASE`: the value (sent as `GET` sends it), `LEASED`, `WAITING`, or `BUSY` past
     /// the per-connection limit of waits.
     pub(super) fn get_or_lease(
         &mut self,
@@ -29,7 +29,7 @@ impl<S: Read + Write> Engine<S> {
         now: Instant,
     ) {
         if self.store.get(hash, key).is_some() {
-            return self.get(slot, id, hash, key);
+            return self.get(slot, id, hash, crate::store::NO_HINT, key);
         }
         self.stats.gets += 1;
         let who = Ticket {
