@@ -35,11 +35,15 @@
 //! hash index's 4-byte position plus a control byte per bucket.
 
 mod entry;
+#[cfg(test)]
+mod eviction_tests;
 mod segment;
 mod wheel;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::cell::Cell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::rc::Rc;
 
@@ -77,16 +81,72 @@ pub enum IncrError {
 
 /// A key's place in insertion order, and where its record is.
 struct Slot {
-    seq: u64,
+    /// The sequence number (below 2^48) in the low bits, and the eviction policy's access
+    /// count (0..=3) in the top two bits: a `Cell`, so that a read (`&Store`) can count a hit.
+    seq: Cell<u64>,
     /// Segment id, or [`DEAD`].
     seg: u32,
     off: u32,
+}
+
+/// Where the access count sits in [`Slot::seq`].
+const FREQ_SHIFT: u32 = 62;
+/// The sequence number's bits of [`Slot::seq`].
+const SEQ_MASK: u64 = (1 << FREQ_SHIFT) - 1;
+
+impl Slot {
+    fn new(seq: u64, seg: u32, off: u32) -> Self {
+        Slot {
+            seq: Cell::new(seq),
+            seg,
+            off,
+        }
+    }
+
+    /// The key's sequence number.
+    #[inline]
+    fn seq(&self) -> u64 {
+        self.seq.get() & SEQ_MASK
+    }
+
+    /// The access count since the policy last looked at the key (0..=3).
+    #[inline]
+    fn freq(&self) -> u8 {
+        (self.seq.get() >> FREQ_SHIFT) as u8
+    }
+
+    fn set_freq(&self, f: u8) {
+        self.seq.set(self.seq() | u64::from(f) << FREQ_SHIFT);
+    }
+
+    /// Counts a hit: writes only while the count is below 3.
+    #[inline]
+    fn touch(&self) {
+        let v = self.seq.get();
+        if v >> FREQ_SHIFT < 3 {
+            self.seq.set(v + (1 << FREQ_SHIFT));
+        }
+    }
+}
+
+/// The eviction policy's queue a segment belongs to (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Queue {
+    /// New keys (S3-FIFO's small queue).
+    Small = 0,
+    /// Keys that were hit while in the small queue, or came back soon after leaving it; every
+    /// key when there is no budget.
+    Main = 1,
 }
 
 struct SegInfo {
     seg: Rc<Segment>,
     /// Bytes of live records in it.
     live: usize,
+    /// The queue its records are in.
+    queue: Queue,
+    /// Tells it from a later segment with the same id in a queue's FIFO.
+    epoch: u32,
 }
 
 /// The key of slot `i`; empty for a removed one (only hashed while rebuilding the index, where
@@ -105,6 +165,16 @@ fn key_of<'a>(slots: &'a [Slot], segs: &'a [Option<SegInfo>], i: u32) -> &'a [u8
     let off = slot.off as usize;
     let shape = RecordShape::read(&seg[off..]);
     &seg[off + shape.key_start..off + shape.value_start()]
+}
+
+/// Where `hash` sits in the ghost table, and the tag it leaves there (never 0, the empty
+/// mark). Bits 8.. choose the place: the shard takes bits 51..57 and hashbrown the top 7
+/// and the low ones, which only matters for keys of one shard, where the tag (bits 32..)
+/// still tells them apart.
+#[inline]
+fn ghost_slot(ghost: &[u32], hash: u64) -> (usize, u32) {
+    let at = (hash >> 8) as usize & (ghost.len() - 1);
+    (at, (hash >> 32) as u32 | 1)
 }
 
 /// Asks the CPU to start loading the cache line holding `at` (a hint; a no-op where the
@@ -130,15 +200,27 @@ struct Shard {
     /// Segments by id; `None` ids are in `free`.
     segs: Vec<Option<SegInfo>>,
     free: Vec<u32>,
-    /// The shared segment records are appended to.
-    active: Option<u32>,
+    /// The shared segment records of each [`Queue`] are appended to.
+    active: [Option<u32>; 2],
     /// Segments to look at once the current operation is done: they were sealed, or lost a
     /// record.
     check: Vec<u32>,
+    /// With a budget: each queue's segments, oldest first, with their epochs (an entry whose
+    /// segment was dropped meanwhile is skipped when it comes up).
+    fifo: [VecDeque<(u32, u32)>; 2],
+    /// Whether segments are filed in `fifo` (the store has a budget).
+    evicting: bool,
+    /// Epoch of the next segment made.
+    epoch: u32,
+    /// Bytes of the segments the store holds (their whole capacity), and of the small queue's.
+    seg_bytes: usize,
+    small_bytes: usize,
+    /// What this shard last added to [`Store::bytes`].
+    counted: usize,
 }
 
 impl Shard {
-    fn new(segment: usize) -> Self {
+    fn new(segment: usize, evicting: bool) -> Self {
         Shard {
             segment,
             slots: Vec::new(),
@@ -146,9 +228,25 @@ impl Shard {
             dead: 0,
             segs: Vec::new(),
             free: Vec::new(),
-            active: None,
+            active: [None; 2],
             check: Vec::new(),
+            fifo: [VecDeque::new(), VecDeque::new()],
+            evicting,
+            epoch: 0,
+            seg_bytes: 0,
+            small_bytes: 0,
+            counted: 0,
         }
+    }
+
+    /// Bytes this shard holds: segments, slots, index and the small vectors, in O(1).
+    fn bytes(&self) -> usize {
+        self.seg_bytes
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.index.allocation_size()
+            + self.segs.capacity() * std::mem::size_of::<Option<SegInfo>>()
+            + (self.free.capacity() + self.check.capacity()) * 4
+            + (self.fifo[0].capacity() + self.fifo[1].capacity()) * 8
     }
 
     fn info(&self, id: u32) -> &SegInfo {
@@ -196,12 +294,18 @@ impl Shard {
         self.slots.len() - self.dead
     }
 
-    fn new_segment(&mut self, cap: usize) -> u32 {
+    fn new_segment(&mut self, cap: usize, queue: Queue) -> u32 {
+        let seg = Segment::with_capacity(cap);
+        let cap = seg.room();
+        let epoch = self.epoch;
+        self.epoch = self.epoch.wrapping_add(1);
         let info = Some(SegInfo {
-            seg: Rc::new(Segment::with_capacity(cap)),
+            seg: Rc::new(seg),
             live: 0,
+            queue,
+            epoch,
         });
-        match self.free.pop() {
+        let id = match self.free.pop() {
             Some(id) => {
                 self.segs[id as usize] = info;
                 id
@@ -214,21 +318,53 @@ impl Shard {
                 self.segs.push(info);
                 id
             }
+        };
+        self.seg_bytes += cap;
+        if queue == Queue::Small {
+            self.small_bytes += cap;
+        }
+        if self.evicting {
+            self.fifo[queue as usize].push_back((id, epoch));
+        }
+        id
+    }
+
+    /// Drops segment `id` (its live records were moved or removed).
+    fn drop_segment(&mut self, id: u32) {
+        if let Some(info) = self.segs[id as usize].take() {
+            let cap = info.seg.len() + info.seg.room();
+            self.seg_bytes -= cap;
+            if info.queue == Queue::Small {
+                self.small_bytes -= cap;
+            }
+            if self.active[info.queue as usize] == Some(id) {
+                self.active[info.queue as usize] = None;
+            }
+            self.free.push(id);
+        }
+        // FIFO entries of dropped segments are skipped when they come up; sweep them when
+        // they outnumber the segments, so the FIFOs stay O(segments).
+        let stale = self.fifo[0].len() + self.fifo[1].len();
+        if stale > 2 * (self.segs.len() - self.free.len()) + 16 {
+            let segs = &self.segs;
+            for q in &mut self.fifo {
+                q.retain(|&(id, ep)| segs[id as usize].as_ref().is_some_and(|i| i.epoch == ep));
+            }
         }
     }
 
-    /// Appends one record made of `parts`; returns its segment and offset.
-    fn append(&mut self, parts: &[&[u8]]) -> (u32, u32) {
+    /// Appends one record made of `parts` to `queue`; returns its segment and offset.
+    fn append(&mut self, queue: Queue, parts: &[&[u8]]) -> (u32, u32) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let id = if len > self.segment / 4 {
-            self.new_segment(len)
+            self.new_segment(len, queue)
         } else {
-            match self.active {
+            match self.active[queue as usize] {
                 Some(a) if self.info(a).seg.room() >= len => a,
                 sealed => {
                     self.check.extend(sealed);
-                    let a = self.new_segment(self.segment);
-                    self.active = Some(a);
+                    let a = self.new_segment(self.segment, queue);
+                    self.active[queue as usize] = Some(a);
                     a
                 }
             }
@@ -274,44 +410,86 @@ impl Shard {
     /// Drops or reclaims the segments in `check` that are mostly garbage.
     fn settle(&mut self, hasher: &ahash::RandomState) {
         while let Some(id) = self.check.pop() {
-            if Some(id) == self.active {
-                continue;
-            }
             let Some(info) = &self.segs[id as usize] else {
                 continue; // listed twice and already gone
             };
+            if Some(id) == self.active[info.queue as usize] {
+                continue;
+            }
             if info.live * 2 > info.seg.len() {
                 continue;
             }
             if info.live > 0 {
                 self.relocate(id, hasher);
             }
-            self.segs[id as usize] = None;
-            self.free.push(id);
+            self.drop_segment(id);
         }
     }
 
-    /// Copies the live records of segment `id` to the active segment.
+    /// The slot whose record is at `off` in segment `id`, found through the index by the
+    /// record's key.
+    fn slot_at(&self, id: u32, off: usize, key: &[u8], hasher: &ahash::RandomState) -> Option<u32> {
+        let slots = &self.slots;
+        self.index
+            .find(hasher.hash_one(key), |&i| {
+                let s = &slots[i as usize];
+                s.seg == id && s.off as usize == off
+            })
+            .copied()
+    }
+
+    /// Copies the live records of segment `id` to the active segment of its queue.
     fn relocate(&mut self, id: u32, hasher: &ahash::RandomState) {
         let seg = Rc::clone(&self.info(id).seg);
+        let queue = self.info(id).queue;
         let bytes = seg.bytes();
         let mut off = 0;
         while off < bytes.len() {
             let shape = RecordShape::read(&bytes[off..]);
             let rec = &bytes[off..off + shape.len()];
             let key = &rec[shape.key_start..shape.value_start()];
-            let slots = &self.slots;
-            let here = self.index.find(hasher.hash_one(key), |&i| {
-                let s = &slots[i as usize];
-                s.seg == id && s.off as usize == off
-            });
-            if let Some(&i) = here {
-                let (seg, off) = self.append(&[rec]);
+            if let Some(i) = self.slot_at(id, off, key, hasher) {
+                let (seg, off) = self.append(queue, &[rec]);
                 let slot = &mut self.slots[i as usize];
                 (slot.seg, slot.off) = (seg, off);
             }
             off += shape.len();
         }
+    }
+
+    /// The oldest segment the policy should look at next, taken from its FIFO: the small
+    /// queue's while it holds more than a tenth of the shard's segment bytes (`small_share`
+    /// tenths; 0: never), else the main queue's. `None` when only active segments are left.
+    fn next_victim(&mut self, small_tenths: usize) -> Option<u32> {
+        let small_first = small_tenths > 0 && self.small_bytes * 10 > self.seg_bytes * small_tenths;
+        let order = if small_first { [0, 1] } else { [1, 0] };
+        for q in order {
+            while let Some(&(id, ep)) = self.fifo[q].front() {
+                let info = self.segs[id as usize].as_ref().filter(|i| i.epoch == ep);
+                let Some(info) = info else {
+                    self.fifo[q].pop_front(); // dropped by reclamation
+                    continue;
+                };
+                if self.active[info.queue as usize] == Some(id) {
+                    break; // the queue's only segment is the one being filled
+                }
+                self.fifo[q].pop_front();
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Gives back every segment, the ones being filled too (entries that replies still hold
+    /// keep their own segments alive): the shard holds no key.
+    fn reset_segments(&mut self) {
+        self.segs = Vec::new();
+        self.free = Vec::new();
+        self.active = [None; 2];
+        self.check = Vec::new();
+        self.fifo = [VecDeque::new(), VecDeque::new()];
+        self.seg_bytes = 0;
+        self.small_bytes = 0;
     }
 
     /// Drops tombstones, keeping order, and rebuilds the index. Returns where each old slot
@@ -358,6 +536,50 @@ pub struct Store {
     due: Vec<u32>,
     /// Live keys with a TTL.
     ttl_keys: usize,
+    /// The memory budget in bytes (0: none).
+    budget: usize,
+    /// The sum of every shard's [`Shard::bytes`] (kept up to date in O(1) per operation;
+    /// [`Store::memory_bytes`] adds the wheel's and the ghost's).
+    bytes: usize,
+    /// A shard that must not be compacted now: `put` holds a slot index of it while it makes
+    /// room.
+    hold: Option<usize>,
+    /// The eviction policy's small-queue share, in tenths of each shard's segment bytes.
+    small_tenths: usize,
+    /// Where the next eviction looks first (shards take turns).
+    cursor: usize,
+    /// Keys recently evicted from the small queue, as tags of their hashes in a table
+    /// indexed by hash (S3-FIFO's ghost queue): such a key coming back goes to the main
+    /// queue. Empty without a budget.
+    ghost: Box<[u32]>,
+    /// Keys that left for the budget (or expired while the policy looked), not yet taken by
+    /// [`Store::drain_gone`].
+    gone: Vec<Gone>,
+    /// Keys evicted since start.
+    evicted: u64,
+}
+
+/// A key that left the store without being asked to (see [`Store::drain_gone`]).
+#[derive(Debug)]
+pub enum Gone {
+    /// Evicted to keep the store within its budget.
+    Evicted(Entry),
+    /// Its TTL ran out: the budget expires due keys before it evicts anything.
+    Expired(Entry),
+}
+
+/// The eviction policy, chosen by measurement (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// S3-FIFO on segments: new keys enter a small FIFO queue (a tenth of the memory); those
+    /// hit there move to the main queue, the others leave (and are remembered in a ghost
+    /// table, so that one coming back soon enters the main queue); the main queue reinserts a
+    /// key hit since the policy last looked (its count, up to 3, goes down by one) and evicts
+    /// the others. The default.
+    S3Fifo,
+    /// One FIFO queue with reinsertion of hit keys (CLOCK with a 2-bit count, on segments):
+    /// S3-FIFO without its small queue, the reference it is measured against.
+    Clock,
 }
 
 impl fmt::Debug for Store {
@@ -365,6 +587,8 @@ impl fmt::Debug for Store {
         f.debug_struct("Store")
             .field("len", &self.len)
             .field("next_seq", &self.next_seq)
+            .field("budget", &self.budget)
+            .field("bytes", &self.bytes)
             .finish()
     }
 }
@@ -385,8 +609,44 @@ impl Store {
     /// and fuzzing use small ones, so that segments fill and are reclaimed within a few
     /// operations.
     pub fn with_segment_size(hasher: ahash::RandomState, segment: usize) -> Self {
-        Store {
-            shards: (0..SHARDS).map(|_| Shard::new(segment)).collect(),
+        Store::with_budget(hasher, segment, 0, Policy::S3Fifo)
+    }
+
+    /// The segment size for a budget of `max_memory` bytes (0: none): [`SEGMENT`], or less
+    /// for a small budget, so that the segments being filled (two per shard) stay within
+    /// 1/32 of it.
+    pub fn segment_for(max_memory: u64) -> usize {
+        if max_memory == 0 {
+            return SEGMENT;
+        }
+        let per = (max_memory / (2 * SHARDS as u64 * 32)).max(1024);
+        (1usize << per.ilog2()).clamp(1024, SEGMENT)
+    }
+
+    /// An empty store that keeps what it holds within `max_memory` bytes (0: no limit) by
+    /// evicting with `policy`, with shared segments of `segment` bytes ([`Store::segment_for`]
+    /// in a server). Slack: after an operation the store may hold more than the budget by
+    /// the growth of one shard's slot vector and index, one segment and one record, until
+    /// the next write (and an operation never evicts the segments being filled, so a budget
+    /// smaller than two segments per shard can be exceeded by them).
+    pub fn with_budget(
+        hasher: ahash::RandomState,
+        segment: usize,
+        max_memory: u64,
+        policy: Policy,
+    ) -> Self {
+        let budget = usize::try_from(max_memory).unwrap_or(usize::MAX);
+        let ghost = if budget == 0 {
+            Box::default()
+        } else {
+            // About one entry per 256 bytes of budget: as many as the keys it may hold.
+            let n = (budget / 256).clamp(64, 1 << 24).next_power_of_two();
+            vec![0u32; n].into_boxed_slice()
+        };
+        let mut store = Store {
+            shards: (0..SHARDS)
+                .map(|_| Shard::new(segment, budget > 0))
+                .collect(),
             hasher,
             next_seq: 1,
             len: 0,
@@ -394,6 +654,78 @@ impl Store {
             wheel: Wheel::default(),
             due: Vec::new(),
             ttl_keys: 0,
+            budget,
+            bytes: 0,
+            small_tenths: match policy {
+                Policy::S3Fifo => 1,
+                Policy::Clock => 0,
+            },
+            cursor: 0,
+            hold: None,
+            ghost,
+            gone: Vec::new(),
+            evicted: 0,
+        };
+        store.recount_all();
+        store
+    }
+
+    /// The budget in bytes (0: none).
+    pub fn max_memory(&self) -> u64 {
+        self.budget as u64
+    }
+
+    /// Bytes held as the budget counts them: segments (live records, garbage and unused
+    /// room), slots, hash indexes, the timing wheel (4 bytes per entry plus its lists) and
+    /// the ghost table. Kept up to date in O(1) per operation.
+    pub fn memory_bytes(&self) -> u64 {
+        (self.bytes + self.side_bytes()) as u64
+    }
+
+    /// Keys evicted for the budget since the store was made.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Whether a record of this key and value can be stored at all under the budget: it may
+    /// take at most half of it (a larger one is refused, and nothing is evicted for it).
+    pub fn fits(&self, key_len: usize, value_len: usize) -> bool {
+        self.budget == 0 || key_len + value_len + 2 * 5 + 8 <= self.budget / 2
+    }
+
+    /// Whether keys left without being asked to and wait in [`Store::drain_gone`].
+    #[inline]
+    pub fn has_gone(&self) -> bool {
+        !self.gone.is_empty()
+    }
+
+    /// Takes the keys that left for the budget (evicted, or expired because the budget looked
+    /// for room): a server tells their listeners. A store with a budget keeps them until
+    /// this is called.
+    pub fn drain_gone(&mut self) -> std::vec::Drain<'_, Gone> {
+        self.gone.drain(..)
+    }
+
+    /// Bytes of the timing wheel and the ghost table, as counted in [`Store::memory_bytes`].
+    fn side_bytes(&self) -> usize {
+        self.wheel.len() * 4 + wheel::LEVELS * 64 * 24 + self.due.capacity() * 4 + self.ghost.len() * 4
+    }
+
+    /// Recounts one shard's bytes (O(1)).
+    #[inline]
+    fn recount(&mut self, shard: usize) {
+        let s = &mut self.shards[shard];
+        let now = s.bytes();
+        self.bytes = self.bytes + now - s.counted;
+        s.counted = now;
+    }
+
+    /// Recounts everything (construction and `clear`).
+    fn recount_all(&mut self) {
+        self.bytes = 0;
+        for s in self.shards.iter_mut() {
+            s.counted = s.bytes();
+            self.bytes += s.counted;
         }
     }
 
@@ -434,7 +766,7 @@ impl Store {
             .iter()
             .flat_map(|s| s.segs.iter().flatten())
             .map(|i| i.seg.len() + i.seg.room())
-            .sum()
+            .sum::<usize>()
     }
 
     /// Bytes of live records across all shards.
@@ -483,9 +815,14 @@ impl Store {
     #[inline]
     pub fn get(&self, hash: u64, key: &[u8]) -> Option<Record<'_>> {
         let s = self.shard(hash);
-        s.find(hash, key)
-            .map(|(_, record)| record)
-            .filter(|r| !r.is_due(self.now))
+        let (i, record) = s.find(hash, key)?;
+        if record.is_due(self.now) {
+            return None;
+        }
+        if self.budget != 0 {
+            s.slots[i].touch();
+        }
+        Some(record)
     }
 
     /// Whether `key` is stored with a TTL that ran out by the store's clock but has not been
@@ -627,7 +964,8 @@ impl Store {
         let pos = match (in_place, found) {
             (Some(i), _) => i,
             (None, Some(i)) => {
-                let (seg, off) = shard.append(&[&header[..n], key, value]);
+                let queue = shard.info(shard.slots[i].seg).queue;
+                let (seg, off) = shard.append(queue, &[&header[..n], key, value]);
                 let old = &mut shard.slots[i];
                 let (old_seg, old_off) = (old.seg, old.off);
                 (old.seg, old.off) = (seg, off);
@@ -635,14 +973,21 @@ impl Store {
                 i
             }
             (None, None) => {
-                let (seg, off) = shard.append(&[&header[..n], key, value]);
+                let queue = if self.budget == 0 {
+                    Queue::Main
+                } else {
+                    let (at, tag) = ghost_slot(&self.ghost, hash);
+                    if self.ghost[at] == tag {
+                        self.ghost[at] = 0;
+                        Queue::Main
+                    } else {
+                        Queue::Small
+                    }
+                };
+                let (seg, off) = shard.append(queue, &[&header[..n], key, value]);
                 let i = shard.slots.len();
                 let pos = u32::try_from(i).expect("a shard holds fewer than 2^32 entries");
-                shard.slots.push(Slot {
-                    seq: self.next_seq,
-                    seg,
-                    off,
-                });
+                shard.slots.push(Slot::new(self.next_seq, seg, off));
                 self.next_seq += 1;
                 self.len += 1;
                 let (slots, segs) = (&shard.slots, &shard.segs);
@@ -667,8 +1012,130 @@ impl Store {
             );
         }
         self.sweep_if_stale();
+        self.recount(shard_id);
+        if self.budget != 0 && self.bytes + self.side_bytes() > self.budget {
+            self.make_room(Some((shard_id, pos)));
+        }
         let shard = &self.shards[shard_id];
         shard.record(&shard.slots[pos])
+    }
+
+    /// Brings the store back within its budget: expires due keys first, then evicts by the
+    /// policy, one segment at a time, shards taking turns, until the budget holds or nothing
+    /// but the segments being filled is left. `hold` is a slot (shard, index) that must stay:
+    /// the key being written.
+    fn make_room(&mut self, hold: Option<(usize, usize)>) {
+        self.hold = hold.map(|h| h.0);
+        if self.next_expiry().is_some_and(|t| t <= self.now) {
+            let mut gone = std::mem::take(&mut self.gone);
+            self.expire_due(256, |e| gone.push(Gone::Expired(e)));
+            self.gone = gone;
+        }
+        let mut idle = 0;
+        while self.bytes + self.side_bytes() > self.budget && idle < SHARDS {
+            let sid = self.cursor;
+            self.cursor = (self.cursor + 1) % SHARDS;
+            match self.shards[sid].next_victim(self.small_tenths) {
+                Some(id) => {
+                    idle = 0;
+                    let keep = hold.filter(|h| h.0 == sid).map(|h| h.1);
+                    self.evict_segment(sid, id, keep);
+                }
+                None => idle += 1,
+            }
+        }
+        self.hold = None;
+    }
+
+    /// The policy's look at one segment of shard `sid`: its records move on (a small-queue
+    /// record that was hit goes to the main queue; a main-queue record that was hit is
+    /// appended again, its count one lower) or leave (evicted, or expired if due); then the
+    /// segment is dropped. Slot `keep` is kept whatever its count.
+    fn evict_segment(&mut self, sid: usize, id: u32, keep: Option<usize>) {
+        let now = self.now;
+        let hasher = &self.hasher;
+        let shard = &mut self.shards[sid];
+        let seg = Rc::clone(&shard.info(id).seg);
+        let queue = shard.info(id).queue;
+        let bytes = seg.bytes();
+        let mut off = 0;
+        while off < bytes.len() {
+            let shape = RecordShape::read(&bytes[off..]);
+            let rec = &bytes[off..off + shape.len()];
+            let key = &rec[shape.key_start..shape.value_start()];
+            let hash = hasher.hash_one(key);
+            let slots = &shard.slots;
+            let found = shard.index.find_entry(hash, |&i| {
+                let s = &slots[i as usize];
+                s.seg == id && s.off as usize == off
+            });
+            if let Ok(found) = found {
+                let i = *found.get() as usize;
+                let record = Record::at(&seg, off);
+                let due = record.is_due(now);
+                let f = shard.slots[i].freq();
+                if !due && (f > 0 || keep == Some(i)) {
+                    let (to, f) = match queue {
+                        Queue::Small => (Queue::Main, 0),
+                        Queue::Main => (Queue::Main, f.saturating_sub(1)),
+                    };
+                    let (s2, o2) = shard.append(to, &[rec]);
+                    let slot = &mut shard.slots[i];
+                    (slot.seg, slot.off) = (s2, o2);
+                    slot.set_freq(f);
+                } else {
+                    found.remove();
+                    if record.deadline().is_some() {
+                        self.ttl_keys -= 1;
+                    }
+                    shard.slots[i].seg = DEAD;
+                    shard.dead += 1;
+                    self.len -= 1;
+                    let entry = record.to_entry();
+                    if due {
+                        self.gone.push(Gone::Expired(entry));
+                    } else {
+                        self.evicted += 1;
+                        self.gone.push(Gone::Evicted(entry));
+                        if queue == Queue::Small {
+                            let (at, tag) = ghost_slot(&self.ghost, hash);
+                            self.ghost[at] = tag;
+                        }
+                    }
+                }
+            }
+            off += shape.len();
+        }
+        shard.drop_segment(id);
+        shard.settle(hasher);
+        if shard.live() == 0 {
+            shard.reset_segments();
+        }
+        self.compact_if_sparse(sid);
+        self.recount(sid);
+    }
+
+    /// Compacts shard `sid` if tombstones outnumber its keys, and follows its wheel entries
+    /// to their new slots (not while `put` holds a slot of it).
+    fn compact_if_sparse(&mut self, id: usize) {
+        let shard = &mut self.shards[id];
+        if self.hold == Some(id) || shard.dead <= 32 || shard.dead <= shard.live() {
+            return;
+        }
+        let moved = shard.compact(&self.hasher);
+        if !self.wheel.is_empty() || !self.due.is_empty() {
+            // Wheel entries name slots: follow this shard's to their new places.
+            let map = |e: u32| {
+                let (sh, sl) = Wheel::unpack(e);
+                if sh != id {
+                    return Some(e);
+                }
+                let to = *moved.get(sl)?;
+                (to != u32::MAX).then(|| Wheel::pack(id, to as usize))
+            };
+            self.wheel.remap(map);
+            self.due = self.due.iter().filter_map(|&e| map(e)).collect();
+        }
     }
 
     /// Files a wheel entry for `deadline` (past the wheel's time, or among the due ones).
@@ -770,30 +1237,11 @@ impl Store {
         self.len -= 1;
         shard.settle(&self.hasher);
         if shard.live() == 0 {
-            // Nothing left: give back the current segment too (entries that replies still
-            // hold keep their own segments alive).
-            shard.segs = Vec::new();
-            shard.free = Vec::new();
-            shard.active = None;
-            shard.check.clear();
+            shard.reset_segments();
         }
-        if shard.dead > 32 && shard.dead > shard.live() {
-            let moved = shard.compact(&self.hasher);
-            if !self.wheel.is_empty() || !self.due.is_empty() {
-                // Wheel entries name slots: follow this shard's to their new places.
-                let id = Self::shard_of(hash).0;
-                let map = |e: u32| {
-                    let (sh, sl) = Wheel::unpack(e);
-                    if sh != id {
-                        return Some(e);
-                    }
-                    let to = *moved.get(sl)?;
-                    (to != u32::MAX).then(|| Wheel::pack(id, to as usize))
-                };
-                self.wheel.remap(map);
-                self.due = self.due.iter().filter_map(|&e| map(e)).collect();
-            }
-        }
+        let id = Self::shard_of(hash).0;
+        self.compact_if_sparse(id);
+        self.recount(id);
         true
     }
 
@@ -822,12 +1270,14 @@ impl Store {
     /// Removes every key.
     pub fn clear(&mut self) {
         for s in self.shards.iter_mut() {
-            *s = Shard::new(s.segment);
+            *s = Shard::new(s.segment, self.budget > 0);
         }
         self.len = 0;
         self.wheel = Wheel::default();
         self.due = Vec::new();
         self.ttl_keys = 0;
+        self.ghost.fill(0);
+        self.recount_all();
     }
 
     /// The sequence number the next new key will get: the snapshot bound of an enumeration
@@ -856,10 +1306,10 @@ impl Store {
         // A k-way merge over the shards, each already in sequence order.
         let mut heads: BinaryHeap<Reverse<(u64, usize, usize)>> = BinaryHeap::new();
         for (si, s) in self.shards.iter().enumerate() {
-            let i = s.slots.partition_point(|slot| slot.seq < from);
+            let i = s.slots.partition_point(|slot| slot.seq() < from);
             if let Some(slot) = s.slots.get(i) {
-                if slot.seq < until {
-                    heads.push(Reverse((slot.seq, si, i)));
+                if slot.seq() < until {
+                    heads.push(Reverse((slot.seq(), si, i)));
                 }
             }
         }
@@ -878,8 +1328,8 @@ impl Store {
                 }
             }
             if let Some(next) = shard.slots.get(i + 1) {
-                if next.seq < until {
-                    heads.push(Reverse((next.seq, si, i + 1)));
+                if next.seq() < until {
+                    heads.push(Reverse((next.seq(), si, i + 1)));
                 }
             }
         }
@@ -1109,7 +1559,7 @@ mod tests {
     }
 
     /// Sum of the record lengths of what the store should hold.
-    fn expected_live(s: &Store) -> usize {
+    pub(super) fn expected_live(s: &Store) -> usize {
         scan_all(s, true, 1000)
             .iter()
             .map(|(k, v)| Store::record_len(k, v, false))
