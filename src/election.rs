@@ -68,6 +68,10 @@ pub struct ServerInfo {
     pub address: String,
     /// The longest value the server accepts, in bytes.
     pub max_value: u32,
+    /// The server's memory budget in bytes; 0 (or absent, in a file of a server without
+    /// budgets) for none.
+    #[serde(default)]
+    pub max_memory: u64,
 }
 
 /// The most of a connection file that is ever read: a hostile file cannot make a reader
@@ -153,6 +157,7 @@ impl ServerInfo {
             transport: endpoint.kind().name().into(),
             address: endpoint.to_string(),
             max_value,
+            max_memory: 0,
         }
     }
 

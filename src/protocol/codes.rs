@@ -89,6 +89,8 @@ codes! {
         Closed = 0x06,
         /// key expired (its TTL ran out) and was removed. id = subscription.
         Expired = 0x07,
+        /// key was evicted to keep the store within its memory budget. id = subscription.
+        Evicted = 0x08,
     }
 }
 
@@ -138,6 +140,9 @@ codes! {
         /// A TTL of 0 or over [`MAX_TTL_MS`](super::MAX_TTL_MS); nothing changed and the
         /// connection goes on.
         BadTtl = 0x4b,
+        /// A value whose record would take more than half the server's memory budget (arg =
+        /// the budget in bytes); nothing was stored or evicted and the connection goes on.
+        OverBudget = 0x51,
     }
 }
 
@@ -157,6 +162,9 @@ impl ErrorCode {
             ErrorCode::NoSuchSubscription => "no such subscription",
             ErrorCode::Busy => "too many waits or subscriptions on this connection",
             ErrorCode::BadTtl => "a TTL must be 1 ms to 2^40 - 1 ms (about 34 years)",
+            ErrorCode::OverBudget => {
+                "value too large for the server's memory budget (a record may take half of it)"
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::ServerStats;
 
 impl<S: Read + Write> Engine<S> {
     /// The report at `now`: the counters kept in `self.stats` (accepted, requests, gets,
-    /// hits, bytes, events, protocol errors, expired) and the sizes of the moment.
+    /// hits, bytes, events, protocol errors, expired, evicted) and the sizes of the moment.
     pub fn stats(&self, now: Instant) -> ServerStats {
         ServerStats {
             pid: std::process::id(),
@@ -23,6 +23,9 @@ impl<S: Read + Write> Engine<S> {
             subscriptions: self.hub.sub_count() as u64,
             max_value_len: self.config.limits.max_value.into(),
             ttl_keys: self.store.ttl_keys() as u64,
+            misses: self.stats.gets - self.stats.hits,
+            max_memory: self.store.max_memory(),
+            memory_bytes: self.store.memory_bytes(),
             ..self.stats.clone()
         }
     }
