@@ -458,22 +458,27 @@ impl Shard {
     }
 
     /// The oldest segment the policy should look at next, taken from its FIFO: the small
-    /// queue's while it holds more than a tenth of the shard's segment bytes (`small_share`
-    /// tenths; 0: never), else the main queue's. `None` when only active segments are left.
-    fn next_victim(&mut self, small_tenths: usize) -> Option<u32> {
-        let small_first = small_tenths > 0 && self.small_bytes * 10 > self.seg_bytes * small_tenths;
+    /// queue's while it holds more than `small_tenths` tenths of the shard's segment bytes
+    /// (0: never), else the main queue's. Skips the segment being filled and `hold` (the one
+    /// holding the record being written): at most two, so this is O(1) but for entries of
+    /// segments dropped meanwhile, each taken out once. `None` when nothing else is left.
+    fn next_victim(&mut self, small_tenths: usize, hold: Option<u32>) -> Option<u32> {
+        let small_first =
+            small_tenths > 0 && self.small_bytes * 10 > self.seg_bytes * small_tenths;
         let order = if small_first { [0, 1] } else { [1, 0] };
         for q in order {
-            while let Some(&(id, ep)) = self.fifo[q].front() {
+            let mut at = 0;
+            while let Some(&(id, ep)) = self.fifo[q].get(at) {
                 let info = self.segs[id as usize].as_ref().filter(|i| i.epoch == ep);
                 let Some(info) = info else {
-                    self.fifo[q].pop_front(); // dropped by reclamation
+                    self.fifo[q].remove(at); // dropped by reclamation
                     continue;
                 };
-                if self.active[info.queue as usize] == Some(id) {
-                    break; // the queue's only segment is the one being filled
+                if self.active[info.queue as usize] == Some(id) || hold == Some(id) {
+                    at += 1;
+                    continue;
                 }
-                self.fifo[q].pop_front();
+                self.fifo[q].remove(at);
                 return Some(id);
             }
         }
@@ -804,10 +809,31 @@ impl Store {
     /// Whether the segments hold at most what reclamation promises: every segment other than
     /// a shard's current one is more than half live and, if shared, more than three quarters
     /// written, so all segments together take less than 8/3 of the live bytes plus one shared
-    /// segment per shard.
+    /// segment per shard (two with a budget).
     pub fn footprint_is_bounded(&self) -> bool {
         let segment = self.shards[0].segment;
-        3 * self.segment_bytes() <= 8 * self.live_bytes() + 3 * SHARDS * segment
+        // With a budget each shard fills two segments: the small queue's and the main one's.
+        let filling = if self.budget > 0 { 2 } else { 1 };
+        3 * self.segment_bytes() <= 8 * self.live_bytes() + 3 * filling * SHARDS * segment
+    }
+
+    /// Whether some shard holds a segment the policy could evict (one not being filled, nor
+    /// the one holding `written`, the key just written): a store over its budget after a
+    /// write has none (tests; walks every segment).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn has_victim(&self, written: Option<&[u8]>) -> bool {
+        let held = written.and_then(|k| {
+            let h = self.hash(k);
+            let (i, _) = self.shard(h).find(h, k)?;
+            Some((Self::shard_of(h).0, self.shard(h).slots[i].seg))
+        });
+        self.shards.iter().enumerate().any(|(si, s)| {
+            s.segs.iter().enumerate().any(|(id, i)| {
+                i.as_ref().is_some_and(|i| {
+                    s.active[i.queue as usize] != Some(id as u32) && held != Some((si, id as u32))
+                })
+            })
+        })
     }
 
     /// The entry for `key` (`hash` from [`Store::hash`]); `None` for a key whose TTL ran out
@@ -1035,11 +1061,12 @@ impl Store {
         while self.bytes + self.side_bytes() > self.budget && idle < SHARDS {
             let sid = self.cursor;
             self.cursor = (self.cursor + 1) % SHARDS;
-            match self.shards[sid].next_victim(self.small_tenths) {
+            let shard = &mut self.shards[sid];
+            let keep = hold.filter(|h| h.0 == sid).map(|h| shard.slots[h.1].seg);
+            match shard.next_victim(self.small_tenths, keep) {
                 Some(id) => {
                     idle = 0;
-                    let keep = hold.filter(|h| h.0 == sid).map(|h| h.1);
-                    self.evict_segment(sid, id, keep);
+                    self.evict_segment(sid, id);
                 }
                 None => idle += 1,
             }
@@ -1050,8 +1077,9 @@ impl Store {
     /// The policy's look at one segment of shard `sid`: its records move on (a small-queue
     /// record that was hit goes to the main queue; a main-queue record that was hit is
     /// appended again, its count one lower) or leave (evicted, or expired if due); then the
-    /// segment is dropped. Slot `keep` is kept whatever its count.
-    fn evict_segment(&mut self, sid: usize, id: u32, keep: Option<usize>) {
+    /// segment is dropped. Each record moved on has a lower count or left the small queue,
+    /// so a run of these ends.
+    fn evict_segment(&mut self, sid: usize, id: u32) {
         let now = self.now;
         let hasher = &self.hasher;
         let shard = &mut self.shards[sid];
@@ -1074,7 +1102,7 @@ impl Store {
                 let record = Record::at(&seg, off);
                 let due = record.is_due(now);
                 let f = shard.slots[i].freq();
-                if !due && (f > 0 || keep == Some(i)) {
+                if !due && f > 0 {
                     let (to, f) = match queue {
                         Queue::Small => (Queue::Main, 0),
                         Queue::Main => (Queue::Main, f.saturating_sub(1)),
