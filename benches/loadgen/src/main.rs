@@ -15,6 +15,7 @@
 //! `expiry-lag` (how late expiry events arrive, upcache against Redis; see `expiry.rs`),
 //! `tasks` (async clients under tokio, one connection shared by many tasks; see `tasks.rs`).
 
+mod budget;
 mod expiry;
 mod fanout;
 mod floor;
@@ -169,6 +170,11 @@ enum Cmd {
         workers: Option<usize>,
         #[command(flatten)]
         load: Load,
+    },
+    /// RSS under a memory budget after churning 10x the budget through it (see `budget.rs`).
+    Budget {
+        #[command(flatten)]
+        dims: budget::Dims,
     },
     /// The upcache library's own calls: get round trip and pipelined throughput.
     Client {
@@ -1043,6 +1049,7 @@ fn main() {
             } => tasks::run(&Target::parse_all(&targets)?, &tasks, &load, workers)?,
             Cmd::Client { transport, ops } => client(transport, ops)?,
             Cmd::SendProbe { keys, batches } => send_probe(keys, batches)?,
+            Cmd::Budget { dims } => budget::run(&dims)?,
             Cmd::Fanout { target, dims } => fanout::run(&Target::parse(&target)?, &dims)?,
         }
         Ok(())
