@@ -68,7 +68,7 @@ impl<S: Read + Write> Engine<S> {
     /// or expired first because they were due), and counts them. Called after every request.
     #[cold]
     pub(super) fn publish_gone(&mut self) {
-        let gone: Vec<Gone> = self.store.drain_gone().collect();
+        let mut gone = self.store.take_gone();
         for g in &gone {
             let (e, change) = match g {
                 Gone::Evicted(e) => {
@@ -85,6 +85,8 @@ impl<S: Read + Write> Engine<S> {
                 self.publish(hash, change);
             }
         }
+        gone.clear();
+        self.store.recycle_gone(gone);
     }
 
     /// Expires `key` now if its TTL ran out but the timers have not come to it yet, so a
