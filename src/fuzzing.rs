@@ -451,7 +451,10 @@ pub fn store_model_bytes(data: &[u8]) {
             if expired {
                 assert!(d.is_some_and(|d| d <= m.now), "expired early: {e:?}");
             } else {
-                assert!(m.live(e.key()).is_some(), "evicted a due key as live: {e:?}");
+                assert!(
+                    m.live(e.key()).is_some(),
+                    "evicted a due key as live: {e:?}"
+                );
                 assert!(budget > 0, "evicted without a budget");
             }
             m.remove(e.key());

@@ -56,22 +56,27 @@ fn evictions_reach_key_and_every_key_subscribers_and_end_waits(t: Transport) {
     let stats = c.stats().unwrap();
     assert!(stats.evicted > 1_000, "{stats:?}");
     assert_eq!(stats.keys + stats.evicted, 20_002);
-    assert!(waiter.join().unwrap(), "the eviction of the key ended its wait");
+    assert!(
+        waiter.join().unwrap(),
+        "the eviction of the key ended its wait"
+    );
     let e = one.recv_timeout(Duration::from_secs(20)).unwrap().unwrap();
-    assert_eq!((e.kind, e.key.as_slice()), (EventKind::Evicted, &b"first"[..]));
+    assert_eq!(
+        (e.kind, e.key.as_slice()),
+        (EventKind::Evicted, &b"first"[..])
+    );
     assert_eq!(c.get(b"first").unwrap(), None);
     // Every key: one Set per write and one Evicted per eviction (or a Lagged count).
     let (mut sets, mut evicted, mut lagged) = (0u64, 0u64, 0u64);
     let deadline = Instant::now() + Duration::from_secs(60);
     while sets + evicted + lagged < 20_000 + stats.evicted && Instant::now() < deadline {
-        match all.recv_timeout(Duration::from_millis(200)).unwrap() {
-            Some(e) => match e.kind {
+        if let Some(e) = all.recv_timeout(Duration::from_millis(200)).unwrap() {
+            match e.kind {
                 EventKind::Set => sets += 1,
                 EventKind::Evicted => evicted += 1,
                 EventKind::Lagged(n) => lagged += n,
                 other => panic!("unexpected {other:?}"),
-            },
-            None => {}
+            }
         }
     }
     assert_eq!(sets + evicted + lagged, 20_000 + stats.evicted);
@@ -100,7 +105,10 @@ fn a_value_over_half_the_budget_fails_and_evicts_nothing(t: Transport) {
     assert_eq!(c.get(b"big").unwrap(), None);
     // The connection goes on, and a value under half the budget is stored.
     c.set(b"big", &big[..MIB as usize / 2]).unwrap();
-    assert_eq!(c.get(b"big").unwrap().map(|v| v.len()), Some(MIB as usize / 2));
+    assert_eq!(
+        c.get(b"big").unwrap().map(|v| v.len()),
+        Some(MIB as usize / 2)
+    );
 }
 
 fn a_hot_set_survives_a_scan_of_twice_the_budget(t: Transport) {

@@ -19,9 +19,7 @@ fn slack(s: &Store, record: usize) -> u64 {
     let meta = s
         .shards
         .iter()
-        .map(|sh| {
-            sh.slots.capacity() * std::mem::size_of::<Slot>() + sh.index.allocation_size()
-        })
+        .map(|sh| sh.slots.capacity() * std::mem::size_of::<Slot>() + sh.index.allocation_size())
         .max()
         .unwrap_or(0);
     (meta + s.shards[0].segment + record) as u64
@@ -57,7 +55,10 @@ fn churn_stays_within_budget_and_reports_every_key_it_drops() {
         assert!(ex.is_empty());
         evicted += ev.len() as u64;
         for k in ev {
-            assert!(model.remove(&k).is_some(), "evicted a key twice or one never set");
+            assert!(
+                model.remove(&k).is_some(),
+                "evicted a key twice or one never set"
+            );
         }
         assert!(
             s.memory_bytes() <= budget + slack(&s, v.len() + 20),
@@ -103,7 +104,11 @@ fn due_keys_go_before_any_key_is_evicted() {
             first_evicted = Some(expired);
         }
     }
-    assert_eq!(first_evicted, Some(200), "all 200 due keys expire before an eviction");
+    assert_eq!(
+        first_evicted,
+        Some(200),
+        "all 200 due keys expire before an eviction"
+    );
     assert_eq!(s.ttl_keys(), 0);
 }
 
@@ -143,7 +148,10 @@ fn hit_keys_survive_a_scan_that_unhit_ones_do_not() {
             s.get(s.hash(&k), &k).is_some()
         })
         .count();
-    assert!(kept >= 1_900, "only {kept} of 2000 hot keys survived the scan");
+    assert!(
+        kept >= 1_900,
+        "only {kept} of 2000 hot keys survived the scan"
+    );
 }
 
 #[test]

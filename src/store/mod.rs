@@ -91,9 +91,9 @@ mod eviction_tests;
 mod segment;
 mod wheel;
 
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::rc::Rc;
@@ -514,8 +514,7 @@ impl Shard {
     /// holding the record being written): at most two, so this is O(1) but for entries of
     /// segments dropped meanwhile, each taken out once. `None` when nothing else is left.
     fn next_victim(&mut self, small_tenths: usize, hold: Option<u32>) -> Option<u32> {
-        let small_first =
-            small_tenths > 0 && self.small_bytes * 10 > self.seg_bytes * small_tenths;
+        let small_first = small_tenths > 0 && self.small_bytes * 10 > self.seg_bytes * small_tenths;
         let order = if small_first { [0, 1] } else { [1, 0] };
         for q in order {
             let mut at = 0;
@@ -779,7 +778,10 @@ impl Store {
 
     /// Bytes of the timing wheel and the ghost table, as counted in [`Store::memory_bytes`].
     fn side_bytes(&self) -> usize {
-        self.wheel.len() * 4 + wheel::LEVELS * 64 * 24 + self.due.capacity() * 4 + self.ghost.len() * 4
+        self.wheel.len() * 4
+            + wheel::LEVELS * 64 * 24
+            + self.due.capacity() * 4
+            + self.ghost.len() * 4
     }
 
     /// Recounts one shard's bytes (O(1)).

@@ -981,6 +981,7 @@ fn main() {
                     auto_kill: false,
                     linger: Duration::ZERO,
                     limits: Default::default(),
+                    max_memory: 0,
                 };
                 let max_value = config.limits.max_value;
                 upcache::server::serve(&config, &mut FileHost(file, max_value))?;
