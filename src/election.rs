@@ -475,6 +475,18 @@ mod tests {
     }
 
     #[test]
+    fn max_memory_round_trips_and_a_file_without_it_means_none() {
+        let ep = Endpoint::Tcp("127.0.0.1:4000".parse().unwrap());
+        let mut info = ServerInfo::new(&ep, "abc", 10);
+        info.max_memory = 64 << 20;
+        assert_eq!(ServerInfo::parse(&info.to_line()).unwrap(), info);
+        let old = br#"{"port":4000,"host":"127.0.0.1","pid":1,"version":1,"token":"abc","transport":"tcp","address":"tcp://127.0.0.1:4000","max_value":10}
+"#;
+        let parsed = ServerInfo::parse(old).unwrap();
+        assert_eq!((parsed.max_memory, parsed.max_value), (0, 10));
+    }
+
+    #[test]
     fn the_originals_file_is_foreign_with_or_without_newline() {
         for text in [
             &b"{\"port\": 4242}"[..],
