@@ -38,8 +38,14 @@ fn drain(s: &mut Store) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
 
 #[test]
 fn churn_stays_within_budget_and_reports_every_key_it_drops() {
+    for policy in [Policy::S3Fifo, Policy::Clock] {
+        churn(policy);
+    }
+}
+
+fn churn(policy: Policy) {
     let budget = 1 << 20;
-    let mut s = budget_store(budget, Policy::S3Fifo);
+    let mut s = budget_store(budget, policy);
     let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     let mut evicted = 0u64;
     for i in 0..40_000u32 {
