@@ -68,6 +68,10 @@ pub struct ServerInfo {
     pub address: String,
     /// The longest value the server accepts, in bytes.
     pub max_value: u32,
+    /// The server's memory budget in bytes; 0 (or absent, in a file of a server without
+    /// budgets) for none.
+    #[serde(default)]
+    pub max_memory: u64,
 }
 
 /// The most of a connection file that is ever read: a hostile file cannot make a reader
@@ -153,6 +157,7 @@ impl ServerInfo {
             transport: endpoint.kind().name().into(),
             address: endpoint.to_string(),
             max_value,
+            max_memory: 0,
         }
     }
 
@@ -467,6 +472,18 @@ mod tests {
         }
         let ep = Endpoint::Unix("/tmp/x.sock".into());
         assert_eq!(ServerInfo::new(&ep, "t", 10).endpoint(), Some(ep));
+    }
+
+    #[test]
+    fn max_memory_round_trips_and_a_file_without_it_means_none() {
+        let ep = Endpoint::Tcp("127.0.0.1:4000".parse().unwrap());
+        let mut info = ServerInfo::new(&ep, "abc", 10);
+        info.max_memory = 64 << 20;
+        assert_eq!(ServerInfo::parse(&info.to_line()).unwrap(), info);
+        let old = br#"{"port":4000,"host":"127.0.0.1","pid":1,"version":1,"token":"abc","transport":"tcp","address":"tcp://127.0.0.1:4000","max_value":10}
+"#;
+        let parsed = ServerInfo::parse(old).unwrap();
+        assert_eq!((parsed.max_memory, parsed.max_value), (0, 10));
     }
 
     #[test]

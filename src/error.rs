@@ -66,6 +66,13 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// A value too large for the server's memory budget: its record would take more than
+    /// half of it ([`Builder::max_memory`](crate::Builder::max_memory)). Nothing was stored
+    /// and nothing evicted; the handle goes on working.
+    OverBudget {
+        /// The server's budget in bytes.
+        max_memory: u64,
+    },
     /// `incr`/`decr` on a value that is not an ASCII decimal i64. The value is unchanged.
     NotAnInteger,
     /// `incr`/`decr` would overflow an i64. The value is unchanged.
@@ -196,6 +203,12 @@ impl fmt::Display for Error {
                  (set a larger limit with `UpCache::builder(..).max_value_len(..)` when the \
                  server is first started)"
             ),
+            Error::OverBudget { max_memory } => write!(
+                f,
+                "value too large for this server's memory budget of {max_memory} bytes (a \
+                 record may take at most half of it; set a larger budget with \
+                 `UpCache::builder(..).max_memory(..)` when the server is first started)"
+            ),
             Error::NotAnInteger => {
                 write!(
                     f,
@@ -297,6 +310,7 @@ impl Error {
                 len: arg as usize,
                 max: limits.1,
             },
+            ErrorCode::OverBudget => Error::OverBudget { max_memory: arg },
             code => Error::Server {
                 code,
                 message: String::from_utf8_lossy(message).into_owned(),

@@ -18,7 +18,7 @@ use crate::protocol::{
     Limits, Request,
 };
 use crate::server::{mock, Engine, EngineConfig};
-use crate::store::{Entry, IncrError, Store};
+use crate::store::{Entry, Gone, IncrError, Policy, Store};
 
 /// Small limits, so the fuzzer reaches them.
 const FUZZ_LIMITS: Limits = Limits {
@@ -292,17 +292,47 @@ impl Model {
 /// Target 4: arbitrary operation sequences applied to the sharded store and to a `HashMap`
 /// model with a virtual clock (plus an insertion-order list) agree after every step: values,
 /// TTLs, expiry at the right millisecond and never before, and `scan` in chunks.
+///
+/// The first byte chooses a memory budget: none for a quarter of the inputs, else 12 to 27
+/// KiB (a few dozen small keys with the store's fixed costs), so that writes evict. Then,
+/// after every write, the store is within its budget or has nothing left to evict but the
+/// segments being filled, and every key the store dropped was reported (evicted, or expired
+/// when due) and is dropped from the model: no key is lost that the policy did not choose.
 pub fn store_model_bytes(data: &[u8]) {
+    let Some((&first, data)) = data.split_first() else {
+        return;
+    };
     let Ok(ops) = Vec::<StoreOp>::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
+    let budget = if first % 4 == 0 {
+        0
+    } else {
+        (12 + u64::from(first >> 4)) << 10
+    };
     // Small segments, so that they fill, get sealed and are reclaimed within a few operations.
-    let mut store = Store::with_segment_size(ahash::RandomState::with_seeds(1, 2, 3, 4), 256);
+    let mut store = Store::with_budget(
+        ahash::RandomState::with_seeds(1, 2, 3, 4),
+        256,
+        budget,
+        Policy::S3Fifo,
+    );
     let mut m = Model::default();
     // Entries taken by `Get`, as a reply waiting in an output queue holds them: they must
     // read the same whatever the store does after.
     let mut held: Vec<(Entry, Vec<u8>, Vec<u8>)> = Vec::new();
     for op in ops {
+        let written = match &op {
+            StoreOp::Set(k, _)
+            | StoreOp::SetEdge(k, _)
+            | StoreOp::Incr(k, _)
+            | StoreOp::IncrEdge(k, _)
+            | StoreOp::SetTtl(k, _, _)
+            | StoreOp::Expire(k, _)
+            | StoreOp::Persist(k) => Some(key_of(*k)),
+            _ => None,
+        };
+        let before = store.memory_bytes();
         match op {
             StoreOp::Set(k, v) => model_set(&mut store, &mut m, key_of(k), v),
             StoreOp::SetEdge(k, e) => {
@@ -420,6 +450,32 @@ pub fn store_model_bytes(data: &[u8]) {
                     assert!(m.map.values().all(|(_, d)| d.is_none()));
                 }
             }
+        }
+        for gone in store.drain_gone() {
+            let (e, expired) = match &gone {
+                Gone::Evicted(e) => (e, false),
+                Gone::Expired(e) => (e, true),
+            };
+            let d = m.map.get(e.key()).map(|(_, d)| *d);
+            let d = d.unwrap_or_else(|| panic!("dropped a key the model lacks: {e:?}"));
+            if expired {
+                assert!(d.is_some_and(|d| d <= m.now), "expired early: {e:?}");
+            } else {
+                assert!(
+                    m.live(e.key()).is_some(),
+                    "evicted a due key as live: {e:?}"
+                );
+                assert!(budget > 0, "evicted without a budget");
+            }
+            m.remove(e.key());
+        }
+        // An operation that grew the store (not one that failed, or a clock that moved).
+        if written.is_some() && budget > 0 && store.memory_bytes() > before {
+            assert!(
+                store.memory_bytes() <= budget || !store.has_victim(written.as_deref()),
+                "{} bytes held for a budget of {budget}, with segments left to evict",
+                store.memory_bytes()
+            );
         }
         assert_eq!(store.len(), m.map.len());
         assert_eq!(

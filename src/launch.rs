@@ -66,6 +66,9 @@ pub struct ServerSpec {
     pub linger_ms: u64,
     /// Longest value accepted.
     pub max_value: u32,
+    /// The store's memory budget in bytes (0: none; absent from an older launcher's spec).
+    #[serde(default)]
+    pub max_memory: u64,
     /// The program to run as the server (`None`: [`SERVER_EXE_ENV`], else this program).
     /// Chosen by the launcher, never sent to the server.
     #[serde(skip)]
@@ -96,6 +99,7 @@ impl ServerSpec {
                 max_value: self.max_value,
             },
             copy_max: crate::server::engine::COPY_MAX,
+            max_memory: self.max_memory,
         }
     }
 
@@ -118,6 +122,7 @@ impl ServerSpec {
             auto_kill,
             linger_ms: linger.as_millis().min(u64::MAX as u128) as u64,
             max_value,
+            max_memory: 0,
             exe: None,
             lock_fd: -1,
             ready_fd: -1,
@@ -369,11 +374,13 @@ struct LaunchedHost {
     file: OwnedFile,
     ready: Option<File>,
     max_value: u32,
+    max_memory: u64,
 }
 
 impl Host for LaunchedHost {
     fn ready(&mut self, endpoint: &Endpoint, token: &str) -> io::Result<()> {
-        let info = ServerInfo::new(endpoint, token, self.max_value);
+        let mut info = ServerInfo::new(endpoint, token, self.max_value);
+        info.max_memory = self.max_memory;
         self.file.publish(&info)?;
         if let Some(mut pipe) = self.ready.take() {
             let mut line = b"ok ".to_vec();
@@ -420,6 +427,7 @@ fn run_server(spec: ServerSpec, transport: Kind) -> io::Result<()> {
         file,
         ready: Some(ready_dup),
         max_value: spec.max_value,
+        max_memory: spec.max_memory,
     };
     let result = server::serve(&config, &mut host);
     if let (Err(e), Some(_)) = (&result, host.ready.as_ref()) {
@@ -694,12 +702,14 @@ pub(crate) fn ensure_server(spec: &ServerSpec, deadline: Instant) -> Result<Serv
 struct HereHost<F> {
     file: OwnedFile,
     max_value: u32,
+    max_memory: u64,
     on_ready: Option<F>,
 }
 
 impl<F: FnOnce(&ServerInfo)> Host for HereHost<F> {
     fn ready(&mut self, endpoint: &Endpoint, token: &str) -> io::Result<()> {
-        let info = ServerInfo::new(endpoint, token, self.max_value);
+        let mut info = ServerInfo::new(endpoint, token, self.max_value);
+        info.max_memory = self.max_memory;
         self.file.publish(&info)?;
         if let Some(f) = self.on_ready.take() {
             f(&info);
@@ -762,6 +772,7 @@ pub(crate) fn serve_here(
     let mut host = HereHost {
         file,
         max_value: spec.max_value,
+        max_memory: spec.max_memory,
         on_ready: Some(on_ready),
     };
     let served = server::serve(&config, &mut host);

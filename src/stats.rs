@@ -66,6 +66,16 @@ pub struct ServerStats {
     /// Leases passed on to a waiting caller since start (released after a failure, holder's
     /// connection closed, or timed out).
     pub lease_handoffs: u64,
+    /// `GET` requests that did not find their key, since start (`gets - hits`).
+    pub misses: u64,
+    /// The store's memory budget in bytes (0: none; see `Builder::max_memory`).
+    pub max_memory: u64,
+    /// Bytes the store holds as the budget counts them: segments (with their garbage and
+    /// unused room), slots, hash indexes, the timing wheel and the eviction policy's ghost
+    /// table. Kept by the server as it goes, whether or not there is a budget.
+    pub memory_bytes: u64,
+    /// Keys evicted to keep the store within its budget, since start.
+    pub evicted: u64,
 }
 
 impl ServerStats {

@@ -91,6 +91,9 @@ pub enum EventKind {
     Cleared,
     /// The key's TTL ran out and it was removed (see [`crate::UpCache::set_with_ttl`]).
     Expired,
+    /// The key was evicted to keep the server within its memory budget (see
+    /// [`crate::Builder::max_memory`]).
+    Evicted,
     /// This many events were dropped because the subscriber fell behind (`key` is empty).
     Lagged(u64),
 }
@@ -103,6 +106,7 @@ impl EventKind {
             PushKind::Set => EventKind::Set,
             PushKind::Removed => EventKind::Removed,
             PushKind::Expired => EventKind::Expired,
+            PushKind::Evicted => EventKind::Evicted,
             PushKind::Cleared => EventKind::Cleared,
             PushKind::Lagged => EventKind::Lagged(arg),
             PushKind::Woken | PushKind::Closed | PushKind::LeaseValue | PushKind::LeaseGranted => {

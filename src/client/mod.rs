@@ -59,6 +59,7 @@ pub struct Builder {
     linger: Duration,
     transport: crate::TransportKind,
     max_value_len: u32,
+    max_memory: u64,
     open_timeout: Duration,
     request_timeout: Option<Duration>,
     server_exe: Option<PathBuf>,
@@ -96,6 +97,18 @@ impl Builder {
     /// the frame format). [`Builder::open`] fails with [`Error::InvalidOption`] above the cap.
     pub fn max_value_len(mut self, n: u32) -> Self {
         self.max_value_len = n;
+        self
+    }
+    /// The memory budget of a new server, in bytes (default 0: no limit). The server counts
+    /// everything its store holds per key (records with their segments' garbage and unused
+    /// room, slots, hash index, the TTL wheel, the eviction policy's ghost table) and, when
+    /// a write takes it over the budget, expires due keys first, then evicts by S3-FIFO (see
+    /// README); subscribers learn of each eviction as an [`EventKind::Evicted`] event. A
+    /// value whose record would take more than half the budget fails with
+    /// [`Error::OverBudget`], and nothing is evicted for it. The connection file records the
+    /// budget ([`ServerInfo::max_memory`](crate::ServerInfo::max_memory)).
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.max_memory = bytes;
         self
     }
     /// How long a call waits for the server to take its request or send its reply before it
@@ -204,6 +217,7 @@ impl Builder {
             self.linger,
             self.max_value_len,
         );
+        spec.max_memory = self.max_memory;
         spec.exe = self.server_exe.clone();
         Ok((spec, Instant::now() + self.open_timeout))
     }
@@ -299,6 +313,7 @@ impl Builder {
                         self.linger,
                         self.max_value_len,
                     );
+                    spec.max_memory = self.max_memory;
                     spec.exe = self.server_exe.clone();
                     match launch::start(won, spec, deadline) {
                         Ok(info) => info,
@@ -520,6 +535,7 @@ impl UpCache {
             linger: Duration::from_secs(1),
             transport: crate::TransportKind::Tcp,
             max_value_len: protocol::DEFAULT_MAX_VALUE_LEN,
+            max_memory: 0,
             open_timeout: Duration::from_secs(10),
             request_timeout: Some(Duration::from_secs(30)),
             server_exe: None,

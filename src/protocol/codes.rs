@@ -103,6 +103,8 @@ codes! {
         /// The lease a waiting `GetOrLease` waited for is now this request's: compute and store
         /// the value (or release it). id = that request's id; no fields.
         LeaseGranted = 0x0a,
+        /// key was evicted to keep the store within its memory budget. id = subscription.
+        Evicted = 0x08,
     }
 }
 
@@ -152,6 +154,9 @@ codes! {
         /// A TTL of 0 or over [`MAX_TTL_MS`](super::MAX_TTL_MS); nothing changed and the
         /// connection goes on.
         BadTtl = 0x4b,
+        /// A value whose record would take more than half the server's memory budget (arg =
+        /// the budget in bytes); nothing was stored or evicted and the connection goes on.
+        OverBudget = 0x51,
     }
 }
 
@@ -171,6 +176,9 @@ impl ErrorCode {
             ErrorCode::NoSuchSubscription => "no such subscription",
             ErrorCode::Busy => "too many waits or subscriptions on this connection",
             ErrorCode::BadTtl => "a TTL must be 1 ms to 2^40 - 1 ms (about 34 years)",
+            ErrorCode::OverBudget => {
+                "value too large for the server's memory budget (a record may take half of it)"
+            }
         }
     }
 }

@@ -55,9 +55,9 @@ impl<'a> Push<'a> {
         let (key, value, arg) = (f.key, f.value, h.arg);
         match kind {
             PushKind::Set => check(arg == 0, "set event carries no argument")?,
-            PushKind::Removed | PushKind::Expired => check(
+            PushKind::Removed | PushKind::Expired | PushKind::Evicted => check(
                 value.is_empty() && arg == 0,
-                "removed and expired events carry only a key",
+                "removed, expired and evicted events carry only a key",
             )?,
             PushKind::Cleared | PushKind::Closed => check(
                 key.is_empty() && value.is_empty() && arg == 0,

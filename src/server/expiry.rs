@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::engine::Engine;
 use super::fanout::Change;
+use crate::store::Gone;
 
 /// Most keys expired in one turn of the loop.
 pub const EXPIRE_PER_TURN: usize = 2048;
@@ -61,6 +62,31 @@ impl<S: Read + Write> Engine<S> {
             }
         }
         more
+    }
+
+    /// Tells the listeners of the keys the store let go to keep within its budget (evicted,
+    /// or expired first because they were due), and counts them. Called after every request.
+    #[cold]
+    pub(super) fn publish_gone(&mut self) {
+        let mut gone = self.store.take_gone();
+        for g in &gone {
+            let (e, change) = match g {
+                Gone::Evicted(e) => {
+                    self.stats.evicted += 1;
+                    (e, Change::Evicted(e.key()))
+                }
+                Gone::Expired(e) => {
+                    self.stats.expired += 1;
+                    (e, Change::Expired(e.key()))
+                }
+            };
+            if !self.hub.is_idle() {
+                let hash = self.store.hash(e.key());
+                self.publish(hash, change);
+            }
+        }
+        gone.clear();
+        self.store.recycle_gone(gone);
     }
 
     /// Expires `key` now if its TTL ran out but the timers have not come to it yet, so a

@@ -27,6 +27,8 @@ pub(super) enum Change<'a> {
     Removed(&'a [u8]),
     /// The key's TTL ran out and it was removed.
     Expired(&'a [u8]),
+    /// The key was evicted to keep the store within its budget.
+    Evicted(&'a [u8]),
 }
 
 /// Queues `change` as a push for subscription `id`: a `Set` sends key and value from the
@@ -39,9 +41,10 @@ fn queue_change<S>(c: &mut Connection<S>, id: u32, change: &Change<'_>) {
                 .with_buf(|b| protocol::encode_set_push_head(b, id, key_len, value_len));
             c.out.push_shared((*e).clone(), 0, key_len + value_len);
         }
-        Change::Removed(k) | Change::Expired(k) => {
+        Change::Removed(k) | Change::Expired(k) | Change::Evicted(k) => {
             let kind = match change {
                 Change::Expired(_) => PushKind::Expired,
+                Change::Evicted(_) => PushKind::Evicted,
                 _ => PushKind::Removed,
             };
             let p = Push {
@@ -89,7 +92,7 @@ impl<S: Read + Write> Engine<S> {
     pub(super) fn publish(&mut self, hash: u64, change: Change<'_>) {
         let key = match &change {
             Change::Set(e) => e.key(),
-            Change::Removed(k) | Change::Expired(k) => k,
+            Change::Removed(k) | Change::Expired(k) | Change::Evicted(k) => k,
         };
         // Delivery changes no registration, so the indices stay valid while they are walked;
         // they are copied out only because delivering needs the hub mutably (lag counts).
@@ -99,7 +102,7 @@ impl<S: Read + Write> Engine<S> {
         }
         let value = match &change {
             Change::Set(e) => Some(e.value()),
-            Change::Removed(_) | Change::Expired(_) => None,
+            Change::Removed(_) | Change::Expired(_) | Change::Evicted(_) => None,
         };
         for w in self.hub.take_woken(hash, key, value) {
             self.wake(w, WakeReason::Event);

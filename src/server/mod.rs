@@ -42,7 +42,7 @@ use upcache_transports::{BindOptions, Endpoint, Kind, Tcp, Transport, Unix};
 pub use engine::{Engine, EngineConfig};
 
 use crate::protocol::Limits;
-use crate::store::Store;
+use crate::store::{Policy, Store};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -64,6 +64,8 @@ pub struct Config {
     /// Values up to this size are copied into replies, longer ones sent in place
     /// ([`engine::COPY_MAX`] is the default).
     pub copy_max: usize,
+    /// The store's memory budget in bytes (0: none).
+    pub max_memory: u64,
 }
 
 /// What the server tells the process that hosts it.
@@ -132,7 +134,13 @@ fn run_loop<T: Transport>(
             token.clone().into_bytes(),
         )
     };
-    let mut engine: Engine<T::Conn> = Engine::new(engine_config, Store::default(), Instant::now());
+    let store = Store::with_budget(
+        ahash::RandomState::new(),
+        Store::segment_for(config.max_memory),
+        config.max_memory,
+        Policy::S3Fifo,
+    );
+    let mut engine: Engine<T::Conn> = Engine::new(engine_config, store, Instant::now());
     host.ready(endpoint, &token)?;
 
     let mut events = Events::with_capacity(1024);

@@ -10,7 +10,7 @@ use crate::ServerStats;
 
 impl<S: Read + Write> Engine<S> {
     /// The report at `now`: the counters kept in `self.stats` (accepted, requests, gets,
-    /// hits, bytes, events, protocol errors, expired) and the sizes of the moment.
+    /// hits, bytes, events, protocol errors, expired, evicted) and the sizes of the moment.
     pub fn stats(&self, now: Instant) -> ServerStats {
         ServerStats {
             pid: std::process::id(),
@@ -26,6 +26,9 @@ impl<S: Read + Write> Engine<S> {
             leases: self.hub.leases.held() as u64,
             lease_waiters: self.hub.leases.waiting() as u64,
             lease_handoffs: self.hub.leases.handoffs,
+            misses: self.stats.gets - self.stats.hits,
+            max_memory: self.store.max_memory(),
+            memory_bytes: self.store.memory_bytes(),
             ..self.stats.clone()
         }
     }

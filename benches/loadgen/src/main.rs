@@ -17,6 +17,7 @@
 //! `stampede` (N callers of one missing key: `get_or_compute` against Redis's lock-and-poll
 //! recipe; see `stampede.rs`).
 
+mod budget;
 mod expiry;
 mod fanout;
 mod floor;
@@ -185,6 +186,11 @@ enum Cmd {
         targets: Vec<String>,
         #[command(flatten)]
         dims: stampede::Dims,
+    },
+    /// RSS under a memory budget after churning 10x the budget through it (see `budget.rs`).
+    Budget {
+        #[command(flatten)]
+        dims: budget::Dims,
     },
     /// The upcache library's own calls: get round trip and pipelined throughput.
     Client {
@@ -996,6 +1002,7 @@ fn main() {
                     linger: Duration::ZERO,
                     limits: Default::default(),
                     copy_max: copy_max.unwrap_or(upcache::server::engine::COPY_MAX),
+                    max_memory: 0,
                 };
                 let max_value = config.limits.max_value;
                 upcache::server::serve(&config, &mut FileHost(file, max_value))?;
@@ -1064,6 +1071,7 @@ fn main() {
             } => tasks::run(&Target::parse_all(&targets)?, &tasks, &load, workers)?,
             Cmd::Client { transport, ops } => client(transport, ops)?,
             Cmd::SendProbe { keys, batches } => send_probe(keys, batches)?,
+            Cmd::Budget { dims } => budget::run(&dims)?,
             Cmd::Fanout { target, dims } => fanout::run(&Target::parse(&target)?, &dims)?,
             Cmd::Stampede { targets, dims } => stampede::run(&targets, &dims)?,
         }

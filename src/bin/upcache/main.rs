@@ -61,6 +61,10 @@ enum Command {
         /// The longest value the server accepts, in bytes (default 64 MiB).
         #[arg(long, value_name = "BYTES")]
         max_value: Option<u32>,
+        /// The store's memory budget, in bytes (default: no limit): past it the server
+        /// evicts (S3-FIFO), due keys first.
+        #[arg(long, value_name = "BYTES")]
+        max_memory: Option<u64>,
     },
     /// Print the value of KEY (exit 1 if it is missing).
     Get {
@@ -249,6 +253,7 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             linger,
             no_auto_kill,
             max_value,
+            max_memory,
         } => {
             let mut b = builder(cli, name)
                 .transport(match transport {
@@ -259,6 +264,9 @@ fn run(cli: &Cli) -> Result<(), Fail> {
                 .auto_kill(!no_auto_kill);
             if let Some(n) = max_value {
                 b = b.max_value_len(*n);
+            }
+            if let Some(n) = max_memory {
+                b = b.max_memory(*n);
             }
             if *detach {
                 out.write_all(&b.start_server()?.to_line())?;

@@ -46,6 +46,9 @@ impl<S: Read + Write> Engine<S> {
         key: &[u8],
         value: &[u8],
     ) {
+        if !self.fits_budget(slot, id, key, value) {
+            return;
+        }
         self.conns[slot].queue_reply(id, &Reply::Done);
         self.expire_if_due(hash, key);
         let e = self.store.set_hinted(hash, key, value, hint);
@@ -53,6 +56,24 @@ impl<S: Read + Write> Engine<S> {
             let e = e.to_entry();
             self.publish(hash, Change::Set(&e));
         }
+    }
+
+    /// Whether a value can be stored under the memory budget at all; if not, queues the
+    /// `OVER_BUDGET` error (arg = the budget): nothing is stored, nothing evicted.
+    #[inline]
+    pub(super) fn fits_budget(
+        &mut self,
+        slot: usize,
+        id: RequestId,
+        key: &[u8],
+        value: &[u8],
+    ) -> bool {
+        if self.store.fits(key.len(), value.len()) {
+            return true;
+        }
+        let budget = self.store.max_memory();
+        self.conns[slot].queue_error(id, ErrorCode::OverBudget, budget);
+        false
     }
 
     /// `EXISTS`.

@@ -78,5 +78,8 @@ impl<S: Read + Write> Engine<S> {
             Request::Shutdown => self.shutdown_request(slot, id),
             Request::Ping => self.ping(slot, id),
         }
+        if self.store.has_gone() {
+            self.publish_gone();
+        }
     }
 }

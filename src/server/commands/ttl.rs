@@ -34,6 +34,9 @@ impl<S: Read + Write> Engine<S> {
         let Some(at) = deadline(self.clock_ceil(now), ttl_ms) else {
             return self.conns[slot].queue_error(id, ErrorCode::BadTtl, 0);
         };
+        if !self.fits_budget(slot, id, key, value) {
+            return;
+        }
         self.conns[slot].queue_reply(id, &Reply::Done);
         self.expire_if_due(hash, key);
         let e = self.store.set_with_deadline(hash, key, value, at);

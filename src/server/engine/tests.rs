@@ -794,3 +794,85 @@ fn a_second_request_of_the_holders_connection_waits_and_remove_or_clear_leave_le
         ]
     );
 }
+
+#[test]
+fn an_eviction_follows_the_reply_of_the_set_that_caused_it_and_over_budget_evicts_nothing() {
+    let t0 = Instant::now();
+    let config = EngineConfig::new(
+        true,
+        Duration::from_secs(1),
+        Limits::default(),
+        TOKEN.into(),
+    );
+    let budget = 256 << 10;
+    let store = Store::with_budget(
+        ahash::RandomState::with_seeds(1, 2, 3, 4),
+        Store::segment_for(budget),
+        budget,
+        crate::store::Policy::S3Fifo,
+    );
+    let mut e = Engine::new(config, store, t0);
+    let (a, peer) = connect(&mut e, t0, 1 << 30);
+    let mut out = Vec::new();
+    Request::Subscribe {
+        key: Some(b"victim"),
+    }
+    .encode(2, &mut out);
+    Request::Set {
+        key: b"victim",
+        value: b"never read",
+    }
+    .encode(3, &mut out);
+    let keys: Vec<String> = (0..4_000).map(|i| format!("fill{i:06}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        Request::Set {
+            key: k.as_bytes(),
+            value: &[b'v'; 100],
+        }
+        .encode(10 + i as u32, &mut out);
+    }
+    peer.send(&out);
+    peer.pump(&mut e, a, t0);
+    let got = take_frames(&peer, &mut Vec::new(), usize::MAX);
+    let at = got
+        .iter()
+        .position(|f| matches!(f, Frame::Push(PushKind::Evicted, _, 0)))
+        .expect("the unread key is evicted");
+    // Right after the reply of the SET whose write evicted it, and only once.
+    assert!(
+        matches!(got[at - 1], Frame::Reply(id, _) if id >= 10),
+        "{:?}",
+        &got[at - 1]
+    );
+    assert_eq!(
+        got.iter()
+            .filter(|f| matches!(f, Frame::Push(PushKind::Evicted, _, _)))
+            .count(),
+        1
+    );
+    let before = e.stats(t0);
+    assert!(before.evicted > 100, "{before:?}");
+    assert_eq!(before.keys + before.evicted, 4_001);
+    assert!(before.memory_bytes <= budget + (16 << 10), "{before:?}");
+    // A value over half the budget: an error, nothing stored or evicted, and the connection
+    // goes on.
+    let big = vec![0u8; budget as usize / 2];
+    let mut out = Vec::new();
+    Request::Set {
+        key: b"big",
+        value: &big,
+    }
+    .encode(9_000, &mut out);
+    Request::Ping.encode(9_001, &mut out);
+    peer.send(&out);
+    peer.pump(&mut e, a, t0);
+    let got = take_frames(&peer, &mut Vec::new(), usize::MAX);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        matches!(&got[0], Frame::Reply(9_000, r) if r.contains("OverBudget")),
+        "{got:?}"
+    );
+    assert_eq!(got[1], Frame::Reply(9_001, format!("{:?}", Reply::Done)));
+    let after = e.stats(t0);
+    assert_eq!((after.keys, after.evicted), (before.keys, before.evicted));
+}
