@@ -125,7 +125,15 @@ fn run_loop<T: Transport>(
         config.limits,
         token.clone().into_bytes(),
     );
-    let mut engine: Engine<T::Conn> = Engine::new(engine_config, Store::default(), Instant::now());
+    let mut store = Store::default();
+    // Versions count from the wall clock in ns: greater than those of an earlier server on
+    // this machine (it handed out fewer than one per ns), so a client's stale version never
+    // matches a key of this one.
+    let wall_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2));
+    store.start_versions_at(wall_ns);
+    let mut engine: Engine<T::Conn> = Engine::new(engine_config, store, Instant::now());
     host.ready(endpoint, &token)?;
 
     let mut events = Events::with_capacity(1024);
