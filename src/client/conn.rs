@@ -37,6 +37,9 @@ pub(crate) enum Answer {
         body: Vec<u8>,
     },
     Text(String),
+    Versioned(Vec<u8>, u64),
+    Version(u64),
+    Values(Vec<Option<Vec<u8>>>),
     Failed(ErrorCode, u64, String),
 }
 
@@ -55,6 +58,9 @@ impl Answer {
                 body: body.to_vec(),
             },
             Reply::Text(t) => Answer::Text(String::from_utf8_lossy(t).into_owned()),
+            Reply::Versioned { value, version } => Answer::Versioned(value.to_vec(), version),
+            Reply::Version(v) => Answer::Version(v),
+            Reply::Values(v) => Answer::Values(v.iter().map(|v| v.map(<[u8]>::to_vec)).collect()),
             Reply::Error { code, arg, message } => {
                 Answer::Failed(code, arg, String::from_utf8_lossy(message).into_owned())
             }

@@ -6,6 +6,7 @@ mod conn;
 mod events;
 mod pipeline;
 mod scan;
+mod versions;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -36,10 +36,12 @@
 //! | `requests.rs` | [`Request`]: encode, decode |
 //! | `replies.rs` | [`Reply`]: encode, decode, [`encode_value_head`] |
 //! | `chunks.rs` | the packed body of a keys/items [`Chunk`] and its size rules |
+//! | `batch.rs` | the bodies of the multi-key requests ([`Batch`]) and of their reply ([`Values`]) |
 //! | `pushes.rs` | [`Push`], [`encode_set_push_head`], [`Incoming`] (replies and pushes mixed) |
 
 use std::fmt;
 
+mod batch;
 mod chunks;
 mod codes;
 mod header;
@@ -48,6 +50,7 @@ mod pushes;
 mod replies;
 mod requests;
 
+pub use batch::{Batch, Values, ABSENT};
 pub use chunks::{
     chunk_body_bound, chunk_entry_len, Chunk, CHUNK_ENTRY_OVERHEAD, CHUNK_MAX_ENTRIES,
     CHUNK_SOFT_BYTES,
@@ -61,7 +64,9 @@ pub use limits::{
     LimitError, Limits, DEFAULT_MAX_VALUE_LEN, MAX_KEY_LEN, MAX_TOKEN_LEN, MAX_VALUE_LEN_CAP,
 };
 pub use pushes::{decode_incoming, decode_push, encode_set_push_head, Incoming, Push};
-pub use replies::{decode_reply, encode_value_head, Reply};
+pub use replies::{
+    decode_reply, encode_value_head, encode_values_head, encode_versioned_head, Reply,
+};
 pub use requests::{decode_request, Request};
 
 /// The protocol version a client presents in [`Request::Hello`].

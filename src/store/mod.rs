@@ -1290,7 +1290,11 @@ mod tests {
         assert!(v2 > v1);
         assert_eq!(s.get(h, b"k").unwrap().version(), v2);
         assert!(s.set_deadline(h, b"k", Some(1000)));
-        assert_eq!(s.get(h, b"k").unwrap().version(), v2, "a TTL change keeps it");
+        assert_eq!(
+            s.get(h, b"k").unwrap().version(),
+            v2,
+            "a TTL change keeps it"
+        );
         assert!(s.set_deadline(h, b"k", None));
         assert_eq!(s.get(h, b"k").unwrap().version(), v2);
         let v3 = s.incr(h, b"n", 1).unwrap().1.version();
@@ -1321,7 +1325,10 @@ mod tests {
         assert!(s.set_if_version(h, b"k", b"b", v + 1).is_none());
         let w = s.set_if_version(h, b"k", b"bb", v).unwrap().version();
         assert!(w > v);
-        assert!(s.set_if_version(h, b"k", b"c", v).is_none(), "stale version");
+        assert!(
+            s.set_if_version(h, b"k", b"c", v).is_none(),
+            "stale version"
+        );
         assert_eq!(s.get(h, b"k").unwrap().value(), b"bb");
         // replace keeps the TTL unless given one; add on a due key adds.
         s.set_time(10);

@@ -1,0 +1,112 @@
+//! The multi-key family: `GET_MANY`, `SET_MANY`, `REMOVE_MANY`, one frame for many keys.
+//!
+//! The request's [`Batch`] was checked whole when it was decoded, so the commands walk it
+//! without a check that can fail. Each key is handled as its single-key request would be, in
+//! the batch's order (a key named twice is handled twice: `SET_MANY` stores the later value,
+//! `REMOVE_MANY` counts the first removal only), with the same events and wakes, and a key
+//! whose TTL ran out is expired first. The records of a batch's keys are prefetched
+//! together ([`crate::store::Store::prefetch`]) before any is looked up.
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use smallvec::SmallVec;
+
+use crate::protocol::{self, Batch, ErrorCode, Reply, RequestId, Values};
+use crate::server::engine::Engine;
+use crate::server::fanout::Change;
+
+/// Values up to this long are copied into the reply buffer; longer ones are sent from their
+/// segment (a shared piece costs more than copying a short value).
+const COPY_MAX: usize = 256;
+
+/// The hashes of a batch's keys (on the stack for up to 64 keys).
+type Hashes = SmallVec<[u64; 64]>;
+
+impl<S: Read + Write> Engine<S> {
+    fn hashes_of(&self, batch: &Batch<'_>) -> Hashes {
+        let hashes: Hashes = batch.iter().map(|(k, _)| self.store.hash(k)).collect();
+        self.store.prefetch(&hashes);
+        hashes
+    }
+
+    /// `GET_MANY`: one `VALUES` reply; long values go from their segments, not copied.
+    pub(super) fn get_many(&mut self, slot: usize, id: RequestId, keys: Batch<'_>) {
+        let hashes = self.hashes_of(&keys);
+        let mut body_len = 0u64;
+        let mut hits = 0u64;
+        for ((key, _), &h) in keys.iter().zip(&hashes) {
+            let found = self.store.get(h, key).map(|r| r.value().len());
+            hits += u64::from(found.is_some());
+            body_len += Values::entry_len(found);
+        }
+        self.stats.gets += u64::from(keys.len());
+        self.stats.hits += hits;
+        let c = &mut self.conns[slot];
+        let Ok(body_len) = u32::try_from(body_len) else {
+            return c.queue_error(id, ErrorCode::ReplyTooLarge, 0);
+        };
+        c.out
+            .with_buf(|b| protocol::encode_values_head(b, id, keys.len(), body_len));
+        for ((key, _), &h) in keys.iter().zip(&hashes) {
+            match self.store.get(h, key) {
+                Some(e) if e.value().len() > COPY_MAX => {
+                    c.out
+                        .with_buf(|b| Values::entry_head(b, Some(e.value().len())));
+                    c.out.push_shared(e.to_entry(), e.key_len(), e.len());
+                }
+                found => c.out.with_buf(|b| {
+                    let value = found.as_ref().map(|e| e.value());
+                    Values::entry_head(b, value.map(<[u8]>::len));
+                    b.extend_from_slice(value.unwrap_or_default());
+                }),
+            }
+        }
+    }
+
+    /// `SET_MANY` (`ttl_ms` 0: each key keeps its TTL, as `SET`): every pair stored in order,
+    /// each an event as a `SET`.
+    pub(super) fn set_many(
+        &mut self,
+        slot: usize,
+        id: RequestId,
+        pairs: Batch<'_>,
+        ttl_ms: u64,
+        now: Instant,
+    ) {
+        let Ok(at) = self.optional_deadline(ttl_ms, now) else {
+            return self.conns[slot].queue_error(id, ErrorCode::BadTtl, 0);
+        };
+        self.conns[slot].queue_reply(id, &Reply::Done);
+        let hashes = self.hashes_of(&pairs);
+        for ((key, value), &h) in pairs.iter().zip(&hashes) {
+            self.expire_if_due(h, key);
+            let e = match at {
+                Some(d) => self.store.set_with_deadline(h, key, value, d),
+                None => self.store.set(h, key, value),
+            };
+            if !self.hub.is_idle() {
+                let e = e.to_entry();
+                self.publish(h, Change::Set(&e));
+            }
+        }
+    }
+
+    /// `REMOVE_MANY`: the number of keys removed; a `REMOVED` event for each, after the
+    /// reply.
+    pub(super) fn remove_many(&mut self, slot: usize, id: RequestId, keys: Batch<'_>) {
+        let hashes = self.hashes_of(&keys);
+        let mut removed: SmallVec<[bool; 64]> = SmallVec::new();
+        for ((key, _), &h) in keys.iter().zip(&hashes) {
+            self.expire_if_due(h, key);
+            removed.push(self.store.remove(h, key));
+        }
+        let n = removed.iter().filter(|&&r| r).count() as u64;
+        self.conns[slot].queue_reply(id, &Reply::Uint(n));
+        if n > 0 && !self.hub.is_idle() {
+            for (((key, _), &h), _) in keys.iter().zip(&hashes).zip(&removed).filter(|(_, &r)| r) {
+                self.publish(h, Change::Removed(key));
+            }
+        }
+    }
+}
