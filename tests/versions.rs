@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use upcache::{Error, EventKind, TransportKind, UpCache, Version};
+use upcache::{Error, EventKind, PipelineReply, TransportKind, UpCache, Version};
 use util::{finish, Sandbox};
 
 each_transport!(
@@ -21,6 +21,8 @@ each_transport!(
     multi_writes_are_events_and_wake_waits,
     failed_conditional_writes_are_not_events,
     size_limits_are_checked_before_sending,
+    pipelines_carry_multi_key_requests,
+    the_async_client_makes_the_same_calls,
 );
 
 /// Child processes: this test binary run again with this variable set (see `role_entry`).
@@ -475,4 +477,89 @@ fn size_limits_are_checked_before_sending(t: TransportKind) {
     // The handle is fine and nothing was written.
     assert_eq!(c.count().unwrap(), 0);
     assert_eq!(c.get_many(&keys[..100]).unwrap(), vec![None; 100]);
+}
+
+fn pipelines_carry_multi_key_requests(t: TransportKind) {
+    let sb = Sandbox::new(t);
+    let c = sb.open(&sb.name("pipe"));
+    let replies = c
+        .pipeline()
+        .set("a", "1")
+        .get_many(["a", "b"])
+        .set_many([("b", "2")])
+        .remove_many(["a", "x", "a"])
+        .get_many(["a", "b"])
+        .execute()
+        .unwrap();
+    let shown: Vec<String> = replies.iter().map(|r| format!("{r:?}")).collect();
+    assert!(matches!(replies[0], PipelineReply::Done), "{shown:?}");
+    assert!(
+        matches!(&replies[1], PipelineReply::Values(v) if *v == vec![Some(b"1".to_vec()), None]),
+        "{shown:?}"
+    );
+    assert!(matches!(replies[2], PipelineReply::Done), "{shown:?}");
+    assert!(matches!(replies[3], PipelineReply::Count(1)), "{shown:?}");
+    assert!(
+        matches!(&replies[4], PipelineReply::Values(v) if *v == vec![None, Some(b"2".to_vec())]),
+        "{shown:?}"
+    );
+    // A batch over the limit fails the whole pipeline before anything is sent.
+    let long = vec![b'k'; 70_000];
+    let e = c
+        .pipeline()
+        .set("sent?", "no")
+        .get_many([&long[..]])
+        .execute();
+    assert!(matches!(e, Err(Error::KeyTooLarge { .. })), "{e:?}");
+    assert_eq!(c.get("sent?").unwrap(), None);
+}
+
+fn the_async_client_makes_the_same_calls(t: TransportKind) {
+    let sb = Sandbox::new(t);
+    let name = sb.name("aio");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = sb.builder(&name).open_async().await.unwrap();
+        assert_eq!(c.get_versioned("k").await.unwrap(), None);
+        assert!(c.add("k", "1").await.unwrap());
+        assert!(!c.add("k", "2").await.unwrap());
+        let (v, ver) = c.get_versioned("k").await.unwrap().unwrap();
+        assert_eq!(v, b"1");
+        let next = c.set_if_version("k", "2", ver).await.unwrap().unwrap();
+        assert!(next > ver);
+        assert_eq!(c.set_if_version("k", "3", ver).await.unwrap(), None);
+        assert!(c.replace("k", "4").await.unwrap());
+        assert!(!c.replace("nope", "4").await.unwrap());
+        assert!(c
+            .add_with_ttl("t", "x", Duration::from_secs(60))
+            .await
+            .unwrap());
+        assert!(c
+            .replace_with_ttl("t", "y", Duration::from_secs(60))
+            .await
+            .unwrap());
+        c.set_many([("a", "1"), ("b", "2")]).await.unwrap();
+        c.set_many_with_ttl([("c", "3")], Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.get_many(["a", "b", "c", "k", "t", "none"]).await.unwrap(),
+            vec![
+                Some(b"1".to_vec()),
+                Some(b"2".to_vec()),
+                Some(b"3".to_vec()),
+                Some(b"4".to_vec()),
+                Some(b"y".to_vec()),
+                None
+            ]
+        );
+        assert_eq!(c.remove_many(["a", "b", "none"]).await.unwrap(), 2);
+        assert!(matches!(
+            c.add_with_ttl("z", "v", Duration::ZERO).await,
+            Err(Error::InvalidTtl { .. })
+        ));
+    });
 }

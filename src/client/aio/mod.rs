@@ -50,6 +50,7 @@
 mod conn;
 mod pipeline;
 mod stream;
+mod versions;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
