@@ -1274,7 +1274,11 @@ fn malformed_multi_key_bodies_get_bad_frame_with_their_id_then_close(t: Transpor
         r.raw(&frame_bytes(op as u8, id, &key, &value, arg));
         r.expect_error_id_then_close(id, ErrorCode::BadFrame, 0);
     }
-    assert_eq!(c.get("x").unwrap(), None, "no pair of a refused batch is stored");
+    assert_eq!(
+        c.get("x").unwrap(),
+        None,
+        "no pair of a refused batch is stored"
+    );
     assert_healthy(&c);
 }
 
@@ -1294,7 +1298,11 @@ fn multi_key_and_versioned_frames_on_the_wire(t: Transport) {
     let add = frame_bytes(Op::Add as u8, 3, b"k", b"v1", 0);
     r.raw(&add);
     let f = r.frame().unwrap();
-    assert_eq!((f.code, f.id, f.value.len()), (VERSION_REPLY, 3, 0), "{f:?}");
+    assert_eq!(
+        (f.code, f.id, f.value.len()),
+        (VERSION_REPLY, 3, 0),
+        "{f:?}"
+    );
     let v1 = f.arg;
     r.raw(&frame_bytes(Op::Add as u8, 4, b"k", b"v2", 0));
     assert_eq!(r.frame().unwrap(), Frame::reply(NIL, 4, 0));
@@ -1308,7 +1316,13 @@ fn multi_key_and_versioned_frames_on_the_wire(t: Transport) {
     r.raw(&frame_bytes(Op::Replace as u8, 8, b"none", b"x", 0));
     assert_eq!(r.frame().unwrap(), Frame::reply(NIL, 8, 0));
     // TTLs out of range: BAD_TTL, nothing stored, the connection goes on.
-    r.raw(&frame_bytes(Op::Add as u8, 9, b"t", b"x", protocol::MAX_TTL_MS + 1));
+    r.raw(&frame_bytes(
+        Op::Add as u8,
+        9,
+        b"t",
+        b"x",
+        protocol::MAX_TTL_MS + 1,
+    ));
     assert_eq!(r.frame().unwrap(), Frame::error(ErrorCode::BadTtl, 9));
     let mut pairs = Vec::new();
     Chunk::push(&mut pairs, b"p", Some(b"1"));

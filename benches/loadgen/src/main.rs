@@ -13,11 +13,13 @@
 //! `send-probe` (what the kernel charges for sending replies from scattered memory), `fanout`
 //! (another client's GET latency while waits are woken and events fan out; see `fanout.rs`),
 //! `expiry-lag` (how late expiry events arrive, upcache against Redis; see `expiry.rs`),
-//! `tasks` (async clients under tokio, one connection shared by many tasks; see `tasks.rs`).
+//! `tasks` (async clients under tokio, one connection shared by many tasks; see `tasks.rs`),
+//! `multi` (multi-key requests against pipelines of single requests; see `multi.rs`).
 
 mod expiry;
 mod fanout;
 mod floor;
+mod multi;
 mod proto;
 mod tasks;
 
@@ -169,6 +171,15 @@ enum Cmd {
         workers: Option<usize>,
         #[command(flatten)]
         load: Load,
+    },
+    /// Multi-key requests (`get_many`/`set_many`, Redis `MGET`/`MSET`, memcached multi-get)
+    /// against pipelines of single requests for the same keys (see `multi.rs`).
+    Multi {
+        /// `upcache=FILE`, `redis=ADDRESS`, `memcached=ADDRESS`, as for `run`; repeat the flag.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        #[command(flatten)]
+        dims: multi::Dims,
     },
     /// The upcache library's own calls: get round trip and pipelined throughput.
     Client {
@@ -1044,6 +1055,7 @@ fn main() {
             Cmd::Client { transport, ops } => client(transport, ops)?,
             Cmd::SendProbe { keys, batches } => send_probe(keys, batches)?,
             Cmd::Fanout { target, dims } => fanout::run(&Target::parse(&target)?, &dims)?,
+            Cmd::Multi { targets, dims } => multi::run(&Target::parse_all(&targets)?, &dims)?,
         }
         Ok(())
     })();
