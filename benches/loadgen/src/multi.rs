@@ -159,18 +159,25 @@ fn names(proto: Proto, set: bool) -> (&'static str, &'static str) {
     }
 }
 
-/// Appends the request(s) for `batch` keys.
-fn encode(t: &Target, shape: Shape, set: bool, batch: &[&[u8]], value: &[u8], out: &mut Vec<u8>) {
-    let mut scratch = Vec::new();
+/// Appends the request(s) for `batch` keys (`scratch` holds an upcache batch's body).
+fn encode(
+    t: &Target,
+    shape: Shape,
+    set: bool,
+    batch: &[&[u8]],
+    value: &[u8],
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) {
     match (shape, t.proto, set) {
         (Shape::Pipeline, p, false) => batch.iter().for_each(|k| p.get(k, 1, out)),
         (Shape::Pipeline, p, true) => batch.iter().for_each(|k| p.set(k, value, 1, out)),
         (Shape::Multi, Proto::Upcache, false) => {
-            let keys = Batch::pack(&mut scratch, false, batch.iter().map(|k| (*k, None)));
+            let keys = Batch::pack(scratch, false, batch.iter().map(|k| (*k, None)));
             Request::GetMany { keys }.encode(1, out)
         }
         (Shape::Multi, Proto::Upcache, true) => {
-            let pairs = Batch::pack(&mut scratch, true, batch.iter().map(|k| (*k, Some(value))));
+            let pairs = Batch::pack(scratch, true, batch.iter().map(|k| (*k, Some(value))));
             Request::SetMany { pairs, ttl_ms: 0 }.encode(1, out)
         }
         (Shape::Multi, Proto::Resp, false) => {
@@ -266,6 +273,13 @@ fn read_with<R>(c: &mut Conn, parse: impl Fn(&[u8]) -> Option<(usize, R)>) -> io
     }
 }
 
+/// Buffers a cell reuses from round to round.
+#[derive(Default)]
+struct Bufs {
+    out: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
 /// One round: sends the batch, reads every reply; returns how many values came back.
 fn round(
     c: &mut Conn,
@@ -274,10 +288,11 @@ fn round(
     set: bool,
     batch: &[&[u8]],
     value: &[u8],
-    out: &mut Vec<u8>,
+    bufs: &mut Bufs,
 ) -> io::Result<usize> {
+    let out = &mut bufs.out;
     out.clear();
-    encode(t, shape, set, batch, value, out);
+    encode(t, shape, set, batch, value, out, &mut bufs.scratch);
     c.s.write_all(out)?;
     match shape {
         Shape::Multi => read_with(c, |b| multi_reply_len(t.proto, b)),
@@ -304,15 +319,17 @@ fn cell(
     let mut c = t.connect()?;
     let value = vec![b'v'; dims.value_size];
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ size as u64;
-    let mut out = Vec::new();
-    let pick = |rng: &mut u64| -> Vec<&[u8]> {
-        (0..size)
-            .map(|_| &keys[(xorshift(rng) % keys.len() as u64) as usize][..])
-            .collect()
-    };
+    let mut bufs = Bufs::default();
+    let mut batch: Vec<&[u8]> = Vec::with_capacity(size);
+    fn pick<'k>(keys: &'k [Vec<u8>], size: usize, rng: &mut u64, batch: &mut Vec<&'k [u8]>) {
+        batch.clear();
+        for _ in 0..size {
+            batch.push(&keys[(xorshift(rng) % keys.len() as u64) as usize][..]);
+        }
+    }
     if !set {
-        let batch = pick(&mut rng);
-        let got = round(&mut c, t, shape, set, &batch, &value, &mut out)?;
+        pick(keys, size, &mut rng, &mut batch);
+        let got = round(&mut c, t, shape, set, &batch, &value, &mut bufs)?;
         assert_eq!(got, size, "{}: every key must be read back", t.name);
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
@@ -326,8 +343,8 @@ fn cell(
         if t0 >= end {
             break;
         }
-        let batch = pick(&mut rng);
-        round(&mut c, t, shape, set, &batch, &value, &mut out)?;
+        pick(keys, size, &mut rng, &mut batch);
+        round(&mut c, t, shape, set, &batch, &value, &mut bufs)?;
         if t0 >= measure_from {
             last = Instant::now();
             first.get_or_insert(t0);

@@ -15,6 +15,7 @@ use smallvec::SmallVec;
 use crate::protocol::{self, Batch, ErrorCode, Reply, RequestId, Values};
 use crate::server::engine::Engine;
 use crate::server::fanout::Change;
+use crate::store::Entry;
 
 /// Values up to this long are copied into the reply buffer; longer ones are sent from their
 /// segment (a shared piece costs more than copying a short value).
@@ -30,30 +31,35 @@ impl<S: Read + Write> Engine<S> {
         hashes
     }
 
-    /// `GET_MANY`: one `VALUES` reply; long values go from their segments, not copied.
+    /// `GET_MANY`: one `VALUES` reply; long values go from their segments, not copied. Each
+    /// key is looked up once: the entries found are held (a count of their segment each) until
+    /// the reply's length is known and it is queued.
     pub(super) fn get_many(&mut self, slot: usize, id: RequestId, keys: Batch<'_>) {
         let hashes = self.hashes_of(&keys);
-        let mut body_len = 0u64;
-        let mut hits = 0u64;
-        for ((key, _), &h) in keys.iter().zip(&hashes) {
-            let found = self.store.get(h, key).map(|r| r.value().len());
-            hits += u64::from(found.is_some());
-            body_len += Values::entry_len(found);
-        }
+        let found: SmallVec<[Option<Entry>; 64]> = keys
+            .iter()
+            .zip(&hashes)
+            .map(|((key, _), &h)| self.store.get(h, key).map(|r| r.to_entry()))
+            .collect();
+        let body_len: u64 = found
+            .iter()
+            .map(|e| Values::entry_len(e.as_ref().map(|e| e.value().len())))
+            .sum();
         self.stats.gets += u64::from(keys.len());
-        self.stats.hits += hits;
+        self.stats.hits += found.iter().filter(|e| e.is_some()).count() as u64;
         let c = &mut self.conns[slot];
         let Ok(body_len) = u32::try_from(body_len) else {
             return c.queue_error(id, ErrorCode::ReplyTooLarge, 0);
         };
         c.out
             .with_buf(|b| protocol::encode_values_head(b, id, keys.len(), body_len));
-        for ((key, _), &h) in keys.iter().zip(&hashes) {
-            match self.store.get(h, key) {
+        for e in found {
+            match e {
                 Some(e) if e.value().len() > COPY_MAX => {
                     c.out
                         .with_buf(|b| Values::entry_head(b, Some(e.value().len())));
-                    c.out.push_shared(e.to_entry(), e.key_len(), e.len());
+                    let (start, end) = (e.key_len(), e.len());
+                    c.out.push_shared(e, start, end);
                 }
                 found => c.out.with_buf(|b| {
                     let value = found.as_ref().map(|e| e.value());
