@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use upcache::protocol::{ErrorCode, MAX_BATCH_KEYS};
 use upcache::{Error, EventKind, PipelineReply, TransportKind, UpCache, Version};
 use util::{finish, Sandbox};
 
@@ -477,6 +478,24 @@ fn size_limits_are_checked_before_sending(t: TransportKind) {
     // The handle is fine and nothing was written.
     assert_eq!(c.count().unwrap(), 0);
     assert_eq!(c.get_many(&keys[..100]).unwrap(), vec![None; 100]);
+    // At most 65,536 keys in one batch, checked before sending.
+    let c = sb.open(&sb.name("batch"));
+    let many: Vec<u32> = (0..=MAX_BATCH_KEYS).collect();
+    let keys: Vec<[u8; 4]> = many.iter().map(|i| i.to_le_bytes()).collect();
+    let too_many = |r: upcache::Result<()>| matches!(r, Err(Error::Server { code, .. }) if code == ErrorCode::BatchTooLarge);
+    assert!(too_many(c.get_many(&keys).map(drop)));
+    assert!(too_many(c.remove_many(&keys).map(drop)));
+    assert!(too_many(c.set_many(keys.iter().map(|k| (k, k)))));
+    assert_eq!(c.count().unwrap(), 0);
+    let (most, _) = keys.split_at(MAX_BATCH_KEYS as usize);
+    c.set_many(most.iter().map(|k| (k, k))).unwrap();
+    assert_eq!(c.count().unwrap(), u64::from(MAX_BATCH_KEYS));
+    let got = c.get_many(most).unwrap();
+    assert!(got
+        .iter()
+        .zip(most)
+        .all(|(v, k)| v.as_deref() == Some(&k[..])));
+    assert_eq!(c.remove_many(most).unwrap(), u64::from(MAX_BATCH_KEYS));
 }
 
 fn pipelines_carry_multi_key_requests(t: TransportKind) {

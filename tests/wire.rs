@@ -1351,4 +1351,27 @@ fn multi_key_and_versioned_frames_on_the_wire(t: Transport) {
     assert_eq!(r.frame().unwrap(), Frame::reply(UINT, 13, 3));
     r.raw(&frame_bytes(Op::GetMany as u8, 14, b"", b"", 0));
     assert_eq!(r.frame().unwrap(), Frame::reply(VALUES, 14, 0));
+    // One entry over the most a batch may hold: BATCH_TOO_LARGE, nothing done, and the
+    // connection goes on.
+    let n = protocol::MAX_BATCH_KEYS as usize + 1;
+    let empty_keys = vec![0u8; 4 * n];
+    let mut empty_pairs = Vec::new();
+    for _ in 0..n {
+        Chunk::push(&mut empty_pairs, b"", Some(b""));
+    }
+    for (op, body) in [
+        (Op::GetMany, &empty_keys),
+        (Op::RemoveMany, &empty_keys),
+        (Op::SetMany, &empty_pairs),
+    ] {
+        r.raw(&frame_bytes(op as u8, 15, b"", body, n as u64));
+        assert_eq!(
+            r.frame().unwrap(),
+            Frame::error(ErrorCode::BatchTooLarge, 15)
+        );
+    }
+    assert_eq!(
+        r.call(&Request::Exists { key: b"" }, 16),
+        Frame::reply(BOOL, 16, 0)
+    );
 }

@@ -5,18 +5,26 @@ use std::time::Duration;
 
 use super::conn::{Answer, Peer};
 use super::{ttl_ms, unexpected, UpCache};
-use crate::error::Result;
-use crate::protocol::{Batch, Request};
+use crate::error::{Error, Result};
+use crate::protocol::{Batch, ErrorCode, Request, MAX_BATCH_KEYS};
 use crate::Version;
 
 /// Packs `keys` into `buf` as a batch (keys only, or pairs when `values` is given), after
-/// checking each key, and the packed body, against the server's limits.
+/// checking their number ([`MAX_BATCH_KEYS`]), each key, and the packed body against the
+/// server's limits.
 pub(crate) fn pack<'b, K: AsRef<[u8]>, V: AsRef<[u8]>>(
     peer: &Peer,
     buf: &'b mut Vec<u8>,
     keys: &[K],
     values: Option<&[V]>,
 ) -> Result<Batch<'b>> {
+    if keys.len() > MAX_BATCH_KEYS as usize {
+        let code = ErrorCode::BatchTooLarge;
+        return Err(Error::Server {
+            code,
+            message: code.message().into(),
+        });
+    }
     for k in keys {
         peer.check(k.as_ref(), &[])?;
     }
@@ -191,11 +199,13 @@ impl UpCache {
     }
 
     /// The values of `keys`, in order, `None` for each missing one: one request frame and one
-    /// reply, however many keys. A key named twice is answered twice.
+    /// reply for up to [`MAX_BATCH_KEYS`] (65,536) keys. A key named twice is answered twice.
     ///
     /// # Errors
     ///
-    /// [`Error::KeyTooLarge`](crate::Error::KeyTooLarge) for a key, or
+    /// [`Error::Server`] with [`ErrorCode::BatchTooLarge`] for more than 65,536 keys (as for
+    /// `set_many` and `remove_many`), [`Error::KeyTooLarge`](crate::Error::KeyTooLarge) for a
+    /// key, or
     /// [`Error::ValueTooLarge`](crate::Error::ValueTooLarge) when the packed keys (4 bytes
     /// plus the key each) are over the server's longest value, before anything is sent;
     /// [`Error::Server`](crate::Error::Server) with
@@ -219,6 +229,7 @@ impl UpCache {
     ///
     /// # Errors
     ///
+    /// [`Error::Server`] with [`ErrorCode::BatchTooLarge`] for more than 65,536 pairs,
     /// [`Error::KeyTooLarge`](crate::Error::KeyTooLarge) for a key, or
     /// [`Error::ValueTooLarge`](crate::Error::ValueTooLarge) when the packed pairs (8 bytes
     /// plus key and value each) are over the server's longest value, before anything is

@@ -12,6 +12,11 @@
 
 use super::{len32, Chunk, DecodeError};
 
+/// Most entries in one batch: a server answers a larger one with
+/// [`ErrorCode::BatchTooLarge`](super::ErrorCode::BatchTooLarge) and does nothing, so that
+/// one request never makes it hold more than this many entries for its reply.
+pub const MAX_BATCH_KEYS: u32 = 65_536;
+
 /// The length word of a missing key in a [`Values`] body (no value length reaches it: values
 /// are at most [`super::MAX_VALUE_LEN_CAP`]).
 pub const ABSENT: u32 = u32::MAX;

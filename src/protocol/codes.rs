@@ -159,6 +159,9 @@ codes! {
         /// A `GET_MANY` reply would not fit a frame (its body over `u32::MAX` bytes); nothing
         /// changed and the connection goes on.
         ReplyTooLarge = 0x4c,
+        /// A multi-key request with more than [`MAX_BATCH_KEYS`](super::MAX_BATCH_KEYS)
+        /// entries; nothing changed and the connection goes on.
+        BatchTooLarge = 0x4d,
     }
 }
 
@@ -179,6 +182,7 @@ impl ErrorCode {
             ErrorCode::Busy => "too many waits or subscriptions on this connection",
             ErrorCode::BadTtl => "a TTL must be 1 ms to 2^40 - 1 ms (about 34 years)",
             ErrorCode::ReplyTooLarge => "the values asked for do not fit one reply frame (4 GiB)",
+            ErrorCode::BatchTooLarge => "a multi-key request holds at most 65,536 keys",
         }
     }
 }

@@ -50,7 +50,7 @@ mod pushes;
 mod replies;
 mod requests;
 
-pub use batch::{Batch, Values, ABSENT};
+pub use batch::{Batch, Values, ABSENT, MAX_BATCH_KEYS};
 pub use chunks::{
     chunk_body_bound, chunk_entry_len, Chunk, CHUNK_ENTRY_OVERHEAD, CHUNK_MAX_ENTRIES,
     CHUNK_SOFT_BYTES,

@@ -5,14 +5,16 @@
 //! the batch's order (a key named twice is handled twice: `SET_MANY` stores the later value,
 //! `REMOVE_MANY` counts the first removal only), with the same events and wakes, and a key
 //! whose TTL ran out is expired first. The records of a batch's keys are prefetched
-//! together ([`crate::store::Store::prefetch`]) before any is looked up.
+//! together ([`crate::store::Store::prefetch`]) before any is looked up. A batch of more than
+//! [`MAX_BATCH_KEYS`] entries is refused whole (`BATCH_TOO_LARGE`): what one request makes
+//! the server hold (hashes, entries, a reply's copied values) stays bounded.
 
 use std::io::{Read, Write};
 use std::time::Instant;
 
 use smallvec::SmallVec;
 
-use crate::protocol::{self, Batch, ErrorCode, Reply, RequestId, Values};
+use crate::protocol::{self, Batch, ErrorCode, Reply, RequestId, Values, MAX_BATCH_KEYS};
 use crate::server::engine::Engine;
 use crate::server::fanout::Change;
 use crate::store::Entry;
@@ -25,6 +27,15 @@ const COPY_MAX: usize = 256;
 type Hashes = SmallVec<[u64; 64]>;
 
 impl<S: Read + Write> Engine<S> {
+    /// Answers `BATCH_TOO_LARGE` for a batch over [`MAX_BATCH_KEYS`]; true if it did.
+    fn batch_too_large(&mut self, slot: usize, id: RequestId, batch: &Batch<'_>) -> bool {
+        let over = batch.len() > MAX_BATCH_KEYS;
+        if over {
+            self.conns[slot].queue_error(id, ErrorCode::BatchTooLarge, 0);
+        }
+        over
+    }
+
     fn hashes_of(&self, batch: &Batch<'_>) -> Hashes {
         let hashes: Hashes = batch.iter().map(|(k, _)| self.store.hash(k)).collect();
         self.store.prefetch(&hashes);
@@ -35,6 +46,9 @@ impl<S: Read + Write> Engine<S> {
     /// key is looked up once: the entries found are held (a count of their segment each) until
     /// the reply's length is known and it is queued.
     pub(super) fn get_many(&mut self, slot: usize, id: RequestId, keys: Batch<'_>) {
+        if self.batch_too_large(slot, id, &keys) {
+            return;
+        }
         let hashes = self.hashes_of(&keys);
         let found: SmallVec<[Option<Entry>; 64]> = keys
             .iter()
@@ -80,6 +94,9 @@ impl<S: Read + Write> Engine<S> {
         ttl_ms: u64,
         now: Instant,
     ) {
+        if self.batch_too_large(slot, id, &pairs) {
+            return;
+        }
         let Ok(at) = self.optional_deadline(ttl_ms, now) else {
             return self.conns[slot].queue_error(id, ErrorCode::BadTtl, 0);
         };
@@ -101,6 +118,9 @@ impl<S: Read + Write> Engine<S> {
     /// `REMOVE_MANY`: the number of keys removed; a `REMOVED` event for each, after the
     /// reply.
     pub(super) fn remove_many(&mut self, slot: usize, id: RequestId, keys: Batch<'_>) {
+        if self.batch_too_large(slot, id, &keys) {
+            return;
+        }
         let hashes = self.hashes_of(&keys);
         let mut removed: SmallVec<[bool; 64]> = SmallVec::new();
         for ((key, _), &h) in keys.iter().zip(&hashes) {
