@@ -84,6 +84,9 @@ pub enum ArbRequest {
     GetMany(ArbBatch<false>),
     SetMany(ArbBatch<true>, u64),
     RemoveMany(ArbBatch<false>),
+    /// Key and lease timeout (mapped into 1 ..= `MAX_TTL_MS`, the range that decodes).
+    GetOrLease(Vec<u8>, u64),
+    Release(Vec<u8>, u32),
 }
 
 /// A packed batch of keys (`PAIRS == false`) or pairs the fuzzer builds from a list of them.
@@ -176,6 +179,11 @@ impl ArbRequest {
                 ttl_ms: *t,
             },
             ArbRequest::RemoveMany(b) => Request::RemoveMany { keys: b.batch() },
+            ArbRequest::GetOrLease(k, t) => Request::GetOrLease {
+                key: k,
+                timeout_ms: 1 + t % protocol::MAX_TTL_MS,
+            },
+            ArbRequest::Release(k, r) => Request::Release { key: k, req: *r },
         }
     }
 }
@@ -389,9 +397,11 @@ pub fn store_model_bytes(data: &[u8]) {
             StoreOp::Get(k) => {
                 let k = key_of(k);
                 let h = store.hash(&k);
-                // A server asks for the records of a batch before looking them up.
-                store.prefetch(&[h, h.rotate_left(17)]);
-                let got = store.get(h, &k);
+                // A server asks for the records of a batch before looking them up, and looks
+                // them up from the hints it got; another key's hint must find the same.
+                let mut hints = [0; 2];
+                store.prefetch(&[h, h.rotate_left(17)], &mut hints);
+                let got = store.get_hinted(h, &k, hints[k.len() % 2]);
                 let want = m.live(&k).map(|(v, _)| v.clone());
                 assert_eq!(got.as_ref().map(|e| e.value()), want.as_deref());
                 if let (Some(e), Some(v)) = (got, want) {

@@ -95,6 +95,7 @@ impl ServerSpec {
                 max_key: crate::protocol::MAX_KEY_LEN,
                 max_value: self.max_value,
             },
+            copy_max: crate::server::engine::COPY_MAX,
         }
     }
 

@@ -21,6 +21,7 @@
 //! | [`Pipeline`], [`PipelineReply`] | many operations sent in one go, their replies in order |
 //! | [`Subscription`], [`Event`], [`EventKind`] | the changes of one key, or of every key |
 //! | [`Keys`], [`Items`] | the whole cache, fetched chunk by chunk ([`UpCache::keys_iter`]) |
+//! | [`ComputeError`] | [`UpCache::get_or_compute`]: a missing value computed once among every process (server leases) |
 //! | [`ServerStats`] | the server's counters ([`UpCache::stats`]) |
 //! | [`Version`] | which write a value came from ([`UpCache::get_versioned`], [`UpCache::set_if_version`]) |
 //! | [`Error`], [`NameError`], [`Result`] | what went wrong, and what to do about it |
@@ -96,8 +97,8 @@ pub mod store;
 #[cfg(feature = "tokio")]
 pub use client::aio;
 pub use client::{
-    Builder, Event, EventKind, Items, Keys, Pipeline, PipelineReply, Subscription, Ttl, UpCache,
-    SUBSCRIPTION_QUEUE,
+    Builder, ComputeError, Event, EventKind, Items, Keys, Pipeline, PipelineReply, Subscription,
+    Ttl, UpCache, DEFAULT_LEASE_TIMEOUT, SUBSCRIPTION_QUEUE,
 };
 pub use election::{ServerInfo, ServerInfoError};
 pub use error::{validate_name, Error, NameError, Result};

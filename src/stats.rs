@@ -59,6 +59,13 @@ pub struct ServerStats {
     pub expired: u64,
     /// Keys that have a TTL now.
     pub ttl_keys: u64,
+    /// Leases of `get_or_compute` held now (one per missing key being computed).
+    pub leases: u64,
+    /// `get_or_compute` callers waiting now for a leased key's value.
+    pub lease_waiters: u64,
+    /// Leases passed on to a waiting caller since start (released after a failure, holder's
+    /// connection closed, or timed out).
+    pub lease_handoffs: u64,
 }
 
 impl ServerStats {

@@ -1375,3 +1375,109 @@ fn multi_key_and_versioned_frames_on_the_wire(t: Transport) {
         Frame::reply(BOOL, 16, 0)
     );
 }
+
+/// The lease requests on the wire (PROTOCOL.md §4, "Leases"): exact bytes of the replies and
+/// pushes, and malformed lease requests.
+mod lease {
+    use super::*;
+
+    each_transport!(
+        lease_replies_and_pushes_have_their_codes,
+        malformed_lease_requests_are_bad_frames
+    );
+
+    /// Reply codes of `GET_OR_LEASE`.
+    const LEASED: u8 = 0x0c;
+    const WAITING: u8 = 0x0d;
+
+    fn get_or_lease(r: &mut Raw, id: u32, timeout_ms: u64) -> Frame {
+        r.call(
+            &Request::GetOrLease {
+                key: b"k",
+                timeout_ms,
+            },
+            id,
+        )
+    }
+
+    fn lease_replies_and_pushes_have_their_codes(t: Transport) {
+        let sb = Sandbox::new(t);
+        let c = sb.open(&sb.name("lease-wire"));
+        let (mut a, mut b, mut w) = (Raw::hello(&c), Raw::hello(&c), Raw::hello(&c));
+        assert_eq!(get_or_lease(&mut a, 7, 60_000), Frame::reply(LEASED, 7, 0));
+        assert_eq!(get_or_lease(&mut b, 8, 60_000), Frame::reply(WAITING, 8, 0));
+        assert_eq!(get_or_lease(&mut w, 9, 60_000), Frame::reply(WAITING, 9, 0));
+        // The holder gives up: the first waiter gets the lease, by its request's id.
+        let f = a.call(&Request::Release { key: b"k", req: 7 }, 10);
+        assert_eq!(f, Frame::reply(BOOL, 10, 1));
+        assert_eq!(
+            b.frame().unwrap(),
+            Frame::push(PushKind::LeaseGranted, 8, b"", b"", 0)
+        );
+        assert_eq!(
+            (PushKind::LeaseGranted as u8, PushKind::LeaseValue as u8),
+            (0x0a, 0x09)
+        );
+        // A plain SET by the new holder serves the other waiter: the value, no key.
+        assert_eq!(
+            b.call(
+                &Request::Set {
+                    key: b"k",
+                    value: b"v"
+                },
+                11
+            ),
+            Frame::reply(DONE, 11, 0)
+        );
+        assert_eq!(
+            w.frame().unwrap(),
+            Frame::push(PushKind::LeaseValue, 9, b"", b"v", 0)
+        );
+        // Present: a VALUE reply, as GET.
+        let f = get_or_lease(&mut a, 12, 1);
+        assert_eq!((f.code, f.value.as_slice()), (0x02, &b"v"[..]));
+        // A release of a lease nobody holds changes nothing.
+        let f = a.call(&Request::Release { key: b"k", req: 12 }, 13);
+        assert_eq!(f, Frame::reply(BOOL, 13, 0));
+    }
+
+    fn malformed_lease_requests_are_bad_frames(t: Transport) {
+        let sb = Sandbox::new(t);
+        let c = sb.open(&sb.name("lease-bad"));
+        let cases: [(Op, &[u8], &[u8], u64); 5] = [
+            // A lease timeout of 0, or over 2^40 - 1 ms.
+            (Op::GetOrLease, b"k", b"", 0),
+            (Op::GetOrLease, b"k", b"", 1 << 40),
+            // A value on either request.
+            (Op::GetOrLease, b"k", b"v", 1000),
+            (Op::Release, b"k", b"v", 1),
+            // A request id wider than 32 bits.
+            (Op::Release, b"k", b"", 1 << 32),
+        ];
+        for (i, (op, key, value, arg)) in cases.into_iter().enumerate() {
+            let mut r = Raw::hello(&c);
+            let id = 100 + i as u32;
+            r.raw(&frame_bytes(op as u8, id, key, value, arg));
+            r.expect_error_id_then_close(id, ErrorCode::BadFrame, 0);
+        }
+        // The largest timeout is fine; the server is healthy.
+        let mut r = Raw::hello(&c);
+        r.raw(&frame_bytes(
+            Op::GetOrLease as u8,
+            1,
+            b"k",
+            b"",
+            (1 << 40) - 1,
+        ));
+        assert_eq!(r.frame().unwrap(), Frame::reply(LEASED, 1, 0));
+        assert_healthy(&c);
+        assert_eq!(c.stats().unwrap().leases, 1);
+        drop(r);
+        // Its connection closed: the lease is gone.
+        assert!(util::eventually(Duration::from_secs(10), || c
+            .stats()
+            .unwrap()
+            .leases
+            == 0));
+    }
+}

@@ -40,6 +40,8 @@ pub(crate) enum Answer {
     Versioned(Vec<u8>, u64),
     Version(u64),
     Values(Vec<Option<Vec<u8>>>),
+    Leased,
+    Waiting,
     Failed(ErrorCode, u64, String),
 }
 
@@ -61,6 +63,8 @@ impl Answer {
             Reply::Versioned { value, version } => Answer::Versioned(value.to_vec(), version),
             Reply::Version(v) => Answer::Version(v),
             Reply::Values(v) => Answer::Values(v.iter().map(|v| v.map(<[u8]>::to_vec)).collect()),
+            Reply::Leased => Answer::Leased,
+            Reply::Waiting => Answer::Waiting,
             Reply::Error { code, arg, message } => {
                 Answer::Failed(code, arg, String::from_utf8_lossy(message).into_owned())
             }
@@ -78,6 +82,8 @@ pub(crate) struct Peer {
     pub limits: Limits,
     /// Longest wait for the server to take a request or send a reply.
     pub request_timeout: Option<Duration>,
+    /// How long a lease of `get_or_compute` lasts, in ms (`Builder::lease_timeout`).
+    pub lease_timeout_ms: u64,
 }
 
 impl Peer {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use upcache_transports::Stream;
 
 use super::conn::{connect, write_all, Answer, ConnectError, Peer};
+use super::lease::LeaseAnswer;
 use crate::error::{Error, Result};
 use crate::protocol::{self, Decoded, Incoming, PushKind, Request, RequestId, SubId, WakeReason};
 use crate::readbuf::ReadBuf;
@@ -104,7 +105,9 @@ impl EventKind {
             PushKind::Expired => EventKind::Expired,
             PushKind::Cleared => EventKind::Cleared,
             PushKind::Lagged => EventKind::Lagged(arg),
-            PushKind::Woken | PushKind::Closed => return None,
+            PushKind::Woken | PushKind::Closed | PushKind::LeaseValue | PushKind::LeaseGranted => {
+                return None
+            }
         })
     }
 }
@@ -228,13 +231,20 @@ enum Pending {
     /// A wait, and whether it waits for a value.
     Wait(Arc<Slot<Result<bool>>>, bool),
     Subscribe(Arc<Slot<Result<Answer>>>, Arc<SubQueue>),
+    /// A `GET_OR_LEASE`: its value, or the lease, once the server says.
+    Lease(LeaseSlot),
     Ignore,
 }
+
+/// Where a `GET_OR_LEASE`'s outcome goes.
+type LeaseSlot = Arc<Slot<Result<LeaseAnswer>>>;
 
 #[derive(Default)]
 struct Routes {
     pending: HashMap<RequestId, Pending>,
     waits: HashMap<RequestId, WaitSlot>,
+    /// `GET_OR_LEASE` requests the server answered `WAITING`, until their push.
+    leases: HashMap<RequestId, LeaseSlot>,
     subs: HashMap<SubId, Arc<SubQueue>>,
     ended: bool,
 }
@@ -372,6 +382,24 @@ impl Events {
         }
     }
 
+    /// `GET_OR_LEASE` (see `UpCache::get_or_compute`): the value, or the lease, once the
+    /// server gives either; as long as it takes (every lease before this one times out).
+    pub(crate) fn get_or_lease(&self, key: &[u8], timeout_ms: u64) -> Result<LeaseAnswer> {
+        let slot = Slot::new();
+        self.send(
+            &Request::GetOrLease { key, timeout_ms },
+            Pending::Lease(Arc::clone(&slot)),
+        )?;
+        slot.take(None)
+            .unwrap_or_else(|| Err(self.shared.peer.gone()))
+    }
+
+    /// Gives up the lease request `req` got (its reply is not awaited: the server applies it
+    /// before any later request of this connection).
+    pub(crate) fn release(&self, key: &[u8], req: RequestId) {
+        let _ = self.send(&Request::Release { key, req }, Pending::Ignore);
+    }
+
     fn unsubscribe(&self, sub: SubId) {
         lock(&self.shared.routes).subs.remove(&sub);
         let _ = self.send(&Request::Unsubscribe { sub }, Pending::Ignore);
@@ -422,8 +450,12 @@ fn read_loop(stream: &Stream, shared: &Shared, mut rbuf: ReadBuf) {
         match p {
             Pending::Subscribe(s, _) => s.fill(Err(shared.peer.gone())),
             Pending::Wait(s, _) => s.fill(Err(shared.peer.gone())),
+            Pending::Lease(s) => s.fill(Err(shared.peer.gone())),
             Pending::Ignore => {}
         }
+    }
+    for (_, s) in r.leases.drain() {
+        s.fill(Err(shared.peer.gone()));
     }
     for (_, (s, _)) in r.waits.drain() {
         s.fill(Err(shared.peer.gone()));
@@ -455,6 +487,17 @@ fn route(shared: &Shared, item: Incoming<'_>) {
                     }
                     s.fill(Ok(answer));
                 }
+                Some(Pending::Lease(s)) => match answer {
+                    Answer::Value(v) => s.fill(Ok(LeaseAnswer::Value(v))),
+                    Answer::Leased => s.fill(Ok(LeaseAnswer::Leased(id))),
+                    Answer::Waiting => {
+                        r.leases.insert(id, s);
+                    }
+                    Answer::Failed(code, arg, msg) => {
+                        s.fill(Err(shared.peer.failed(code, arg, msg)))
+                    }
+                    other => s.fill(Err(super::unexpected(&shared.peer, other))),
+                },
                 Some(Pending::Ignore) | None => {}
             }
         }
@@ -478,6 +521,14 @@ fn route(shared: &Shared, item: Incoming<'_>) {
                 PushKind::Closed => {
                     if let Some(q) = r.subs.remove(&p.id) {
                         q.end();
+                    }
+                }
+                PushKind::LeaseValue | PushKind::LeaseGranted => {
+                    if let Some(s) = r.leases.remove(&p.id) {
+                        s.fill(Ok(match p.kind {
+                            PushKind::LeaseValue => LeaseAnswer::Value(p.value.to_vec()),
+                            _ => LeaseAnswer::Leased(p.id),
+                        }));
                     }
                 }
                 kind => {

@@ -4,6 +4,7 @@
 pub mod aio;
 mod conn;
 mod events;
+mod lease;
 mod pipeline;
 mod scan;
 mod versions;
@@ -14,6 +15,8 @@ use std::sync::{Arc, Mutex, Once, RwLock};
 use std::time::{Duration, Instant};
 
 pub use events::{Event, EventKind, Subscription, SUBSCRIPTION_QUEUE};
+use lease::lease_ms;
+pub use lease::{ComputeError, DEFAULT_LEASE_TIMEOUT};
 pub use pipeline::{Pipeline, PipelineReply};
 pub use scan::{Items, Keys};
 
@@ -61,6 +64,7 @@ pub struct Builder {
     request_timeout: Option<Duration>,
     server_exe: Option<PathBuf>,
     join_only: bool,
+    lease_timeout: Duration,
 }
 
 impl Builder {
@@ -101,6 +105,16 @@ impl Builder {
     /// are not limited by it: `wait_for` has its own timeout.
     pub fn request_timeout(mut self, d: Option<Duration>) -> Self {
         self.request_timeout = d;
+        self
+    }
+    /// How long a lease of [`UpCache::get_or_compute`] lasts (default 30 s): if the caller
+    /// that computes a missing value neither stores it nor fails within this time, the lease
+    /// passes to the next caller waiting for that key, who then computes too. Each call sends
+    /// it with its request, so handles with different settings share one server. Rounded up
+    /// to whole ms; from 1 ms to 2⁴⁰ − 1 ms ([`Builder::open`] fails with
+    /// [`Error::InvalidOption`] outside).
+    pub fn lease_timeout(mut self, d: Duration) -> Self {
+        self.lease_timeout = d;
         self
     }
     /// How long opening may take before it fails with [`Error::OpenTimedOut`] (default 10 s).
@@ -201,7 +215,8 @@ impl Builder {
     ///
     /// - [`Error::InvalidName`] for a name that is not 1–128 characters of `[A-Za-z0-9_-]`.
     /// - [`Error::InvalidOption`] for a `max_value_len` over
-    ///   [`MAX_VALUE_LEN_CAP`](crate::protocol::MAX_VALUE_LEN_CAP), before any election.
+    ///   [`MAX_VALUE_LEN_CAP`](crate::protocol::MAX_VALUE_LEN_CAP) or a `lease_timeout` out of
+    ///   range, before any election.
     /// - [`Error::OpenTimedOut`] when no working server was reached within
     ///   [`Builder::open_timeout`] (the error says what was last seen).
     /// - [`Error::VersionMismatch`] when the running server speaks another protocol version,
@@ -235,6 +250,7 @@ impl Builder {
             option: "max_value_len",
             detail: e.to_string(),
         })?;
+        lease_ms(self.lease_timeout)?;
         watch_forks();
         let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
         let path = election::file_path(&dir, &self.name);
@@ -334,6 +350,7 @@ impl Builder {
                     max_value: info.max_value,
                 },
                 request_timeout: self.request_timeout,
+                lease_timeout_ms: lease_ms(self.lease_timeout)?,
             };
             match connect(&peer) {
                 Ok(conn) => return Ok((peer, conn)),
@@ -508,6 +525,7 @@ impl UpCache {
             request_timeout: Some(Duration::from_secs(30)),
             server_exe: None,
             join_only: false,
+            lease_timeout: DEFAULT_LEASE_TIMEOUT,
         }
     }
 

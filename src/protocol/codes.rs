@@ -87,6 +87,14 @@ codes! {
         SetMany = 0x1c,
         /// value = a batch of keys, arg = their count → uint, how many were removed.
         RemoveMany = 0x1d,
+        /// key, arg = lease timeout in ms (1 ..= [`MAX_TTL_MS`](super::MAX_TTL_MS)) → value
+        /// (the key is present), leased (the caller holds the key's lease: compute and store),
+        /// or waiting (later a `LeaseValue` or `LeaseGranted` push with this request's id).
+        GetOrLease = 0x20,
+        /// key, arg = the id of the `GetOrLease` request that got the lease (at most
+        /// `u32::MAX`) → bool: true if this connection held that lease, which now passes to the
+        /// next waiter (or ends).
+        Release = 0x21,
     }
 }
 
@@ -107,6 +115,12 @@ codes! {
         Closed = 0x06,
         /// key expired (its TTL ran out) and was removed. id = subscription.
         Expired = 0x07,
+        /// The value a waiting `GetOrLease` waited for: someone stored the key. id = that
+        /// request's id; value = the stored value; no key.
+        LeaseValue = 0x09,
+        /// The lease a waiting `GetOrLease` waited for is now this request's: compute and store
+        /// the value (or release it). id = that request's id; no fields.
+        LeaseGranted = 0x0a,
     }
 }
 

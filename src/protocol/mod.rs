@@ -63,7 +63,9 @@ pub use header::{
 pub use limits::{
     LimitError, Limits, DEFAULT_MAX_VALUE_LEN, MAX_KEY_LEN, MAX_TOKEN_LEN, MAX_VALUE_LEN_CAP,
 };
-pub use pushes::{decode_incoming, decode_push, encode_set_push_head, Incoming, Push};
+pub use pushes::{
+    decode_incoming, decode_push, encode_lease_value_head, encode_set_push_head, Incoming, Push,
+};
 pub use replies::{
     decode_reply, encode_value_head, encode_values_head, encode_versioned_head, Reply,
 };
@@ -328,6 +330,14 @@ mod tests {
                 pairs: Batch::empty(true),
                 ttl_ms: u64::MAX,
             },
+            Request::GetOrLease {
+                key: b"k",
+                timeout_ms: MAX_TTL_MS,
+            },
+            Request::Release {
+                key: b"k",
+                req: u32::MAX,
+            },
         ] {
             one_request(r);
         }
@@ -383,7 +393,7 @@ mod tests {
 
     #[test]
     fn every_op_has_a_request() {
-        assert_eq!(Op::ALL.len(), 29);
+        assert_eq!(Op::ALL.len(), 31);
         for op in Op::ALL {
             assert_eq!(Op::from_u8(*op as u8), Some(*op));
         }
@@ -415,6 +425,8 @@ mod tests {
             Reply::Version(3),
             Reply::Values(Values::parse(&[], 0).unwrap()),
             Reply::Values(Values::parse(&[0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, b'x'], 2).unwrap()),
+            Reply::Leased,
+            Reply::Waiting,
             Reply::Error {
                 code: ErrorCode::VersionMismatch,
                 arg: 1,
@@ -432,23 +444,48 @@ mod tests {
                 Decoded::Frame(Incoming::Reply(9, r), buf.len())
             );
         }
-        let p = Push {
-            kind: PushKind::Set,
+        let push = |kind, key, value| Push {
+            kind,
             id: 2,
-            key: b"k",
-            value: b"v",
+            key,
+            value,
             arg: 0,
         };
-        let mut buf = Vec::new();
-        p.encode(&mut buf);
-        assert_eq!(
-            decode_push(&buf, &Limits::unlimited()).unwrap(),
-            Decoded::Frame(p, buf.len())
-        );
-        assert_eq!(
-            decode_incoming(&buf, &Limits::unlimited()).unwrap(),
-            Decoded::Frame(Incoming::Push(p), buf.len())
-        );
+        for p in [
+            push(PushKind::Set, b"k", b"v"),
+            push(PushKind::LeaseValue, b"", b"v"),
+            push(PushKind::LeaseGranted, b"", b""),
+        ] {
+            let mut buf = Vec::new();
+            p.encode(&mut buf);
+            assert_eq!(
+                decode_push(&buf, &Limits::unlimited()).unwrap(),
+                Decoded::Frame(p, buf.len())
+            );
+            assert_eq!(
+                decode_incoming(&buf, &Limits::unlimited()).unwrap(),
+                Decoded::Frame(Incoming::Push(p), buf.len())
+            );
+        }
+        // The head encoder writes what a whole push would.
+        let mut head = Vec::new();
+        encode_lease_value_head(&mut head, 2, 1);
+        head.push(b'v');
+        let mut whole = Vec::new();
+        push(PushKind::LeaseValue, b"", b"v").encode(&mut whole);
+        assert_eq!(head, whole);
+        // A lease value with a key, or a grant with a value, is malformed.
+        for p in [
+            push(PushKind::LeaseValue, b"k", b"v"),
+            push(PushKind::LeaseGranted, b"", b"v"),
+        ] {
+            let mut buf = Vec::new();
+            p.encode(&mut buf);
+            assert!(matches!(
+                decode_push(&buf, &Limits::unlimited()),
+                Err(DecodeError::Malformed(_))
+            ));
+        }
     }
 
     #[test]

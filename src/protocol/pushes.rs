@@ -67,6 +67,14 @@ impl<'a> Push<'a> {
                 key.is_empty() && value.is_empty(),
                 "lagged event carries only a count",
             )?,
+            PushKind::LeaseValue => check(
+                key.is_empty() && arg == 0,
+                "a lease value carries only the value",
+            )?,
+            PushKind::LeaseGranted => check(
+                key.is_empty() && value.is_empty() && arg == 0,
+                "a lease grant carries no fields",
+            )?,
             PushKind::Woken => {
                 check(
                     key.is_empty() && value.is_empty(),
@@ -140,6 +148,24 @@ pub fn encode_set_push_head(out: &mut Vec<u8>, sub: SubId, key_len: usize, value
             code: PushKind::Set as u8,
             id: sub,
             key_len: len32(key_len),
+            value_len: len32(value_len),
+            arg: 0,
+        },
+    );
+}
+
+/// Appends the 24-byte header of a `LeaseValue` push for the waiting `GetOrLease` request
+/// `req`, whose `value_len` value bytes the caller sends next, from wherever they are stored.
+///
+/// `value_len` fits a `u32`: the value was admitted by [`Limits`] (checked in debug builds).
+pub fn encode_lease_value_head(out: &mut Vec<u8>, req: RequestId, value_len: usize) {
+    encode_header(
+        out,
+        &Header {
+            kind: FrameKind::Push as u8,
+            code: PushKind::LeaseValue as u8,
+            id: req,
+            key_len: 0,
             value_len: len32(value_len),
             arg: 0,
         },

@@ -1,6 +1,6 @@
 //! Replies: one per request, in request order.
 
-use super::header::{decode_raw, encode_header, FrameKind, Header, RawFrame};
+use super::header::{decode_raw, encode_header, FrameKind, Header, RawFrame, HEADER_LEN, MAGIC};
 use super::{
     check, len32, word, DecodeError, Decoded, ErrorCode, Field, Limits, RequestId, Values,
 };
@@ -18,6 +18,8 @@ mod reply_code {
     pub const VERSIONED: u8 = 0x08;
     pub const VERSION: u8 = 0x09;
     pub const VALUES: u8 = 0x0a;
+    pub const LEASED: u8 = 0x0c;
+    pub const WAITING: u8 = 0x0d;
 }
 
 /// A decoded reply. Replies describe themselves: the code says which shape it is, so a reply
@@ -59,6 +61,12 @@ pub enum Reply<'a> {
     Version(u64),
     /// `get_many`: one value or absence per key asked for.
     Values(Values<'a>),
+    /// `get_or_lease` of a missing key: the caller holds the key's lease; it computes the value
+    /// and stores it (or releases the lease).
+    Leased,
+    /// `get_or_lease` of a missing key whose lease another request holds: a `LeaseValue` or
+    /// `LeaseGranted` push with the request's id follows.
+    Waiting,
     /// The request failed.
     Error {
         /// What went wrong.
@@ -89,6 +97,8 @@ impl<'a> Reply<'a> {
             Reply::Versioned { value, version } => (VERSIONED, none, value, version),
             Reply::Version(v) => (VERSION, none, &[], v),
             Reply::Values(v) => (VALUES, none, v.body(), v.len().into()),
+            Reply::Leased => (LEASED, none, &[], 0),
+            Reply::Waiting => (WAITING, none, &[], 0),
             Reply::Error { code, arg, message } => (code as u8, none, message, arg),
         }
     }
@@ -114,9 +124,41 @@ impl<'a> Reply<'a> {
     /// Appends the whole encoded frame to `out`.
     #[inline]
     pub fn encode(&self, id: RequestId, out: &mut Vec<u8>) {
-        let (_, key, value, _) = self.fields();
-        encode_header(out, &self.header(id));
-        out.extend_from_slice(key.as_slice());
+        use reply_code::*;
+        // The replies without a payload (most of a server's) are one 24-byte write.
+        let (code, arg) = match *self {
+            Reply::Done => (DONE, 0),
+            Reply::Nil => (NIL, 0),
+            Reply::Bool(b) => (BOOL, b as u64),
+            Reply::Int(i) => (INT, i as u64),
+            Reply::Uint(u) => (UINT, u),
+            _ => return self.encode_with_payload(id, out),
+        };
+        let mut b = [0u8; HEADER_LEN];
+        b[0..2].copy_from_slice(&MAGIC);
+        b[2] = FrameKind::Reply as u8;
+        b[3] = code;
+        b[4..8].copy_from_slice(&id.to_le_bytes());
+        b[16..24].copy_from_slice(&arg.to_le_bytes());
+        out.extend_from_slice(&b);
+    }
+
+    fn encode_with_payload(&self, id: RequestId, out: &mut Vec<u8>) {
+        let (code, key, value, arg) = self.fields();
+        let (key, value_len) = (key.as_slice(), len32(value.len()));
+        out.reserve(HEADER_LEN + key.len() + value.len());
+        encode_header(
+            out,
+            &Header {
+                kind: FrameKind::Reply as u8,
+                code,
+                id,
+                key_len: key.len() as u32,
+                value_len,
+                arg,
+            },
+        );
+        out.extend_from_slice(key);
         out.extend_from_slice(value);
     }
 
@@ -136,13 +178,14 @@ impl<'a> Reply<'a> {
         let no_value = || check(value.is_empty(), "this reply carries no value");
         let no_arg = || check(arg == 0, "this reply carries no argument");
         Ok(match h.code {
-            DONE | NIL => {
+            DONE | NIL | LEASED | WAITING => {
                 no_value()?;
                 no_arg()?;
-                if h.code == DONE {
-                    Reply::Done
-                } else {
-                    Reply::Nil
+                match h.code {
+                    DONE => Reply::Done,
+                    NIL => Reply::Nil,
+                    LEASED => Reply::Leased,
+                    _ => Reply::Waiting,
                 }
             }
             VALUE => {
@@ -250,8 +293,12 @@ pub fn encode_value_head(out: &mut Vec<u8>, id: RequestId, value_len: usize) {
     encode_header(
         out,
         &Header {
+            kind: FrameKind::Reply as u8,
+            code: reply_code::VALUE,
+            id,
+            key_len: 0,
             value_len: len32(value_len),
-            ..Reply::Value(&[]).header(id)
+            arg: 0,
         },
     );
 }

@@ -146,6 +146,21 @@ pub enum Request<'a> {
         /// The keys.
         keys: Batch<'a>,
     },
+    /// Read a key, or take its lease (or wait for whoever holds it) when it is missing.
+    GetOrLease {
+        /// The key.
+        key: &'a [u8],
+        /// Milliseconds the lease lasts if this request gets it (1 ..=
+        /// [`MAX_TTL_MS`](super::MAX_TTL_MS)).
+        timeout_ms: u64,
+    },
+    /// Give up the lease that request `req` of this connection got (the computation failed).
+    Release {
+        /// The key.
+        key: &'a [u8],
+        /// The id of the `GetOrLease` request that got the lease.
+        req: RequestId,
+    },
     /// Subscribe to one key (`Some`) or to every key (`None`).
     Subscribe {
         /// The key, or `None` for all keys.
@@ -183,6 +198,8 @@ impl<'a> Request<'a> {
             | Request::SetIfVersion { key, .. }
             | Request::Add { key, .. }
             | Request::Replace { key, .. }
+            | Request::GetOrLease { key, .. }
+            | Request::Release { key, .. }
             | Request::Subscribe { key: Some(key) } => Some(key),
             _ => None,
         }
@@ -206,6 +223,7 @@ impl<'a> Request<'a> {
                 | Request::SetIfVersion { .. }
                 | Request::Add { .. }
                 | Request::Replace { .. }
+                | Request::GetOrLease { .. }
         )
     }
 
@@ -238,6 +256,8 @@ impl<'a> Request<'a> {
             Request::GetMany { .. } => Op::GetMany,
             Request::SetMany { .. } => Op::SetMany,
             Request::RemoveMany { .. } => Op::RemoveMany,
+            Request::GetOrLease { .. } => Op::GetOrLease,
+            Request::Release { .. } => Op::Release,
             Request::Stats => Op::Stats,
             Request::Shutdown => Op::Shutdown,
             Request::Ping => Op::Ping,
@@ -276,6 +296,8 @@ impl<'a> Request<'a> {
                 (key, pairs.body(), pairs.len().into())
             }
             Request::Incr { key, delta } => (Bytes(key), &[], delta as u64),
+            Request::GetOrLease { key, timeout_ms } => (Bytes(key), &[], timeout_ms),
+            Request::Release { key, req } => (Bytes(key), &[], u64::from(req)),
             Request::Keys { cursor, until } | Request::Items { cursor, until } => {
                 (Field::Word(until.to_le_bytes()), &[], cursor)
             }
@@ -379,6 +401,25 @@ impl<'a> Request<'a> {
                     Request::Persist { key }
                 } else {
                     Request::Ttl { key }
+                }
+            }
+            Op::GetOrLease => {
+                no_value()?;
+                check(
+                    (1..=super::MAX_TTL_MS).contains(&arg),
+                    "a lease timeout must be 1 ms to 2^40 - 1 ms",
+                )?;
+                Request::GetOrLease {
+                    key,
+                    timeout_ms: arg,
+                }
+            }
+            Op::Release => {
+                no_value()?;
+                check(arg <= u64::from(u32::MAX), "request id out of range")?;
+                Request::Release {
+                    key,
+                    req: arg as RequestId,
                 }
             }
             Op::Incr => {

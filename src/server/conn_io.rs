@@ -38,6 +38,7 @@ use super::engine::{Engine, PREFETCH_FRAMES};
 /// its socket full cannot keep the loop from every other client.
 pub const READS_PER_TURN: usize = 16;
 use crate::protocol::{self, DecodeError, Decoded, ErrorCode, Request, RequestId};
+use crate::store::NO_HINT;
 
 /// How far [`Engine::drive`] reads the socket.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -219,6 +220,7 @@ impl<S: Read + Write> Engine<S> {
         if self.conns.try_remove(slot).is_none() {
             return;
         }
+        self.end_leases_of(slot, now);
         // A slot still listed as dirty is skipped by flush_dirty (and a new connection in the
         // same slot is flushed once more, which is harmless).
         self.hub.close_conn(slot);
@@ -229,9 +231,12 @@ impl<S: Read + Write> Engine<S> {
     /// then close once they are written or the socket fails. Not a protocol error: no timer,
     /// as for any client that reads slowly.
     fn finish(&mut self, slot: usize, now: Instant) {
-        let Some(c) = self.conns.get_mut(slot) else {
+        if !self.conns.contains(slot) {
             return;
-        };
+        }
+        // It sends nothing more: its leases pass on now, not when its output drains.
+        self.end_leases_of(slot, now);
+        let c = &mut self.conns[slot];
         if c.out.pending() == 0 {
             return self.close(slot, now);
         }
@@ -244,6 +249,7 @@ impl<S: Read + Write> Engine<S> {
     pub(super) fn begin_close(&mut self, slot: usize, now: Instant) {
         self.conns[slot].phase = Phase::Closing;
         self.stats.protocol_errors += 1;
+        self.end_leases_of(slot, now);
         self.add_timer(now + super::engine::CLOSE_TIMEOUT, slot);
     }
 
@@ -319,20 +325,29 @@ impl<S: Read + Write> Engine<S> {
                 }
             }
         }
+        // Where each frame's key probably is (NO_HINT: look it up).
+        let mut hints: SmallVec<[u32; PREFETCH_FRAMES]> =
+            SmallVec::from_elem(NO_HINT, frames.len());
         if frames.len() > 1 && self.conns[slot].phase == Phase::Ready {
-            let hashes: SmallVec<[u64; PREFETCH_FRAMES]> = frames
-                .iter()
-                .filter(|(_, req, _, _)| req.reads_store())
-                .map(|&(_, _, hash, _)| hash)
+            let reads: SmallVec<[usize; PREFETCH_FRAMES]> = (0..frames.len())
+                .filter(|&i| frames[i].1.reads_store())
                 .collect();
-            self.store.prefetch(&hashes);
+            let hashes: SmallVec<[u64; PREFETCH_FRAMES]> =
+                reads.iter().map(|&i| frames[i].2).collect();
+            let mut found: SmallVec<[u32; PREFETCH_FRAMES]> =
+                SmallVec::from_elem(NO_HINT, hashes.len());
+            self.store.prefetch(&hashes, &mut found);
+            for (&i, &hint) in reads.iter().zip(&found) {
+                hints[i] = hint;
+            }
         }
         let mut applied = 0;
-        for (id, req, hash, n) in frames {
+        // By reference: moving the vector out (`into_iter`) would copy its whole inline array.
+        for (&(id, req, hash, n), &hint) in frames.iter().zip(&hints) {
             if self.stops_reading(slot) {
                 return (applied, WindowEnd::Stopped);
             }
-            self.apply(slot, id, req, hash, now);
+            self.apply(slot, id, req, hash, hint, now);
             applied += n;
         }
         if self.stops_reading(slot) {

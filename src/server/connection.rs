@@ -1,8 +1,9 @@
 //! One client connection on the server: its read buffer, its output queue, its state.
 //!
-//! Output is a queue of pieces: bytes the server encoded (headers, small replies) kept in one
-//! reusable buffer, and shared stored entries ([`Entry`] ranges) that go to the socket from where
-//! they are stored, by vectored writes. Nothing is copied to send a value.
+//! Output is a queue of pieces: bytes the server encoded (headers, small replies, values up to
+//! [`COPY_MAX`](super::engine::COPY_MAX) bytes) kept in one reusable buffer, and shared stored
+//! entries ([`Entry`] ranges, the longer values) that go to the socket from where they are
+//! stored, by vectored writes.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};

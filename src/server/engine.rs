@@ -8,8 +8,9 @@
 //! |---|---|
 //! | `engine.rs` | the state, timers (handshake and close deadlines), shutdown |
 //! | `conn_io.rs` | reading, decoding windows, backpressure, writing, closing |
-//! | `commands/` | one file per command family: `kv`, `scan`, `wait`, `subscribe`, `admin` |
-//! | `fanout.rs` | delivering events to subscriptions, waking waits, lag reports |
+//! | `commands/` | one file per command family: `kv`, `scan`, `wait`, `subscribe`, `ttl`, `lease`, `admin` |
+//! | `fanout.rs` | delivering events to subscriptions, waking waits, serving lease waiters, lag reports |
+//! | `leases.rs` | who holds the lease of a missing key and who waits for it (`get_or_compute`) |
 //! | `stats.rs` | the counters and the `stats` reply |
 //!
 //! A new command family is one new file in `commands/` plus its protocol entries.
@@ -51,6 +52,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a connection in error has to take its error reply before it is closed.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub use super::hub::{MAX_SUBS_PER_CONN, MAX_WAITS_PER_CONN};
+/// Values up to this size are copied into the output buffer to be sent; longer ones are sent
+/// from where they are stored (the default of [`EngineConfig::copy_max`]). Copying a small value
+/// costs less than the kernel's read of a scattered page plus an output piece of its own (the
+/// A/B per value size is in BENCHMARKS.md, "Copy or send in place").
+pub const COPY_MAX: usize = 16 * 1024;
 /// Most frames decoded at once: the window whose records the engine asks the store for
 /// together ([`Store::prefetch`]) before applying them.
 pub const PREFETCH_FRAMES: usize = 128;
@@ -72,6 +78,9 @@ pub struct EngineConfig {
     /// 1 (a connection resumes at the latest when its output is empty) and at most
     /// `high_water`.
     pub low_water: usize,
+    /// Values up to this many bytes are copied into a reply's output buffer; longer ones go to
+    /// the socket from their segment by vectored write ([`COPY_MAX`]).
+    pub copy_max: usize,
 }
 
 impl EngineConfig {
@@ -84,6 +93,7 @@ impl EngineConfig {
             token,
             high_water: HIGH_WATER,
             low_water: LOW_WATER,
+            copy_max: COPY_MAX,
         }
     }
 }
@@ -209,6 +219,7 @@ impl<S: Read + Write> Engine<S> {
         [
             timers,
             self.hub.next_deadline(),
+            self.hub.leases.next_deadline(),
             self.lifecycle.deadline(),
             expiry,
         ]
@@ -224,7 +235,8 @@ impl<S: Read + Write> Engine<S> {
 
     /// One turn's timed work at `now`: expires due keys (a turn's share, see `expiry.rs`),
     /// fires due timers (a handshake or a close that did not finish in time closes its
-    /// connection; a wait past its deadline ends with `TimedOut`), goes on with connections
+    /// connection; a wait past its deadline ends with `TimedOut`; a lease past its deadline
+    /// passes on), goes on with connections
     /// that used their turn's reads, and sends what other connections' requests queued.
     pub fn tick(&mut self, now: Instant) {
         self.set_time(now);
@@ -244,6 +256,7 @@ impl<S: Read + Write> Engine<S> {
         for w in self.hub.take_expired(now) {
             self.wake(w, WakeReason::TimedOut);
         }
+        self.expire_leases(now);
         self.serve_parked(now);
         self.flush_dirty(now);
     }

@@ -104,6 +104,9 @@ impl<S: Read + Write> Engine<S> {
         for w in self.hub.take_woken(hash, key, value) {
             self.wake(w, WakeReason::Event);
         }
+        if let Change::Set(e) = change {
+            self.fulfil_leases(hash, e);
+        }
     }
 
     /// Tells every subscription that the cache was cleared, and ends every wait (reason

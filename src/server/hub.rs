@@ -205,6 +205,9 @@ pub struct Hub {
     values: ahash::RandomState,
     /// Pending waits for a value (a change hashes its value only when there are some).
     value_waits: usize,
+    /// Leases of missing keys and their waiters (`GET_OR_LEASE`): a store of a leased key
+    /// ends its lease, so writes publish their change while any lease exists.
+    pub leases: super::leases::Leases,
 }
 
 impl std::fmt::Debug for Hub {
@@ -346,7 +349,7 @@ impl Hub {
 
     /// Whether anyone listens at all (the fast path skips event building when not).
     pub fn is_idle(&self) -> bool {
-        self.subs.is_empty() && self.waits.is_empty()
+        self.subs.is_empty() && self.waits.is_empty() && self.leases.is_empty()
     }
 
     /// The hash a wait is filed under: its key's, mixed with its value's for a wait for a value.

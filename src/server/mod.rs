@@ -23,6 +23,7 @@ pub mod engine;
 mod expiry;
 mod fanout;
 pub mod hub;
+pub mod leases;
 pub mod lifecycle;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -60,6 +61,9 @@ pub struct Config {
     pub linger: Duration,
     /// Frame limits.
     pub limits: Limits,
+    /// Values up to this size are copied into replies, longer ones sent in place
+    /// ([`engine::COPY_MAX`] is the default).
+    pub copy_max: usize,
 }
 
 /// What the server tells the process that hosts it.
@@ -119,12 +123,15 @@ fn run_loop<T: Transport>(
     )?;
 
     let token = random_token()?;
-    let engine_config = EngineConfig::new(
-        config.auto_kill,
-        config.linger,
-        config.limits,
-        token.clone().into_bytes(),
-    );
+    let engine_config = EngineConfig {
+        copy_max: config.copy_max,
+        ..EngineConfig::new(
+            config.auto_kill,
+            config.linger,
+            config.limits,
+            token.clone().into_bytes(),
+        )
+    };
     let mut store = Store::default();
     // Versions count from the wall clock in ns: greater than those of an earlier server on
     // this machine (it handed out fewer than one per ns), so a client's stale version never

@@ -23,6 +23,9 @@ impl<S: Read + Write> Engine<S> {
             subscriptions: self.hub.sub_count() as u64,
             max_value_len: self.config.limits.max_value.into(),
             ttl_keys: self.store.ttl_keys() as u64,
+            leases: self.hub.leases.held() as u64,
+            lease_waiters: self.hub.leases.waiting() as u64,
+            lease_handoffs: self.hub.leases.handoffs,
             ..self.stats.clone()
         }
     }

@@ -54,7 +54,6 @@ use std::fmt;
 use std::rc::Rc;
 
 use hashbrown::HashTable;
-use smallvec::SmallVec;
 
 pub use entry::{Entry, Record};
 use segment::RecordShape;
@@ -71,6 +70,8 @@ const SHARD_SHIFT: u32 = 51;
 pub const SEGMENT: usize = 64 * 1024;
 /// `Slot::seg` of a removed key.
 const DEAD: u32 = u32::MAX;
+/// A hint ([`Store::prefetch`]) that names no slot.
+pub const NO_HINT: u32 = u32::MAX;
 
 /// A shard's index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -181,6 +182,22 @@ impl Shard {
     /// The key of slot `i`.
     fn key(&self, i: u32) -> &[u8] {
         key_of(&self.slots, &self.segs, i)
+    }
+
+    /// The slot of `key` and its record, trying slot `hint` first (see [`Store::prefetch`]):
+    /// keys are unique, so a live slot that holds `key` is its slot, and a wrong or stale hint
+    /// only costs the comparison before the index is searched.
+    #[inline]
+    fn find_hinted(&self, hash: u64, key: &[u8], hint: u32) -> Option<(usize, Record<'_>)> {
+        if let Some(slot) = self.slots.get(hint as usize) {
+            if slot.seg != DEAD {
+                let record = self.record(slot);
+                if record.key() == key {
+                    return Some((hint as usize, record));
+                }
+            }
+        }
+        self.find(hash, key)
     }
 
     /// The slot of `key` and its record.
@@ -495,8 +512,14 @@ impl Store {
     /// by the store's clock ([`Store::set_time`]), even before it is expired.
     #[inline]
     pub fn get(&self, hash: u64, key: &[u8]) -> Option<Record<'_>> {
+        self.get_hinted(hash, key, NO_HINT)
+    }
+
+    /// [`Store::get`], with the hint [`Store::prefetch`] gave for this key.
+    #[inline]
+    pub fn get_hinted(&self, hash: u64, key: &[u8], hint: u32) -> Option<Record<'_>> {
         let s = self.shard(hash);
-        s.find(hash, key)
+        s.find_hinted(hash, key, hint)
             .map(|(_, record)| record)
             .filter(|r| !r.is_due(self.now))
     }
@@ -534,21 +557,29 @@ impl Store {
     }
 
     /// Starts loading into the cache the records of the keys with these hashes (from
-    /// [`Store::hash`]), without waiting for them and without reading them. A server that
-    /// looks up many keys at once (a pipelined batch) calls this first, so that their cache
-    /// misses overlap instead of following one another: one pass walks the indexes and asks
-    /// for the slots, a second reads the slots and asks for the records. A hint: it changes
-    /// nothing, and a hash of an absent key costs only its index probe.
-    pub fn prefetch(&self, hashes: &[u64]) {
-        let mut found: SmallVec<[(u64, u32); 128]> = SmallVec::new();
-        for &hash in hashes {
+    /// [`Store::hash`]), without waiting for them and without reading them, and writes into
+    /// `hints` (as long as `hashes`) where each key's slot probably is, for
+    /// [`Store::get_hinted`] and [`Store::set_hinted`] ([`NO_HINT`] where the index names no
+    /// candidate). A server that looks up many keys at once (a pipelined batch) calls this
+    /// first, so that their cache misses overlap instead of following one another: one pass
+    /// walks the indexes and asks for the slots, a second reads the slots and asks for the
+    /// records; the lookups that follow start from the hint instead of searching the index
+    /// again. Changes nothing; a hint is checked before it is used, so one made stale by a
+    /// write in between costs only that check.
+    pub fn prefetch(&self, hashes: &[u64], hints: &mut [u32]) {
+        for (&hash, hint) in hashes.iter().zip(hints.iter_mut()) {
             let s = self.shard(hash);
-            for &i in s.index.iter_hash(hash) {
+            *hint = NO_HINT;
+            // The first candidate: a key with another hash collides on the 7-bit tag rarely.
+            if let Some(&i) = s.index.iter_hash(hash).next() {
                 prefetch_line(&s.slots[i as usize].seq);
-                found.push((hash, i));
+                *hint = i;
             }
         }
-        for &(hash, i) in &found {
+        for (&hash, &i) in hashes.iter().zip(hints.iter()) {
+            if i == NO_HINT {
+                continue;
+            }
             let s = self.shard(hash);
             let slot = &s.slots[i as usize];
             if slot.seg == DEAD {
@@ -573,7 +604,13 @@ impl Store {
     /// keep them far below).
     #[inline]
     pub fn set(&mut self, hash: u64, key: &[u8], value: &[u8]) -> Record<'_> {
-        let found = self.find_live(hash, key);
+        self.set_hinted(hash, key, value, NO_HINT)
+    }
+
+    /// [`Store::set`], with the hint [`Store::prefetch`] gave for this key.
+    #[inline]
+    pub fn set_hinted(&mut self, hash: u64, key: &[u8], value: &[u8], hint: u32) -> Record<'_> {
+        let found = self.find_live_hinted(hash, key, hint);
         self.put(hash, found, key, value, found.and_then(|(_, d)| d), None)
     }
 
@@ -667,7 +704,18 @@ impl Store {
     /// were not there).
     #[inline]
     fn find_live(&mut self, hash: u64, key: &[u8]) -> Option<(usize, Option<u64>)> {
-        match self.shard(hash).find(hash, key) {
+        self.find_live_hinted(hash, key, NO_HINT)
+    }
+
+    /// [`Store::find_live`], trying slot `hint` first.
+    #[inline]
+    fn find_live_hinted(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        hint: u32,
+    ) -> Option<(usize, Option<u64>)> {
+        match self.shard(hash).find_hinted(hash, key, hint) {
             Some((_, r)) if r.is_due(self.now) => {
                 self.remove(hash, key);
                 None
@@ -1071,16 +1119,34 @@ mod tests {
         // Live slots, removed ones, absent keys, and hashes no key has.
         let mut hashes: Vec<u64> = keys.iter().map(|k| s.hash(k)).collect();
         hashes.extend([s.hash(b"absent"), 0, u64::MAX, 1 << 51]);
-        s.prefetch(&hashes);
-        s.prefetch(&[]);
+        let mut hints = vec![0; hashes.len()];
+        s.prefetch(&hashes, &mut hints);
+        s.prefetch(&[], &mut []);
         assert_eq!(s.len(), 100);
         for (i, k) in keys.iter().enumerate() {
             let got = s.get(s.hash(k), k).map(|e| e.value().to_vec());
             assert_eq!(got, (i % 2 == 1).then(|| k.clone()), "key {i}");
+            // The key's own hint, another key's, and none all find the same.
+            for hint in [hints[i], hints[(i + 1) % keys.len()], NO_HINT, 7] {
+                let got = s.get_hinted(s.hash(k), k, hint).map(|e| e.value().to_vec());
+                assert_eq!(got, (i % 2 == 1).then(|| k.clone()), "key {i} hint {hint}");
+            }
         }
+        // Live keys were hinted to their own slots.
+        for (i, k) in keys.iter().enumerate().filter(|(i, _)| i % 2 == 1) {
+            assert_ne!(hints[i], NO_HINT, "key {i}");
+            let e = s.set_hinted(s.hash(k), k, b"new", hints[i]);
+            assert_eq!(e.value(), b"new");
+        }
+        assert_eq!(s.len(), 100);
+        // A stale hint after a clear: the key is gone, and setting it makes one key.
         s.clear();
-        s.prefetch(&hashes);
+        s.prefetch(&hashes, &mut hints);
         assert!(s.is_empty());
+        let k = &keys[1];
+        assert!(s.get_hinted(s.hash(k), k, 1).is_none());
+        s.set_hinted(s.hash(k), k, b"v", 1);
+        assert_eq!(s.len(), 1);
     }
 
     #[test]

@@ -14,13 +14,16 @@
 //! (another client's GET latency while waits are woken and events fan out; see `fanout.rs`),
 //! `expiry-lag` (how late expiry events arrive, upcache against Redis; see `expiry.rs`),
 //! `tasks` (async clients under tokio, one connection shared by many tasks; see `tasks.rs`),
-//! `multi` (multi-key requests against pipelines of single requests; see `multi.rs`).
+//! `multi` (multi-key requests against pipelines of single requests; see `multi.rs`),
+//! `stampede` (N callers of one missing key: `get_or_compute` against Redis's lock-and-poll
+//! recipe; see `stampede.rs`).
 
 mod expiry;
 mod fanout;
 mod floor;
 mod multi;
 mod proto;
+mod stampede;
 mod tasks;
 
 use std::io::{self, Write};
@@ -69,6 +72,10 @@ enum Cmd {
         file: PathBuf,
         #[arg(long, default_value = "tcp")]
         transport: Transport,
+        /// Copy values up to this many bytes into replies, send longer ones in place (default:
+        /// the server's own choice); 0 sends every value in place.
+        #[arg(long, value_name = "BYTES")]
+        copy_max: Option<usize>,
     },
     /// One measurement.
     Run {
@@ -180,6 +187,15 @@ enum Cmd {
         targets: Vec<String>,
         #[command(flatten)]
         dims: multi::Dims,
+    },
+    /// N callers of one missing key with a fixed compute time: upcache's `get_or_compute`
+    /// against Redis's `SET NX PX` lock and polled GET (see `stampede.rs`).
+    Stampede {
+        /// `upcache=DIR/upcache-NAME.json` or `redis=tcp:HOST:PORT`; repeat the flag.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        #[command(flatten)]
+        dims: stampede::Dims,
     },
     /// The upcache library's own calls: get round trip and pipelined throughput.
     Client {
@@ -962,7 +978,11 @@ fn main() {
                 let info = upcache::ServerInfo::read(c.connection_file())?;
                 println!("{} {}", c.connection_file().display(), info.pid);
             }
-            Cmd::Foreground { file, transport } => {
+            Cmd::Foreground {
+                file,
+                transport,
+                copy_max,
+            } => {
                 /// Writes a connection file where `run --target upcache=FILE` reads it.
                 struct FileHost(PathBuf, u32);
                 impl upcache::server::Host for FileHost {
@@ -986,6 +1006,7 @@ fn main() {
                     auto_kill: false,
                     linger: Duration::ZERO,
                     limits: Default::default(),
+                    copy_max: copy_max.unwrap_or(upcache::server::engine::COPY_MAX),
                 };
                 let max_value = config.limits.max_value;
                 upcache::server::serve(&config, &mut FileHost(file, max_value))?;
@@ -1056,6 +1077,7 @@ fn main() {
             Cmd::SendProbe { keys, batches } => send_probe(keys, batches)?,
             Cmd::Fanout { target, dims } => fanout::run(&Target::parse(&target)?, &dims)?,
             Cmd::Multi { targets, dims } => multi::run(&Target::parse_all(&targets)?, &dims)?,
+            Cmd::Stampede { targets, dims } => stampede::run(&targets, &dims)?,
         }
         Ok(())
     })();

@@ -35,6 +35,7 @@ use upcache_transports::Stream;
 
 use super::stream::{SubGuard, SubQueue};
 use crate::client::conn::{Answer, Peer};
+use crate::client::lease::LeaseAnswer;
 use crate::client::{fork_generation, unexpected, Event, EventKind};
 use crate::error::{Error, Result};
 use crate::protocol::{
@@ -130,6 +131,8 @@ pub(crate) enum Pending {
     /// A subscription: the caller gets a guard that unsubscribes when dropped; its events go
     /// to the queue from the reply on.
     Subscribe(oneshot::Sender<Result<SubGuard>>, Arc<SubQueue>),
+    /// A `GET_OR_LEASE` of this key: the value, or the lease, once the server says.
+    Lease(oneshot::Sender<Result<LeaseAnswer>>, Box<[u8]>),
     /// Nobody (unsubscribe).
     Ignore,
 }
@@ -158,6 +161,10 @@ struct State {
     /// Waits the server registered (it answered `DONE`), by request id, until their wake-up.
     waits: HashMap<RequestId, (oneshot::Sender<Result<bool>>, bool), ahash::RandomState>,
     subs: HashMap<SubId, Arc<SubQueue>, ahash::RandomState>,
+    /// `GET_OR_LEASE` requests the server answered `WAITING`, by request id, until their push.
+    #[allow(clippy::type_complexity)]
+    leases:
+        HashMap<RequestId, (oneshot::Sender<Result<LeaseAnswer>>, Box<[u8]>), ahash::RandomState>,
     broken: Option<Broken>,
 }
 
@@ -217,10 +224,15 @@ enum Delivery {
     Call(oneshot::Sender<Answer>, Answer),
     Wait(oneshot::Sender<Result<bool>>, Result<bool>),
     Subscribe(oneshot::Sender<Result<SubGuard>>, Result<SubGuard>),
+    Lease(
+        oneshot::Sender<Result<LeaseAnswer>>,
+        Result<LeaseAnswer>,
+        Box<[u8]>,
+    ),
 }
 
 impl Delivery {
-    fn deliver(self) {
+    fn deliver(self, shared: &Shared) {
         // A closed receiver is a cancelled caller: the outcome is dropped here (a
         // subscription's guard then unsubscribes).
         match self {
@@ -232,6 +244,12 @@ impl Delivery {
             }
             Delivery::Subscribe(tx, r) => {
                 let _ = tx.send(r);
+            }
+            Delivery::Lease(tx, r, key) => {
+                // A lease for a caller that is gone passes on at once, not at its timeout.
+                if let Err(Ok(LeaseAnswer::Leased(req))) = tx.send(r) {
+                    shared.release(&key, req);
+                }
             }
         }
     }
@@ -420,6 +438,12 @@ impl Shared {
         Ok(rxs)
     }
 
+    /// Gives up the lease request `req` got (the reply is ignored; the server applies it
+    /// before any later request of this connection).
+    pub(crate) fn release(&self, key: &[u8], req: RequestId) {
+        let _ = self.submit(&Request::Release { key, req }, Pending::Ignore);
+    }
+
     /// Forgets subscription `sub` and tells the server (the reply is ignored).
     pub(crate) fn unsubscribe(&self, sub: SubId) {
         let mut st = self.lock();
@@ -432,7 +456,7 @@ impl Shared {
     /// Marks the connection broken (once), fails every registration, ends every subscription,
     /// shuts the socket down and aborts the tasks.
     fn break_with(&self, why: Broken) {
-        let (pending, waits, subs) = {
+        let (pending, waits, subs, leases) = {
             let mut st = self.lock();
             if st.broken.is_some() {
                 return;
@@ -444,11 +468,13 @@ impl Shared {
                 std::mem::take(&mut st.pending),
                 std::mem::take(&mut st.waits),
                 std::mem::take(&mut st.subs),
+                std::mem::take(&mut st.leases),
             )
         };
         // Outside the lock: dropped senders wake their callers, who read `broken`.
         drop(pending);
         drop(waits);
+        drop(leases);
         for q in subs.into_values() {
             q.end();
         }
@@ -493,6 +519,19 @@ impl Shared {
                         };
                         out.push(Delivery::Subscribe(tx, r));
                     }
+                    Some(Pending::Lease(tx, key)) => {
+                        let r = match answer {
+                            Answer::Value(v) => Ok(LeaseAnswer::Value(v)),
+                            Answer::Leased => Ok(LeaseAnswer::Leased(id)),
+                            Answer::Waiting => {
+                                st.leases.insert(id, (tx, key));
+                                continue;
+                            }
+                            Answer::Failed(code, arg, msg) => Err(self.peer.failed(code, arg, msg)),
+                            other => Err(unexpected(&self.peer, other)),
+                        };
+                        out.push(Delivery::Lease(tx, r, key));
+                    }
                     Some(Pending::Ignore) | None => {}
                 },
                 Item::Push {
@@ -514,6 +553,15 @@ impl Shared {
                     PushKind::Closed => {
                         if let Some(q) = st.subs.remove(&id) {
                             q.end();
+                        }
+                    }
+                    PushKind::LeaseValue | PushKind::LeaseGranted => {
+                        if let Some((tx, key)) = st.leases.remove(&id) {
+                            let r = match kind {
+                                PushKind::LeaseValue => LeaseAnswer::Value(value),
+                                _ => LeaseAnswer::Leased(id),
+                            };
+                            out.push(Delivery::Lease(tx, Ok(r), key));
                         }
                     }
                     kind => {
@@ -569,7 +617,7 @@ async fn read_loop(shared: Arc<Shared>, mut rbuf: ReadBuf) {
             shared.route(&mut items, &mut out);
             shared.progress.fetch_add(1, Ordering::Relaxed);
             for d in out.drain(..) {
-                d.deliver();
+                d.deliver(&shared);
             }
         }
         loop {

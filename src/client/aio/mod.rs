@@ -48,6 +48,7 @@
 //! then closed), [`Error::Protocol`] for a reply that does not decode.
 
 mod conn;
+mod lease;
 mod pipeline;
 mod stream;
 mod versions;

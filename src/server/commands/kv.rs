@@ -8,17 +8,28 @@ use crate::server::fanout::Change;
 use crate::store::IncrError;
 
 impl<S: Read + Write> Engine<S> {
-    /// `GET`: the value goes from its segment to the socket, not copied.
+    /// `GET`: a value up to [`EngineConfig::copy_max`](crate::server::engine::EngineConfig)
+    /// bytes is copied into the output buffer; a longer one goes from its segment to the
+    /// socket, not copied.
     #[inline]
-    pub(super) fn get(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8]) {
+    pub(super) fn get(&mut self, slot: usize, id: RequestId, hash: u64, hint: u32, key: &[u8]) {
         self.stats.gets += 1;
+        let copy_max = self.config.copy_max;
         let c = &mut self.conns[slot];
-        match self.store.get(hash, key) {
+        match self.store.get_hinted(hash, key, hint) {
             Some(e) => {
                 self.stats.hits += 1;
-                c.out
-                    .with_buf(|b| protocol::encode_value_head(b, id, e.value().len()));
-                c.out.push_shared(e.to_entry(), e.key_len(), e.len());
+                let value = e.value();
+                if value.len() <= copy_max {
+                    c.out.with_buf(|b| {
+                        protocol::encode_value_head(b, id, value.len());
+                        b.extend_from_slice(value);
+                    });
+                } else {
+                    c.out
+                        .with_buf(|b| protocol::encode_value_head(b, id, value.len()));
+                    c.out.push_shared(e.to_entry(), e.key_len(), e.len());
+                }
             }
             None => c.queue_reply(id, &Reply::Nil),
         }
@@ -26,10 +37,18 @@ impl<S: Read + Write> Engine<S> {
 
     /// `SET`: always an event, even for the same value.
     #[inline]
-    pub(super) fn set(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8], value: &[u8]) {
+    pub(super) fn set(
+        &mut self,
+        slot: usize,
+        id: RequestId,
+        hash: u64,
+        hint: u32,
+        key: &[u8],
+        value: &[u8],
+    ) {
         self.conns[slot].queue_reply(id, &Reply::Done);
         self.expire_if_due(hash, key);
-        let e = self.store.set(hash, key, value);
+        let e = self.store.set_hinted(hash, key, value, hint);
         if !self.hub.is_idle() {
             let e = e.to_entry();
             self.publish(hash, Change::Set(&e));

@@ -9,6 +9,7 @@
 //! | `ttl.rs` | `SET_TTL`, `EXPIRE`, `PERSIST`, `TTL` |
 //! | `versions.rs` | `GET_VERSIONED`, `SET_IF_VERSION`, `ADD`, `REPLACE` |
 //! | `multi.rs` | `GET_MANY`, `SET_MANY`, `REMOVE_MANY` |
+//! | `lease.rs` | `GET_OR_LEASE`, `RELEASE` (the leases of `get_or_compute`) |
 //! | `admin.rs` | `HELLO` (the handshake), `STATS`, `SHUTDOWN`, `PING` |
 //!
 //! A command queues its reply on its connection before it publishes what it changed, so on
@@ -16,6 +17,7 @@
 
 mod admin;
 mod kv;
+mod lease;
 mod multi;
 mod scan;
 mod subscribe;
@@ -41,6 +43,7 @@ impl<S: Read + Write> Engine<S> {
         id: RequestId,
         req: Request<'_>,
         hash: u64,
+        hint: u32,
         now: Instant,
     ) {
         self.stats.requests += 1;
@@ -49,8 +52,8 @@ impl<S: Read + Write> Engine<S> {
         }
         match req {
             Request::Hello { .. } => self.hello_again(slot, id),
-            Request::Get { key } => self.get(slot, id, hash, key),
-            Request::Set { key, value } => self.set(slot, id, hash, key, value),
+            Request::Get { key } => self.get(slot, id, hash, hint, key),
+            Request::Set { key, value } => self.set(slot, id, hash, hint, key, value),
             Request::Exists { key } => self.exists(slot, id, hash, key),
             Request::Remove { key } => self.remove(slot, id, hash, key),
             Request::Incr { key, delta } => self.incr(slot, id, hash, key, delta),
@@ -84,6 +87,10 @@ impl<S: Read + Write> Engine<S> {
             Request::GetMany { keys } => self.get_many(slot, id, keys),
             Request::SetMany { pairs, ttl_ms } => self.set_many(slot, id, pairs, ttl_ms, now),
             Request::RemoveMany { keys } => self.remove_many(slot, id, keys),
+            Request::GetOrLease { key, timeout_ms } => {
+                self.get_or_lease(slot, id, hash, key, timeout_ms, now)
+            }
+            Request::Release { key, req } => self.release(slot, id, hash, key, req, now),
             Request::Subscribe { key } => self.subscribe(slot, id, hash, key),
             Request::Unsubscribe { sub } => self.unsubscribe(slot, id, sub),
             Request::Stats => self.stats_request(slot, id, now),

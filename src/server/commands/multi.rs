@@ -25,6 +25,8 @@ const COPY_MAX: usize = 256;
 
 /// The hashes of a batch's keys (on the stack for up to 64 keys).
 type Hashes = SmallVec<[u64; 64]>;
+/// Where [`crate::store::Store::prefetch`] found each key's slot probably is.
+type Hints = SmallVec<[u32; 64]>;
 
 impl<S: Read + Write> Engine<S> {
     /// Answers `BATCH_TOO_LARGE` for a batch over [`MAX_BATCH_KEYS`]; true if it did.
@@ -36,10 +38,12 @@ impl<S: Read + Write> Engine<S> {
         over
     }
 
-    fn hashes_of(&self, batch: &Batch<'_>) -> Hashes {
+    /// The hashes of a batch's keys, and the hints of a prefetch of their records.
+    fn hashes_of(&self, batch: &Batch<'_>) -> (Hashes, Hints) {
         let hashes: Hashes = batch.iter().map(|(k, _)| self.store.hash(k)).collect();
-        self.store.prefetch(&hashes);
-        hashes
+        let mut hints: Hints = SmallVec::from_elem(crate::store::NO_HINT, hashes.len());
+        self.store.prefetch(&hashes, &mut hints);
+        (hashes, hints)
     }
 
     /// `GET_MANY`: one `VALUES` reply; long values go from their segments, not copied. Each
@@ -49,11 +53,13 @@ impl<S: Read + Write> Engine<S> {
         if self.batch_too_large(slot, id, &keys) {
             return;
         }
-        let hashes = self.hashes_of(&keys);
+        let (hashes, hints) = self.hashes_of(&keys);
         let found: SmallVec<[Option<Entry>; 64]> = keys
             .iter()
-            .zip(&hashes)
-            .map(|((key, _), &h)| self.store.get(h, key).map(|r| r.to_entry()))
+            .zip(hashes.iter().zip(&hints))
+            .map(|((key, _), (&h, &hint))| {
+                self.store.get_hinted(h, key, hint).map(|r| r.to_entry())
+            })
             .collect();
         let body_len: u64 = found
             .iter()
@@ -101,12 +107,12 @@ impl<S: Read + Write> Engine<S> {
             return self.conns[slot].queue_error(id, ErrorCode::BadTtl, 0);
         };
         self.conns[slot].queue_reply(id, &Reply::Done);
-        let hashes = self.hashes_of(&pairs);
-        for ((key, value), &h) in pairs.iter().zip(&hashes) {
+        let (hashes, hints) = self.hashes_of(&pairs);
+        for ((key, value), (&h, &hint)) in pairs.iter().zip(hashes.iter().zip(&hints)) {
             self.expire_if_due(h, key);
             let e = match at {
                 Some(d) => self.store.set_with_deadline(h, key, value, d),
-                None => self.store.set(h, key, value),
+                None => self.store.set_hinted(h, key, value, hint),
             };
             if !self.hub.is_idle() {
                 let e = e.to_entry();
@@ -121,7 +127,7 @@ impl<S: Read + Write> Engine<S> {
         if self.batch_too_large(slot, id, &keys) {
             return;
         }
-        let hashes = self.hashes_of(&keys);
+        let (hashes, _) = self.hashes_of(&keys);
         let mut removed: SmallVec<[bool; 64]> = SmallVec::new();
         for ((key, _), &h) in keys.iter().zip(&hashes) {
             self.expire_if_due(h, key);

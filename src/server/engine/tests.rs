@@ -673,3 +673,183 @@ fn conditional_and_multi_writes_to_a_due_key_expire_it_first() {
     let s = e.store();
     assert_eq!((s.len(), s.ttl_keys(), s.next_version()), (2, 0, v + 2));
 }
+
+/// Every frame the peer was sent, with a lease push's value: `(code, id, value)`.
+fn lease_frames(peer: &Peer) -> Vec<String> {
+    let buf = peer.read(usize::MAX);
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Ok(crate::protocol::Decoded::Frame(f, n)) =
+        decode_incoming(&buf[at..], &Limits::unlimited())
+    {
+        out.push(match f {
+            Incoming::Reply(id, Reply::Value(v)) => {
+                format!("{id} value {}", String::from_utf8_lossy(v))
+            }
+            Incoming::Reply(id, r) => format!("{id} {r:?}"),
+            Incoming::Push(p) => {
+                format!("{:?} {} {}", p.kind, p.id, String::from_utf8_lossy(p.value))
+            }
+        });
+        at += n;
+    }
+    assert_eq!(at, buf.len(), "only whole frames");
+    out
+}
+
+fn get_or_lease(
+    peer: &Peer,
+    e: &mut Engine<MockSocket>,
+    slot: usize,
+    id: u32,
+    ms: u64,
+    now: Instant,
+) {
+    peer.send(&request(
+        id,
+        Request::GetOrLease {
+            key: b"k",
+            timeout_ms: ms,
+        },
+    ));
+    peer.pump(e, slot, now);
+}
+
+/// Three connections ask for missing key `k`: the first holds the lease, the others wait.
+fn leased_with_two_waiters(e: &mut Engine<MockSocket>, now: Instant) -> [(usize, Peer); 3] {
+    let conns = [
+        connect(e, now, 1 << 20),
+        connect(e, now, 1 << 20),
+        connect(e, now, 1 << 20),
+    ];
+    for (i, (slot, peer)) in conns.iter().enumerate() {
+        get_or_lease(peer, e, *slot, 10 + i as u32, 60_000, now);
+    }
+    assert_eq!(lease_frames(&conns[0].1), ["10 Leased"]);
+    assert_eq!(lease_frames(&conns[1].1), ["11 Waiting"]);
+    assert_eq!(lease_frames(&conns[2].1), ["12 Waiting"]);
+    let s = e.stats(now);
+    assert_eq!((s.leases, s.lease_waiters), (1, 2));
+    conns
+}
+
+#[test]
+fn a_release_passes_the_lease_to_the_first_waiter_and_a_store_serves_the_rest() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, HIGH_WATER, LOW_WATER);
+    let [(a, pa), (b, pb), (_, pc)] = leased_with_two_waiters(&mut e, t0);
+    // A release naming another request of the holder's connection changes nothing.
+    pa.send(&request(20, Request::Release { key: b"k", req: 99 }));
+    pa.send(&request(21, Request::Release { key: b"k", req: 10 }));
+    pa.pump(&mut e, a, t0);
+    assert_eq!(lease_frames(&pa), ["20 Bool(false)", "21 Bool(true)"]);
+    assert_eq!(lease_frames(&pb), ["LeaseGranted 11 "]);
+    assert!(lease_frames(&pc).is_empty());
+    assert_eq!(e.stats(t0).lease_handoffs, 1);
+    pb.send(&request(
+        30,
+        Request::Set {
+            key: b"k",
+            value: b"v1",
+        },
+    ));
+    pb.pump(&mut e, b, t0);
+    assert_eq!(lease_frames(&pb), ["30 Done"]);
+    assert_eq!(lease_frames(&pc), ["LeaseValue 12 v1"]);
+    let s = e.stats(t0);
+    assert_eq!((s.leases, s.lease_waiters), (0, 0));
+    // Present now: the value at once.
+    get_or_lease(&pa, &mut e, a, 40, 60_000, t0);
+    assert_eq!(lease_frames(&pa), ["40 value v1"]);
+}
+
+#[test]
+fn the_holders_close_passes_the_lease_on_at_once() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, HIGH_WATER, LOW_WATER);
+    let [(a, pa), (_, pb), (c, pc)] = leased_with_two_waiters(&mut e, t0);
+    pa.close();
+    pa.pump(&mut e, a, t0);
+    assert_eq!(lease_frames(&pb), ["LeaseGranted 11 "]);
+    assert!(lease_frames(&pc).is_empty());
+    // Anyone's write serves the waiters, here an increment by a waiter's own connection.
+    pc.send(&request(
+        31,
+        Request::Incr {
+            key: b"k",
+            delta: 5,
+        },
+    ));
+    pc.pump(&mut e, c, t0);
+    assert_eq!(lease_frames(&pc), ["31 Int(5)", "LeaseValue 12 5"]);
+    assert!(lease_frames(&pb).is_empty(), "the holder gets no push");
+    assert_eq!(e.stats(t0).leases, 0);
+}
+
+#[test]
+fn a_lease_past_its_timeout_passes_on_with_the_next_holders_timeout() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, HIGH_WATER, LOW_WATER);
+    let (a, pa) = connect(&mut e, t0, 1 << 20);
+    let (b, pb) = connect(&mut e, t0, 1 << 20);
+    get_or_lease(&pa, &mut e, a, 10, 100, t0);
+    get_or_lease(&pb, &mut e, b, 11, 50, t0);
+    assert_eq!(lease_frames(&pa), ["10 Leased"]);
+    assert_eq!(lease_frames(&pb), ["11 Waiting"]);
+    assert_eq!(e.next_deadline(), Some(t0 + Duration::from_millis(100)));
+    e.tick(t0 + Duration::from_millis(99));
+    assert!(lease_frames(&pb).is_empty());
+    let t1 = t0 + Duration::from_millis(100);
+    e.tick(t1);
+    assert_eq!(lease_frames(&pb), ["LeaseGranted 11 "]);
+    assert_eq!(e.next_deadline(), Some(t1 + Duration::from_millis(50)));
+    // The old holder no longer holds it.
+    pa.send(&request(20, Request::Release { key: b"k", req: 10 }));
+    pa.pump(&mut e, a, t1);
+    assert_eq!(lease_frames(&pa), ["20 Bool(false)"]);
+    e.tick(t1 + Duration::from_millis(50));
+    assert_eq!(e.stats(t1).leases, 0, "no waiter left: the lease ends");
+    assert_eq!(
+        e.next_deadline(),
+        Some(t0 + HANDSHAKE_TIMEOUT),
+        "only the (spent) handshake timers are left"
+    );
+}
+
+#[test]
+fn a_waiter_that_disconnects_is_skipped() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, HIGH_WATER, LOW_WATER);
+    let [(a, pa), (b, pb), (_, pc)] = leased_with_two_waiters(&mut e, t0);
+    pb.close();
+    pb.pump(&mut e, b, t0);
+    assert_eq!(e.stats(t0).lease_waiters, 1);
+    pa.send(&request(21, Request::Release { key: b"k", req: 10 }));
+    pa.pump(&mut e, a, t0);
+    assert_eq!(lease_frames(&pa), ["21 Bool(true)"]);
+    assert_eq!(lease_frames(&pc), ["LeaseGranted 12 "]);
+}
+
+#[test]
+fn a_second_request_of_the_holders_connection_waits_and_remove_or_clear_leave_leases_alone() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, HIGH_WATER, LOW_WATER);
+    let (a, pa) = connect(&mut e, t0, 1 << 20);
+    get_or_lease(&pa, &mut e, a, 10, 60_000, t0);
+    get_or_lease(&pa, &mut e, a, 11, 60_000, t0);
+    pa.send(&request(12, Request::Remove { key: b"k" }));
+    pa.send(&request(13, Request::Clear));
+    pa.send(&request(14, Request::Release { key: b"k", req: 10 }));
+    pa.pump(&mut e, a, t0);
+    assert_eq!(
+        lease_frames(&pa),
+        [
+            "10 Leased",
+            "11 Waiting",
+            "12 Bool(false)",
+            "13 Done",
+            "14 Bool(true)",
+            "LeaseGranted 11 "
+        ]
+    );
+}
