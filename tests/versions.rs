@@ -332,6 +332,17 @@ fn get_many_answers_every_key_in_order(t: TransportKind) {
             Some(b"1".to_vec()),
         ]
     );
+    // Values a server copies (up to 16 KiB each) until a reply has copied 1 MiB, then sends
+    // from their segments: 100 values of 16 KiB come back whole and in order either way.
+    let mid: Vec<(String, Vec<u8>)> = (0..100u8)
+        .map(|i| (format!("mid{i}"), vec![i; 16 * 1024]))
+        .collect();
+    c.set_many(mid.iter().map(|(k, v)| (k, v))).unwrap();
+    let got = c.get_many(mid.iter().map(|(k, _)| k)).unwrap();
+    assert!(got
+        .iter()
+        .zip(&mid)
+        .all(|(g, (_, v))| g.as_ref() == Some(v)));
     // Many keys in one frame.
     let keys: Vec<String> = (0..5000).map(|i| format!("key{i}")).collect();
     c.set_many(keys.iter().step_by(2).map(|k| (k.as_str(), k.as_str())))

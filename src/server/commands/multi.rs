@@ -19,9 +19,12 @@ use crate::server::engine::Engine;
 use crate::server::fanout::Change;
 use crate::store::Entry;
 
-/// Values up to this long are copied into the reply buffer; longer ones are sent from their
-/// segment (a shared piece costs more than copying a short value).
-const COPY_MAX: usize = 256;
+/// Most bytes of values one `GET_MANY` reply copies into the output buffer (each value up to
+/// [`EngineConfig::copy_max`](crate::server::engine::EngineConfig) is copied, as `GET` does,
+/// until this much is); the rest go from their segments. So a batch of 65,536 keys of 16 KiB
+/// values does not make the server copy 1 GiB at once: what one reply holds beyond this is
+/// one output piece per value.
+const COPY_BUDGET: usize = 1 << 20;
 
 /// The hashes of a batch's keys (on the stack for up to 64 keys).
 type Hashes = SmallVec<[u64; 64]>;
@@ -67,15 +70,20 @@ impl<S: Read + Write> Engine<S> {
             .sum();
         self.stats.gets += u64::from(keys.len());
         self.stats.hits += found.iter().filter(|e| e.is_some()).count() as u64;
+        let copy_max = self.config.copy_max;
         let c = &mut self.conns[slot];
         let Ok(body_len) = u32::try_from(body_len) else {
             return c.queue_error(id, ErrorCode::ReplyTooLarge, 0);
         };
         c.out
             .with_buf(|b| protocol::encode_values_head(b, id, keys.len(), body_len));
+        let mut copied = 0;
         for e in found {
+            let len = e.as_ref().map_or(0, |e| e.value().len());
+            let copy = len <= copy_max && copied + len <= COPY_BUDGET;
+            copied += if copy { len } else { 0 };
             match e {
-                Some(e) if e.value().len() > COPY_MAX => {
+                Some(e) if !copy => {
                     c.out
                         .with_buf(|b| Values::entry_head(b, Some(e.value().len())));
                     let (start, end) = (e.key_len(), e.len());

@@ -17,17 +17,26 @@ use crate::server::fanout::Change;
 use crate::store::Entry;
 
 impl<S: Read + Write> Engine<S> {
-    /// `GET_VERSIONED`: as `GET`, the value sent from its segment, with its version in `arg`.
+    /// `GET_VERSIONED`: as `GET` (a value up to `copy_max` copied, a longer one sent from its
+    /// segment), with the version in `arg`.
     pub(super) fn get_versioned(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8]) {
         self.stats.gets += 1;
+        let copy_max = self.config.copy_max;
         let c = &mut self.conns[slot];
         match self.store.get(hash, key) {
             Some(e) => {
                 self.stats.hits += 1;
-                let (len, version) = (e.value().len(), e.version());
-                c.out
-                    .with_buf(|b| protocol::encode_versioned_head(b, id, len, version));
-                c.out.push_shared(e.to_entry(), e.key_len(), e.len());
+                let (value, version) = (e.value(), e.version());
+                if value.len() <= copy_max {
+                    c.out.with_buf(|b| {
+                        protocol::encode_versioned_head(b, id, value.len(), version);
+                        b.extend_from_slice(value);
+                    });
+                } else {
+                    c.out
+                        .with_buf(|b| protocol::encode_versioned_head(b, id, value.len(), version));
+                    c.out.push_shared(e.to_entry(), e.key_len(), e.len());
+                }
             }
             None => c.queue_reply(id, &Reply::Nil),
         }
