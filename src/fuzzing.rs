@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use arbitrary::{Arbitrary, Unstructured};
 
 use crate::protocol::{
-    self, decode_incoming, decode_push, decode_reply, decode_request, Chunk, Decoded, Incoming,
-    Limits, Request,
+    self, decode_incoming, decode_push, decode_reply, decode_request, Batch, Chunk, Decoded,
+    Incoming, Limits, Request,
 };
 use crate::server::{mock, Engine, EngineConfig};
 use crate::store::{Entry, Gone, IncrError, Policy, Store};
@@ -77,9 +77,43 @@ pub enum ArbRequest {
     Expire(Vec<u8>, u64),
     Persist(Vec<u8>),
     Ttl(Vec<u8>),
+    GetVersioned(Vec<u8>),
+    SetIfVersion(Vec<u8>, Vec<u8>, u64),
+    Add(Vec<u8>, Vec<u8>, u64),
+    Replace(Vec<u8>, Vec<u8>, u64),
+    GetMany(ArbBatch<false>),
+    SetMany(ArbBatch<true>, u64),
+    RemoveMany(ArbBatch<false>),
     /// Key and lease timeout (mapped into 1 ..= `MAX_TTL_MS`, the range that decodes).
     GetOrLease(Vec<u8>, u64),
     Release(Vec<u8>, u32),
+}
+
+/// A packed batch of keys (`PAIRS == false`) or pairs the fuzzer builds from a list of them.
+#[derive(Debug)]
+pub struct ArbBatch<const PAIRS: bool> {
+    body: Vec<u8>,
+    count: u32,
+}
+
+impl<'a, const PAIRS: bool> Arbitrary<'a> for ArbBatch<PAIRS> {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        let entries = Vec::<(Vec<u8>, Vec<u8>)>::arbitrary(u)?;
+        let mut body = Vec::new();
+        let count = Batch::pack(
+            &mut body,
+            PAIRS,
+            entries.iter().map(|(k, v)| (&k[..], Some(&v[..]))),
+        )
+        .len();
+        Ok(ArbBatch { body, count })
+    }
+}
+
+impl<const PAIRS: bool> ArbBatch<PAIRS> {
+    fn batch(&self) -> Batch<'_> {
+        Batch::parse(&self.body, self.count.into(), PAIRS, u32::MAX).expect("packed whole")
+    }
 }
 
 impl ArbRequest {
@@ -123,6 +157,28 @@ impl ArbRequest {
             ArbRequest::Expire(k, t) => Request::Expire { key: k, ttl_ms: *t },
             ArbRequest::Persist(k) => Request::Persist { key: k },
             ArbRequest::Ttl(k) => Request::Ttl { key: k },
+            ArbRequest::GetVersioned(k) => Request::GetVersioned { key: k },
+            ArbRequest::SetIfVersion(k, v, version) => Request::SetIfVersion {
+                key: k,
+                value: v,
+                version: *version,
+            },
+            ArbRequest::Add(k, v, t) => Request::Add {
+                key: k,
+                value: v,
+                ttl_ms: *t,
+            },
+            ArbRequest::Replace(k, v, t) => Request::Replace {
+                key: k,
+                value: v,
+                ttl_ms: *t,
+            },
+            ArbRequest::GetMany(b) => Request::GetMany { keys: b.batch() },
+            ArbRequest::SetMany(b, t) => Request::SetMany {
+                pairs: b.batch(),
+                ttl_ms: *t,
+            },
+            ArbRequest::RemoveMany(b) => Request::RemoveMany { keys: b.batch() },
             ArbRequest::GetOrLease(k, t) => Request::GetOrLease {
                 key: k,
                 timeout_ms: 1 + t % protocol::MAX_TTL_MS,
@@ -199,6 +255,11 @@ pub fn client_decode_bytes(data: &[u8]) {
                 assert!(total <= body.len());
                 let _ = Chunk::new(body, false).count();
             }
+            if let protocol::Reply::Values(v) = r {
+                let total: usize = v.iter().map(|v| 4 + v.map_or(0, <[u8]>::len)).sum();
+                assert_eq!(total, v.body().len());
+                assert_eq!(v.iter().count(), v.len() as usize);
+            }
             drop(answer);
         }
         rest = &rest[n..];
@@ -225,6 +286,13 @@ pub enum StoreOp {
     Ttl(u8),
     /// The clock moves n ms; then up to 1 + m due keys are expired (m = 255: all).
     Advance(u8, u8),
+    GetVersioned(u8),
+    /// Set if the key holds its current version (even n) or a stale one (odd n).
+    SetIfVersion(u8, Vec<u8>, u8),
+    /// Add, with a TTL of 1 + n ms if given.
+    Add(u8, Vec<u8>, Option<u8>),
+    /// Replace, with a TTL of 1 + n ms if given (else the key keeps its TTL).
+    Replace(u8, Vec<u8>, Option<u8>),
 }
 
 const EDGE_VALUES: [&[u8]; 8] = [
@@ -252,12 +320,26 @@ fn key_of(k: u8) -> Vec<u8> {
 type ModelEntry = (Vec<u8>, Option<u64>);
 
 /// What the store model knows: every key the store holds (due ones included until they are
-/// expired or written), in insertion order, and the virtual clock.
-#[derive(Default)]
+/// expired or written), in insertion order, its version, the virtual clock, and the version
+/// counter (one for all keys; a clear does not reset it).
 struct Model {
     map: HashMap<Vec<u8>, ModelEntry>,
     order: Vec<Vec<u8>>,
+    versions: HashMap<Vec<u8>, u64>,
+    next_version: u64,
     now: u64,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Model {
+            map: HashMap::new(),
+            order: Vec::new(),
+            versions: HashMap::new(),
+            next_version: 1,
+            now: 0,
+        }
+    }
 }
 
 impl Model {
@@ -272,6 +354,7 @@ impl Model {
         let had = self.map.remove(k).is_some();
         if had {
             self.order.retain(|x| x != k);
+            self.versions.remove(k);
         }
         had
     }
@@ -283,6 +366,8 @@ impl Model {
         }
         let keep = self.map.get(&k).and_then(|(_, d)| *d);
         let d = deadline.unwrap_or(keep);
+        self.versions.insert(k.clone(), self.next_version);
+        self.next_version += 1;
         if self.map.insert(k.clone(), (v, d)).is_none() {
             self.order.push(k);
         }
@@ -371,6 +456,61 @@ pub fn store_model_bytes(data: &[u8]) {
                 store.clear();
                 m.map.clear();
                 m.order.clear();
+                m.versions.clear();
+            }
+            StoreOp::GetVersioned(k) => {
+                let k = key_of(k);
+                let h = store.hash(&k);
+                let got = store.get(h, &k).map(|r| (r.value().to_vec(), r.version()));
+                let want = m.live(&k).map(|(v, _)| (v.clone(), m.versions[&k]));
+                assert_eq!(got, want);
+            }
+            StoreOp::SetIfVersion(k, v, n) => {
+                let k = key_of(k);
+                let h = store.hash(&k);
+                let current = m.live(&k).map(|_| m.versions[&k]);
+                let asked = match current {
+                    Some(c) if n % 2 == 0 => c,
+                    Some(c) => c.wrapping_sub(1 + n as u64 / 2),
+                    None => m.next_version.wrapping_sub(1 + n as u64 / 2),
+                };
+                let got = store.set_if_version(h, &k, &v, asked).map(|r| r.version());
+                if current == Some(asked) {
+                    m.write(k.clone(), v, None);
+                    assert_eq!(got, Some(m.versions[&k]));
+                } else {
+                    assert_eq!(got, None);
+                    if m.map.contains_key(&k) && current.is_none() {
+                        m.remove(&k); // due: the store expired it on the way
+                    }
+                }
+            }
+            StoreOp::Add(k, v, ttl) => {
+                let k = key_of(k);
+                let h = store.hash(&k);
+                let d = ttl.map(|t| m.now + 1 + t as u64);
+                let got = store.add(h, &k, &v, d).map(|r| r.version());
+                if m.live(&k).is_none() {
+                    m.write(k.clone(), v, Some(d));
+                    assert_eq!(got, Some(m.versions[&k]));
+                } else {
+                    assert_eq!(got, None);
+                }
+            }
+            StoreOp::Replace(k, v, ttl) => {
+                let k = key_of(k);
+                let h = store.hash(&k);
+                let d = ttl.map(|t| m.now + 1 + t as u64);
+                let got = store.replace(h, &k, &v, d).map(|r| r.version());
+                if m.live(&k).is_some() {
+                    m.write(k.clone(), v, d.map(Some));
+                    assert_eq!(got, Some(m.versions[&k]));
+                } else {
+                    assert_eq!(got, None);
+                    if m.map.contains_key(&k) {
+                        m.remove(&k); // due: the store expired it on the way
+                    }
+                }
             }
             StoreOp::Scan(batch) => {
                 let (until, mut cursor, mut got) = (store.next_seq(), 0, Vec::new());
@@ -478,6 +618,13 @@ pub fn store_model_bytes(data: &[u8]) {
             );
         }
         assert_eq!(store.len(), m.map.len());
+        assert_eq!(store.next_version(), m.next_version);
+        for (k, v) in &m.versions {
+            if m.live(k).is_some() {
+                let got = store.get(store.hash(k), k).map(|r| r.version());
+                assert_eq!(got, Some(*v), "version of {k:?}");
+            }
+        }
         assert_eq!(
             store.ttl_keys(),
             m.map.values().filter(|(_, d)| d.is_some()).count()

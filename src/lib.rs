@@ -23,6 +23,7 @@
 //! | [`Keys`], [`Items`] | the whole cache, fetched chunk by chunk ([`UpCache::keys_iter`]) |
 //! | [`ComputeError`] | [`UpCache::get_or_compute`]: a missing value computed once among every process (server leases) |
 //! | [`ServerStats`] | the server's counters ([`UpCache::stats`]) |
+//! | [`Version`] | which write a value came from ([`UpCache::get_versioned`], [`UpCache::set_if_version`]) |
 //! | [`Error`], [`NameError`], [`Result`] | what went wrong, and what to do about it |
 //! | [`TransportKind`] | TCP on 127.0.0.1, or a Unix socket ([`Builder::transport`]) |
 //!
@@ -88,6 +89,7 @@ mod readbuf;
 #[doc(hidden)]
 pub mod server;
 mod stats;
+mod version;
 // Internals, not part of the API: public only for benches/ and fuzz/.
 #[doc(hidden)]
 pub mod store;
@@ -106,3 +108,4 @@ pub use upcache_transports as transports;
 /// The transport a server listens on: TCP on 127.0.0.1, or a Unix socket beside the
 /// connection file. (The [`transports::Transport`] trait is what implements one.)
 pub use upcache_transports::Kind as TransportKind;
+pub use version::Version;

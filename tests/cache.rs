@@ -689,17 +689,18 @@ fn stats_report_counters(t: TransportKind) {
     assert!(s.accepted >= 1, "{s:?}");
     assert!(s.bytes_in > 0 && s.bytes_out > 0, "{s:?}");
     assert_eq!((s.events, s.events_dropped, s.protocol_errors), (0, 0, 0));
-    // One record: two length bytes, the key and the value. The store's allocation holds it.
-    assert_eq!(s.record_bytes, 4);
+    // One record: two length bytes, the 8-byte version, the key and the value. The store's
+    // allocation holds it.
+    assert_eq!(s.record_bytes, 12);
     let held = s.store_bytes;
-    assert!(held >= 4, "{s:?}");
-    // 1,000 keys of 100-byte records: at least that much more is allocated, and at most a
+    assert!(held >= 12, "{s:?}");
+    // 1,000 keys of 108-byte records: at least that much more is allocated, and at most a
     // 64 KiB segment per shard plus slots and indexes.
     for i in 0..1000u32 {
         c.set(format!("key{i:05}").as_bytes(), [b'v'; 90]).unwrap();
     }
     let s2 = c.stats().unwrap();
-    assert_eq!(s2.record_bytes, 4 + 1000 * 100);
+    assert_eq!(s2.record_bytes, 12 + 1000 * 108);
     assert_eq!(s2.keys, 1001);
     let grown = s2.store_bytes - held;
     assert!((100_000..64 * 65_536 + 200_000).contains(&grown), "{s2:?}");

@@ -100,6 +100,29 @@ fn a_value_over_half_the_budget_fails_and_evicts_nothing(t: Transport) {
         Err(Error::OverBudget { .. }) => {}
         other => panic!("{other:?}"),
     }
+    // Every other write of a value is held to the same bound: the conditional writes, and a
+    // SET_MANY whole (its small pair is not stored either).
+    match c.add(b"big", &big) {
+        Err(Error::OverBudget { .. }) => {}
+        other => panic!("add: {other:?}"),
+    }
+    c.set(b"present", b"small").unwrap();
+    match c.replace(b"present", &big) {
+        Err(Error::OverBudget { .. }) => {}
+        other => panic!("replace: {other:?}"),
+    }
+    let (_, version) = c.get_versioned(b"present").unwrap().unwrap();
+    match c.set_if_version(b"present", &big, version) {
+        Err(Error::OverBudget { .. }) => {}
+        other => panic!("set_if_version: {other:?}"),
+    }
+    match c.set_many([(&b"small-pair"[..], &b"v"[..]), (&b"big"[..], &big[..])]) {
+        Err(Error::OverBudget { .. }) => {}
+        other => panic!("set_many: {other:?}"),
+    }
+    assert_eq!(c.get(b"small-pair").unwrap(), None);
+    assert_eq!(c.get(b"present").unwrap().as_deref(), Some(&b"small"[..]));
+    c.remove(b"present").unwrap();
     let after = c.stats().unwrap();
     assert_eq!((after.keys, after.evicted), (before.keys, 0));
     assert_eq!(c.get(b"big").unwrap(), None);

@@ -43,6 +43,8 @@ each_transport!(
     a_max_value_over_the_cap_is_refused_before_any_server_starts,
     a_wait_ended_by_clear_is_woken_with_reason_cleared,
     pipelined_large_gets_read_late_all_get_replies,
+    malformed_multi_key_bodies_get_bad_frame_with_their_id_then_close,
+    multi_key_and_versioned_frames_on_the_wire,
 );
 
 /// A raw connection with a read buffer.
@@ -1236,6 +1238,142 @@ fn a_max_value_over_the_cap_is_refused_before_any_server_starts(t: Transport) {
         "{e}"
     );
     assert!(!sb.file(&name).exists(), "no election took place");
+}
+
+/// A multi-key request whose body does not hold its count of entries, is cut inside an
+/// entry, names a key over 64 KiB, or a `SET_MANY` with a TTL field that is neither empty nor
+/// 8 bytes of a TTL above 0: `BAD_FRAME` with the frame's id, then a close; nothing of the
+/// batch was applied; other clients go on.
+fn malformed_multi_key_bodies_get_bad_frame_with_their_id_then_close(t: Transport) {
+    let sb = Sandbox::new(t);
+    let c = sb.open(&sb.name("badbatch"));
+    let mut keys = Vec::new();
+    for k in [&b"a"[..], b"bb"] {
+        Chunk::push(&mut keys, k, None);
+    }
+    let mut pairs = Vec::new();
+    Chunk::push(&mut pairs, b"x", Some(b"1"));
+    let mut long = Vec::new();
+    Chunk::push(&mut long, &vec![b'k'; MAX_KEY_LEN as usize + 1], None);
+    let cases: Vec<(Op, Vec<u8>, Vec<u8>, u64)> = vec![
+        (Op::GetMany, vec![], keys.clone(), 3),
+        (Op::GetMany, vec![], keys[..keys.len() - 1].to_vec(), 2),
+        (Op::GetMany, b"k".to_vec(), keys.clone(), 2),
+        (Op::GetMany, vec![], long.clone(), 1),
+        (Op::RemoveMany, vec![], keys.clone(), 1),
+        (Op::RemoveMany, vec![], vec![1, 0], 1),
+        (Op::SetMany, vec![], pairs.clone(), 0),
+        (Op::SetMany, vec![], keys.clone(), 2),
+        (Op::SetMany, vec![1, 2], pairs.clone(), 1),
+        (Op::SetMany, 0u64.to_le_bytes().to_vec(), pairs.clone(), 1),
+        (Op::GetVersioned, b"k".to_vec(), b"v".to_vec(), 0),
+    ];
+    for (i, (op, key, value, arg)) in cases.into_iter().enumerate() {
+        let mut r = Raw::hello(&c);
+        let id = 40 + i as u32;
+        r.raw(&frame_bytes(op as u8, id, &key, &value, arg));
+        r.expect_error_id_then_close(id, ErrorCode::BadFrame, 0);
+    }
+    assert_eq!(
+        c.get("x").unwrap(),
+        None,
+        "no pair of a refused batch is stored"
+    );
+    assert_healthy(&c);
+}
+
+/// The new frames as PROTOCOL.md describes them: `VERSIONED` (value, version in arg),
+/// `VERSION`, `NIL` when a condition fails, `VALUES` (a u32 length or 0xFFFFFFFF per key),
+/// `UINT` for `REMOVE_MANY`, `BAD_TTL` (connection goes on) for a TTL out of range.
+fn multi_key_and_versioned_frames_on_the_wire(t: Transport) {
+    const NIL: u8 = 0x01;
+    const VERSIONED: u8 = 0x08;
+    const VERSION_REPLY: u8 = 0x09;
+    const VALUES: u8 = 0x0a;
+    let sb = Sandbox::new(t);
+    let c = sb.open(&sb.name("multiwire"));
+    let mut r = Raw::hello(&c);
+    let f = r.call(&Request::GetVersioned { key: b"k" }, 2);
+    assert_eq!(f, Frame::reply(NIL, 2, 0));
+    let add = frame_bytes(Op::Add as u8, 3, b"k", b"v1", 0);
+    r.raw(&add);
+    let f = r.frame().unwrap();
+    assert_eq!(
+        (f.code, f.id, f.value.len()),
+        (VERSION_REPLY, 3, 0),
+        "{f:?}"
+    );
+    let v1 = f.arg;
+    r.raw(&frame_bytes(Op::Add as u8, 4, b"k", b"v2", 0));
+    assert_eq!(r.frame().unwrap(), Frame::reply(NIL, 4, 0));
+    let f = r.call(&Request::GetVersioned { key: b"k" }, 5);
+    assert_eq!((f.code, f.value, f.arg), (VERSIONED, b"v1".to_vec(), v1));
+    r.raw(&frame_bytes(Op::SetIfVersion as u8, 6, b"k", b"v3", v1 + 1));
+    assert_eq!(r.frame().unwrap(), Frame::reply(NIL, 6, 0));
+    r.raw(&frame_bytes(Op::SetIfVersion as u8, 7, b"k", b"v3", v1));
+    let f = r.frame().unwrap();
+    assert!(f.code == VERSION_REPLY && f.arg > v1, "{f:?}");
+    r.raw(&frame_bytes(Op::Replace as u8, 8, b"none", b"x", 0));
+    assert_eq!(r.frame().unwrap(), Frame::reply(NIL, 8, 0));
+    // TTLs out of range: BAD_TTL, nothing stored, the connection goes on.
+    r.raw(&frame_bytes(
+        Op::Add as u8,
+        9,
+        b"t",
+        b"x",
+        protocol::MAX_TTL_MS + 1,
+    ));
+    assert_eq!(r.frame().unwrap(), Frame::error(ErrorCode::BadTtl, 9));
+    let mut pairs = Vec::new();
+    Chunk::push(&mut pairs, b"p", Some(b"1"));
+    Chunk::push(&mut pairs, b"q", Some(b""));
+    let ttl = (protocol::MAX_TTL_MS + 1).to_le_bytes();
+    r.raw(&frame_bytes(Op::SetMany as u8, 10, &ttl, &pairs, 2));
+    assert_eq!(r.frame().unwrap(), Frame::error(ErrorCode::BadTtl, 10));
+    r.raw(&frame_bytes(Op::SetMany as u8, 11, b"", &pairs, 2));
+    assert_eq!(r.frame().unwrap(), Frame::reply(DONE, 11, 0));
+    let mut keys = Vec::new();
+    for k in [&b"p"[..], b"t", b"q", b"k"] {
+        Chunk::push(&mut keys, k, None);
+    }
+    r.raw(&frame_bytes(Op::GetMany as u8, 12, b"", &keys, 4));
+    let f = r.frame().unwrap();
+    assert_eq!((f.code, f.id, f.arg), (VALUES, 12, 4), "{f:?}");
+    let mut want = Vec::new();
+    want.extend_from_slice(&1u32.to_le_bytes());
+    want.extend_from_slice(b"1");
+    want.extend_from_slice(&u32::MAX.to_le_bytes());
+    want.extend_from_slice(&0u32.to_le_bytes());
+    want.extend_from_slice(&2u32.to_le_bytes());
+    want.extend_from_slice(b"v3");
+    assert_eq!(f.value, want);
+    r.raw(&frame_bytes(Op::RemoveMany as u8, 13, b"", &keys, 4));
+    assert_eq!(r.frame().unwrap(), Frame::reply(UINT, 13, 3));
+    r.raw(&frame_bytes(Op::GetMany as u8, 14, b"", b"", 0));
+    assert_eq!(r.frame().unwrap(), Frame::reply(VALUES, 14, 0));
+    // One entry over the most a batch may hold: BATCH_TOO_LARGE, nothing done, and the
+    // connection goes on.
+    let n = protocol::MAX_BATCH_KEYS as usize + 1;
+    let empty_keys = vec![0u8; 4 * n];
+    let mut empty_pairs = Vec::new();
+    for _ in 0..n {
+        Chunk::push(&mut empty_pairs, b"", Some(b""));
+    }
+    for (op, body) in [
+        (Op::GetMany, &empty_keys),
+        (Op::RemoveMany, &empty_keys),
+        (Op::SetMany, &empty_pairs),
+    ] {
+        r.raw(&frame_bytes(op as u8, 15, b"", body, n as u64));
+        assert_eq!(
+            r.frame().unwrap(),
+            Frame::error(ErrorCode::BatchTooLarge, 15)
+        );
+    }
+    assert_eq!(
+        r.call(&Request::Exists { key: b"" }, 16),
+        Frame::reply(BOOL, 16, 0)
+    );
 }
 
 /// The lease requests on the wire (PROTOCOL.md §4, "Leases"): exact bytes of the replies and

@@ -7,6 +7,7 @@ mod events;
 mod lease;
 mod pipeline;
 mod scan;
+mod versions;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

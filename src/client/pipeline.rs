@@ -22,6 +22,8 @@ pub enum PipelineReply {
     Count(u64),
     /// `ttl`.
     Ttl(super::Ttl),
+    /// `get_many`: one value or `None` per key, in order.
+    Values(Vec<Option<Vec<u8>>>),
     /// This operation failed (`NotAnInteger`, `Overflow`); the others still ran.
     Failed(Error),
 }
@@ -68,6 +70,9 @@ impl Batch {
         if self.error.is_none() {
             let (key, value): (&[u8], &[u8]) = match req {
                 Request::Set { key, value } | Request::SetTtl { key, value, .. } => (key, value),
+                // A batch's keys were checked when it was packed; its body counts as a value.
+                Request::GetMany { keys: b } | Request::RemoveMany { keys: b } => (&[], b.body()),
+                Request::SetMany { pairs: b, .. } => (&[], b.body()),
                 _ => (req.key().unwrap_or(&[]), &[]),
             };
             match peer.check(key, value) {
@@ -125,6 +130,7 @@ impl PipelineReply {
             Answer::Bool(b) => PipelineReply::Bool(b),
             Answer::Int(i) => PipelineReply::Int(i),
             Answer::Uint(u) => PipelineReply::Count(u),
+            Answer::Values(v) => PipelineReply::Values(v),
             Answer::Failed(code, arg, msg) => PipelineReply::Failed(peer.failed(code, arg, msg)),
             other => PipelineReply::Failed(super::unexpected(peer, other)),
         }
@@ -207,6 +213,49 @@ macro_rules! queue_methods {
         /// Queues `ttl(key)`.
         pub fn ttl(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
             self.push(Request::Ttl { key: key.as_ref() })
+        }
+
+        /// Queues `get_many(keys)`: one frame, one [`PipelineReply::Values`].
+        ///
+        /// (The conditional writes, `add`, `replace` and `set_if_version`, are not on
+        /// pipelines: what a caller does next depends on their reply.)
+        pub fn get_many<K: AsRef<[u8]>>(&mut self, keys: impl IntoIterator<Item = K>) -> &mut Self {
+            self.queue_batch(keys, None::<Vec<K>>, |keys| Request::GetMany { keys })
+        }
+        /// Queues `set_many(pairs)`: one frame, replied [`PipelineReply::Done`].
+        pub fn set_many<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+            &mut self,
+            pairs: impl IntoIterator<Item = (K, V)>,
+        ) -> &mut Self {
+            let (keys, values) = crate::client::versions::unzip(pairs);
+            self.queue_batch(keys, Some(values), |pairs| Request::SetMany {
+                pairs,
+                ttl_ms: 0,
+            })
+        }
+        /// Queues `remove_many(keys)`: one frame, replied [`PipelineReply::Count`].
+        pub fn remove_many<K: AsRef<[u8]>>(
+            &mut self,
+            keys: impl IntoIterator<Item = K>,
+        ) -> &mut Self {
+            self.queue_batch(keys, None::<Vec<K>>, |keys| Request::RemoveMany { keys })
+        }
+        fn queue_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+            &mut self,
+            keys: impl IntoIterator<Item = K>,
+            values: Option<Vec<V>>,
+            make: impl FnOnce(crate::protocol::Batch<'_>) -> Request<'_>,
+        ) -> &mut Self {
+            let keys: Vec<K> = keys.into_iter().collect();
+            let mut buf = Vec::new();
+            let peer = &self.cache.inner.peer;
+            match crate::client::versions::pack(peer, &mut buf, &keys, values.as_deref()) {
+                Ok(batch) => self.batch.push(peer, make(batch)),
+                Err(e) => {
+                    self.batch.error.get_or_insert(e);
+                }
+            }
+            self
         }
 
         /// Queues `count()`.

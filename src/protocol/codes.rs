@@ -69,6 +69,24 @@ codes! {
         /// key → nil (no such key), or uint: ms left, at least 1 ([`NO_TTL`](super::NO_TTL)
         /// for a key without a TTL).
         Ttl = 0x16,
+        /// key → nil, or versioned: the value and (arg) its version.
+        GetVersioned = 0x17,
+        /// key, value, arg = version → version (the new one), or nil: the key is missing or
+        /// holds another version, and nothing changed. Keeps the key's TTL.
+        SetIfVersion = 0x18,
+        /// key, value, arg = TTL in ms or 0 for none → version, or nil: the key is present and
+        /// nothing changed.
+        Add = 0x19,
+        /// key, value, arg = TTL in ms or 0 to keep the key's → version, or nil: the key is
+        /// missing and nothing changed.
+        Replace = 0x1a,
+        /// value = a batch of keys, arg = their count → values, one per key in order.
+        GetMany = 0x1b,
+        /// key = empty or a TTL in ms (8 bytes LE, not 0), value = a batch of pairs, arg =
+        /// their count → done: each pair stored in order, as `SET` (or `SET_TTL`).
+        SetMany = 0x1c,
+        /// value = a batch of keys, arg = their count → uint, how many were removed.
+        RemoveMany = 0x1d,
         /// key, arg = lease timeout in ms (1 ..= [`MAX_TTL_MS`](super::MAX_TTL_MS)) → value
         /// (the key is present), leased (the caller holds the key's lease: compute and store),
         /// or waiting (later a `LeaseValue` or `LeaseGranted` push with this request's id).
@@ -154,6 +172,12 @@ codes! {
         /// A TTL of 0 or over [`MAX_TTL_MS`](super::MAX_TTL_MS); nothing changed and the
         /// connection goes on.
         BadTtl = 0x4b,
+        /// A `GET_MANY` reply would not fit a frame (its body over `u32::MAX` bytes); nothing
+        /// changed and the connection goes on.
+        ReplyTooLarge = 0x4c,
+        /// A multi-key request with more than [`MAX_BATCH_KEYS`](super::MAX_BATCH_KEYS)
+        /// entries; nothing changed and the connection goes on.
+        BatchTooLarge = 0x4d,
         /// A value whose record would take more than half the server's memory budget (arg =
         /// the budget in bytes); nothing was stored or evicted and the connection goes on.
         OverBudget = 0x51,
@@ -176,6 +200,8 @@ impl ErrorCode {
             ErrorCode::NoSuchSubscription => "no such subscription",
             ErrorCode::Busy => "too many waits or subscriptions on this connection",
             ErrorCode::BadTtl => "a TTL must be 1 ms to 2^40 - 1 ms (about 34 years)",
+            ErrorCode::ReplyTooLarge => "the values asked for do not fit one reply frame (4 GiB)",
+            ErrorCode::BatchTooLarge => "a multi-key request holds at most 65,536 keys",
             ErrorCode::OverBudget => {
                 "value too large for the server's memory budget (a record may take half of it)"
             }

@@ -36,10 +36,12 @@
 //! | `requests.rs` | [`Request`]: encode, decode |
 //! | `replies.rs` | [`Reply`]: encode, decode, [`encode_value_head`] |
 //! | `chunks.rs` | the packed body of a keys/items [`Chunk`] and its size rules |
+//! | `batch.rs` | the bodies of the multi-key requests ([`Batch`]) and of their reply ([`Values`]) |
 //! | `pushes.rs` | [`Push`], [`encode_set_push_head`], [`Incoming`] (replies and pushes mixed) |
 
 use std::fmt;
 
+mod batch;
 mod chunks;
 mod codes;
 mod header;
@@ -48,6 +50,7 @@ mod pushes;
 mod replies;
 mod requests;
 
+pub use batch::{Batch, Values, ABSENT, MAX_BATCH_KEYS};
 pub use chunks::{
     chunk_body_bound, chunk_entry_len, Chunk, CHUNK_ENTRY_OVERHEAD, CHUNK_MAX_ENTRIES,
     CHUNK_SOFT_BYTES,
@@ -63,7 +66,9 @@ pub use limits::{
 pub use pushes::{
     decode_incoming, decode_push, encode_lease_value_head, encode_set_push_head, Incoming, Push,
 };
-pub use replies::{decode_reply, encode_value_head, Reply};
+pub use replies::{
+    decode_reply, encode_value_head, encode_values_head, encode_versioned_head, Reply,
+};
 pub use requests::{decode_request, Request};
 
 /// The protocol version a client presents in [`Request::Hello`].
@@ -290,6 +295,41 @@ mod tests {
             },
             Request::Persist { key: b"k" },
             Request::Ttl { key: b"" },
+            Request::GetVersioned { key: b"k" },
+            Request::SetIfVersion {
+                key: b"k",
+                value: b"v",
+                version: u64::MAX,
+            },
+            Request::Add {
+                key: b"k",
+                value: b"",
+                ttl_ms: 0,
+            },
+            Request::Replace {
+                key: b"",
+                value: b"v",
+                ttl_ms: MAX_TTL_MS + 1,
+            },
+        ] {
+            one_request(r);
+        }
+        let mut keys = Vec::new();
+        let keys = Batch::pack(&mut keys, false, [(&b"a"[..], None), (&b""[..], None)]);
+        let mut pairs = Vec::new();
+        let pairs = Batch::pack(&mut pairs, true, [(&b"a"[..], Some(&b"1"[..]))]);
+        for r in [
+            Request::GetMany { keys },
+            Request::GetMany {
+                keys: Batch::empty(false),
+            },
+            Request::RemoveMany { keys },
+            Request::SetMany { pairs, ttl_ms: 0 },
+            Request::SetMany { pairs, ttl_ms: 5 },
+            Request::SetMany {
+                pairs: Batch::empty(true),
+                ttl_ms: u64::MAX,
+            },
             Request::GetOrLease {
                 key: b"k",
                 timeout_ms: MAX_TTL_MS,
@@ -303,9 +343,57 @@ mod tests {
         }
     }
 
+    /// A multi-key request whose body does not match its count, is cut short, names a key
+    /// over the limit, or a `SET_MANY` whose TTL field is neither empty nor 8 bytes of a
+    /// TTL other than 0: malformed, never a panic.
+    #[test]
+    fn malformed_batches_are_refused() {
+        let mut keys = Vec::new();
+        Batch::pack(&mut keys, false, [(&b"ab"[..], None)]);
+        let bad = |code: Op, key: &[u8], value: &[u8], arg: u64, limits: &Limits| {
+            let mut buf = Vec::new();
+            encode_header(
+                &mut buf,
+                &Header {
+                    kind: 1,
+                    code: code as u8,
+                    id: 1,
+                    key_len: key.len() as u32,
+                    value_len: value.len() as u32,
+                    arg,
+                },
+            );
+            buf.extend_from_slice(key);
+            buf.extend_from_slice(value);
+            let got = decode_request(&buf, limits);
+            assert!(matches!(got, Err(DecodeError::Malformed(_))), "{got:?}");
+        };
+        let l = Limits::default();
+        for op in [Op::GetMany, Op::RemoveMany] {
+            bad(op, b"", &keys, 2, &l);
+            bad(op, b"", &keys, 0, &l);
+            bad(op, b"", &keys[..keys.len() - 1], 1, &l);
+            bad(op, b"", &keys[..3], 1, &l);
+            bad(op, b"x", &keys, 1, &l);
+            let small = Limits {
+                max_key: 1,
+                max_value: 100,
+            };
+            bad(op, b"", &keys, 1, &small);
+        }
+        let mut pairs = Vec::new();
+        Batch::pack(&mut pairs, true, [(&b"a"[..], Some(&b"1"[..]))]);
+        bad(Op::SetMany, b"", &pairs, 2, &l);
+        bad(Op::SetMany, b"", &keys, 1, &l); // keys where pairs belong
+        bad(Op::SetMany, &[1, 2, 3], &pairs, 1, &l);
+        bad(Op::SetMany, &0u64.to_le_bytes(), &pairs, 1, &l);
+        bad(Op::GetVersioned, b"k", b"v", 0, &l);
+        bad(Op::GetVersioned, b"k", b"", 1, &l);
+    }
+
     #[test]
     fn every_op_has_a_request() {
-        assert_eq!(Op::ALL.len(), 24);
+        assert_eq!(Op::ALL.len(), 31);
         for op in Op::ALL {
             assert_eq!(Op::from_u8(*op as u8), Some(*op));
         }
@@ -326,6 +414,17 @@ mod tests {
                 body: b"xyz",
             },
             Reply::Text(b"{}"),
+            Reply::Versioned {
+                value: b"v",
+                version: 7,
+            },
+            Reply::Versioned {
+                value: b"",
+                version: u64::MAX,
+            },
+            Reply::Version(3),
+            Reply::Values(Values::parse(&[], 0).unwrap()),
+            Reply::Values(Values::parse(&[0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, b'x'], 2).unwrap()),
             Reply::Leased,
             Reply::Waiting,
             Reply::Error {
@@ -525,6 +624,28 @@ mod tests {
         Reply::Value(b"abc").encode(9, &mut whole);
         assert_eq!(head[..], whole[..HEADER_LEN]);
         head.extend_from_slice(b"abc");
+        assert_eq!(head, whole);
+
+        let mut head = Vec::new();
+        encode_versioned_head(&mut head, 9, 3, 77);
+        head.extend_from_slice(b"abc");
+        let mut whole = Vec::new();
+        Reply::Versioned {
+            value: b"abc",
+            version: 77,
+        }
+        .encode(9, &mut whole);
+        assert_eq!(head, whole);
+
+        let mut body = Vec::new();
+        let values = Values::pack(&mut body, [Some(&b"ab"[..]), None]);
+        let mut head = Vec::new();
+        encode_values_head(&mut head, 9, 2, values.body().len() as u32);
+        Values::entry_head(&mut head, Some(2));
+        head.extend_from_slice(b"ab");
+        Values::entry_head(&mut head, None);
+        let mut whole = Vec::new();
+        Reply::Values(values).encode(9, &mut whole);
         assert_eq!(head, whole);
 
         let mut head = Vec::new();

@@ -1,7 +1,9 @@
 //! Replies: one per request, in request order.
 
 use super::header::{decode_raw, encode_header, FrameKind, Header, RawFrame, HEADER_LEN, MAGIC};
-use super::{check, len32, word, DecodeError, Decoded, ErrorCode, Field, Limits, RequestId};
+use super::{
+    check, len32, word, DecodeError, Decoded, ErrorCode, Field, Limits, RequestId, Values,
+};
 
 /// Reply codes below 0x40; 0x40 and up are [`ErrorCode`]s.
 mod reply_code {
@@ -13,6 +15,9 @@ mod reply_code {
     pub const UINT: u8 = 0x05;
     pub const CHUNK: u8 = 0x06;
     pub const TEXT: u8 = 0x07;
+    pub const VERSIONED: u8 = 0x08;
+    pub const VERSION: u8 = 0x09;
+    pub const VALUES: u8 = 0x0a;
     pub const LEASED: u8 = 0x0c;
     pub const WAITING: u8 = 0x0d;
 }
@@ -45,6 +50,17 @@ pub enum Reply<'a> {
     },
     /// `stats`: UTF-8 JSON.
     Text(&'a [u8]),
+    /// `get_versioned` of a present key: its value and version.
+    Versioned {
+        /// The value.
+        value: &'a [u8],
+        /// Its version.
+        version: u64,
+    },
+    /// A conditional write that was carried out: the key's new version.
+    Version(u64),
+    /// `get_many`: one value or absence per key asked for.
+    Values(Values<'a>),
     /// `get_or_lease` of a missing key: the caller holds the key's lease; it computes the value
     /// and stores it (or releases the lease).
     Leased,
@@ -78,6 +94,9 @@ impl<'a> Reply<'a> {
                 (CHUNK, Field::Word(until.to_le_bytes()), body, next)
             }
             Reply::Text(t) => (TEXT, none, t, 0),
+            Reply::Versioned { value, version } => (VERSIONED, none, value, version),
+            Reply::Version(v) => (VERSION, none, &[], v),
+            Reply::Values(v) => (VALUES, none, v.body(), v.len().into()),
             Reply::Leased => (LEASED, none, &[], 0),
             Reply::Waiting => (WAITING, none, &[], 0),
             Reply::Error { code, arg, message } => (code as u8, none, message, arg),
@@ -190,6 +209,15 @@ impl<'a> Reply<'a> {
                 no_arg()?;
                 Reply::Text(value)
             }
+            VERSIONED => Reply::Versioned {
+                value,
+                version: arg,
+            },
+            VERSION => {
+                no_value()?;
+                Reply::Version(arg)
+            }
+            VALUES => Reply::Values(Values::parse(value, arg)?),
             other => match ErrorCode::from_u8(other) {
                 Some(code) => Reply::Error {
                     code,
@@ -217,6 +245,42 @@ pub fn decode_reply<'a>(
         Decoded::Incomplete { need } => Ok(Decoded::Incomplete { need }),
         Decoded::Frame(f, len) => Ok(Decoded::Frame((f.header.id, Reply::from_raw(&f)?), len)),
     }
+}
+
+/// Appends the 24-byte header of a `VERSIONED` reply to request `id` carrying `version`, whose
+/// `value_len` payload bytes the caller sends next (as [`encode_value_head`]).
+#[inline]
+pub fn encode_versioned_head(out: &mut Vec<u8>, id: RequestId, value_len: usize, version: u64) {
+    encode_header(
+        out,
+        &Header {
+            value_len: len32(value_len),
+            ..Reply::Versioned {
+                value: &[],
+                version,
+            }
+            .header(id)
+        },
+    );
+}
+
+/// Appends the 24-byte header of a `VALUES` reply to request `id` of `count` entries whose
+/// body, `body_len` bytes, the caller sends next: each entry's [`Values::entry_head`], then
+/// its value from wherever it is stored. `body_len` fits a `u32` (the caller checks; see
+/// [`ErrorCode::ReplyTooLarge`]).
+#[inline]
+pub fn encode_values_head(out: &mut Vec<u8>, id: RequestId, count: u32, body_len: u32) {
+    encode_header(
+        out,
+        &Header {
+            kind: FrameKind::Reply as u8,
+            code: reply_code::VALUES,
+            id,
+            key_len: 0,
+            value_len: body_len,
+            arg: count.into(),
+        },
+    );
 }
 
 /// Appends the 24-byte header of a `VALUE` reply to request `id` whose `value_len` payload

@@ -2,7 +2,7 @@
 
 use super::header::{decode_raw, encode_header, FrameKind, Header, RawFrame, HEADER_LEN};
 use super::{
-    check, word, DecodeError, Decoded, Field, Limits, Op, RequestId, SubId, MAX_TOKEN_LEN,
+    check, word, Batch, DecodeError, Decoded, Field, Limits, Op, RequestId, SubId, MAX_TOKEN_LEN,
 };
 
 /// A decoded request, borrowing key and value from the read buffer.
@@ -97,6 +97,55 @@ pub enum Request<'a> {
         /// The key.
         key: &'a [u8],
     },
+    /// Read a key and its version.
+    GetVersioned {
+        /// The key.
+        key: &'a [u8],
+    },
+    /// Store a value only if the key holds this version.
+    SetIfVersion {
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+        /// The version the key must hold.
+        version: u64,
+    },
+    /// Store a value only if the key is missing.
+    Add {
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+        /// Milliseconds until the key expires, or 0 for no TTL.
+        ttl_ms: u64,
+    },
+    /// Store a value only if the key is present.
+    Replace {
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+        /// Milliseconds until the key expires, or 0 to keep the key's TTL.
+        ttl_ms: u64,
+    },
+    /// Read many keys.
+    GetMany {
+        /// The keys.
+        keys: Batch<'a>,
+    },
+    /// Store many pairs.
+    SetMany {
+        /// The pairs.
+        pairs: Batch<'a>,
+        /// Milliseconds until every key expires, or 0 for `SET`'s rule (each key keeps its TTL).
+        ttl_ms: u64,
+    },
+    /// Delete many keys.
+    RemoveMany {
+        /// The keys.
+        keys: Batch<'a>,
+    },
     /// Read a key, or take its lease (or wait for whoever holds it) when it is missing.
     GetOrLease {
         /// The key.
@@ -145,6 +194,10 @@ impl<'a> Request<'a> {
             | Request::Expire { key, .. }
             | Request::Persist { key }
             | Request::Ttl { key }
+            | Request::GetVersioned { key }
+            | Request::SetIfVersion { key, .. }
+            | Request::Add { key, .. }
+            | Request::Replace { key, .. }
             | Request::GetOrLease { key, .. }
             | Request::Release { key, .. }
             | Request::Subscribe { key: Some(key) } => Some(key),
@@ -166,6 +219,10 @@ impl<'a> Request<'a> {
                 | Request::Expire { .. }
                 | Request::Persist { .. }
                 | Request::Ttl { .. }
+                | Request::GetVersioned { .. }
+                | Request::SetIfVersion { .. }
+                | Request::Add { .. }
+                | Request::Replace { .. }
                 | Request::GetOrLease { .. }
         )
     }
@@ -192,6 +249,13 @@ impl<'a> Request<'a> {
             Request::Expire { .. } => Op::Expire,
             Request::Persist { .. } => Op::Persist,
             Request::Ttl { .. } => Op::Ttl,
+            Request::GetVersioned { .. } => Op::GetVersioned,
+            Request::SetIfVersion { .. } => Op::SetIfVersion,
+            Request::Add { .. } => Op::Add,
+            Request::Replace { .. } => Op::Replace,
+            Request::GetMany { .. } => Op::GetMany,
+            Request::SetMany { .. } => Op::SetMany,
+            Request::RemoveMany { .. } => Op::RemoveMany,
             Request::GetOrLease { .. } => Op::GetOrLease,
             Request::Release { .. } => Op::Release,
             Request::Stats => Op::Stats,
@@ -212,6 +276,25 @@ impl<'a> Request<'a> {
             Request::SetTtl { key, value, ttl_ms } => (Bytes(key), value, ttl_ms),
             Request::Expire { key, ttl_ms } => (Bytes(key), &[], ttl_ms),
             Request::Persist { key } | Request::Ttl { key } => (Bytes(key), &[], 0),
+            Request::GetVersioned { key } => (Bytes(key), &[], 0),
+            Request::SetIfVersion {
+                key,
+                value,
+                version,
+            } => (Bytes(key), value, version),
+            Request::Add { key, value, ttl_ms } | Request::Replace { key, value, ttl_ms } => {
+                (Bytes(key), value, ttl_ms)
+            }
+            Request::GetMany { keys } | Request::RemoveMany { keys } => {
+                (Bytes(&[]), keys.body(), keys.len().into())
+            }
+            Request::SetMany { pairs, ttl_ms } => {
+                let key = match ttl_ms {
+                    0 => Bytes(&[]),
+                    t => Field::Word(t.to_le_bytes()),
+                };
+                (key, pairs.body(), pairs.len().into())
+            }
             Request::Incr { key, delta } => (Bytes(key), &[], delta as u64),
             Request::GetOrLease { key, timeout_ms } => (Bytes(key), &[], timeout_ms),
             Request::Release { key, req } => (Bytes(key), &[], u64::from(req)),
@@ -266,7 +349,7 @@ impl<'a> Request<'a> {
         value
     }
 
-    fn from_raw(f: &RawFrame<'a>) -> Result<Self, DecodeError> {
+    fn from_raw(f: &RawFrame<'a>, max_key: u32) -> Result<Self, DecodeError> {
         let h = &f.header;
         let Some(op) = Op::from_u8(h.code) else {
             return Err(DecodeError::UnknownCode {
@@ -384,6 +467,48 @@ impl<'a> Request<'a> {
                 check(arg <= u32::MAX as u64, "subscription id out of range")?;
                 Request::Unsubscribe { sub: arg as u32 }
             }
+            Op::GetVersioned => {
+                no_value()?;
+                no_arg()?;
+                Request::GetVersioned { key }
+            }
+            Op::SetIfVersion => Request::SetIfVersion {
+                key,
+                value,
+                version: arg,
+            },
+            // A TTL out of range decodes: the server answers BAD_TTL and goes on.
+            Op::Add => Request::Add {
+                key,
+                value,
+                ttl_ms: arg,
+            },
+            Op::Replace => Request::Replace {
+                key,
+                value,
+                ttl_ms: arg,
+            },
+            Op::GetMany | Op::RemoveMany => {
+                no_key()?;
+                let keys = Batch::parse(value, arg, false, max_key)?;
+                if op == Op::GetMany {
+                    Request::GetMany { keys }
+                } else {
+                    Request::RemoveMany { keys }
+                }
+            }
+            Op::SetMany => {
+                let ttl_ms = match key.len() {
+                    0 => 0,
+                    _ => word(key).filter(|&t| t != 0).ok_or(DecodeError::Malformed(
+                        "a TTL must be empty or 8 bytes, not 0",
+                    ))?,
+                };
+                Request::SetMany {
+                    pairs: Batch::parse(value, arg, true, max_key)?,
+                    ttl_ms,
+                }
+            }
             Op::Clear | Op::Count | Op::Stats | Op::Shutdown | Op::Ping => {
                 no_key()?;
                 no_value()?;
@@ -408,6 +533,9 @@ pub fn decode_request<'a>(
 ) -> Result<Decoded<(RequestId, Request<'a>)>, DecodeError> {
     match decode_raw(buf, FrameKind::Request, limits)? {
         Decoded::Incomplete { need } => Ok(Decoded::Incomplete { need }),
-        Decoded::Frame(f, len) => Ok(Decoded::Frame((f.header.id, Request::from_raw(&f)?), len)),
+        Decoded::Frame(f, len) => Ok(Decoded::Frame(
+            (f.header.id, Request::from_raw(&f, limits.max_key)?),
+            len,
+        )),
     }
 }

@@ -134,12 +134,19 @@ fn run_loop<T: Transport>(
             token.clone().into_bytes(),
         )
     };
-    let store = Store::with_budget(
+    let mut store = Store::with_budget(
         ahash::RandomState::new(),
         Store::segment_for(config.max_memory),
         config.max_memory,
         Policy::S3Fifo,
     );
+    // Versions count from the wall clock in ns: greater than those of an earlier server on
+    // this machine (it handed out fewer than one per ns), so a client's stale version never
+    // matches a key of this one.
+    let wall_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2));
+    store.start_versions_at(wall_ns);
     let mut engine: Engine<T::Conn> = Engine::new(engine_config, store, Instant::now());
     host.ready(endpoint, &token)?;
 

@@ -19,7 +19,7 @@ pub struct Entry<S = Rc<Segment>> {
     start: u32,
     key_len: u32,
     value_len: u32,
-    /// Whether the 8 bytes before the key hold the record's deadline.
+    /// Whether the 8 bytes before the version hold the record's deadline.
     has_deadline: bool,
 }
 
@@ -39,18 +39,33 @@ impl<S: Borrow<Rc<Segment>>> Entry<S> {
         }
     }
 
+    /// The 8-byte word `back` bytes before the key.
+    #[inline]
+    fn word_before_key(&self, back: usize) -> Option<u64> {
+        let start = self.start as usize;
+        let b = self.seg.borrow().bytes();
+        b.get(start.checked_sub(back)?..start - back + 8)
+            .and_then(|d| d.try_into().ok())
+            .map(u64::from_le_bytes)
+    }
+
     /// When the record expires (ms on the store's clock), if it has a TTL.
     #[inline]
     pub fn deadline(&self) -> Option<u64> {
         if !self.has_deadline {
             return None;
         }
-        let start = self.start as usize;
-        let b = self.seg.borrow().bytes();
-        // The store wrote 8 deadline bytes before the key of every record whose header says so.
-        b.get(start - 8..start)
-            .and_then(|d| d.try_into().ok())
-            .map(u64::from_le_bytes)
+        // The store wrote 8 deadline bytes before the version of every record whose header
+        // says so.
+        self.word_before_key(16)
+    }
+
+    /// The version of the write that stored this value (see [`super::Store::set`]): the 8
+    /// bytes before the key, in every record.
+    #[inline]
+    pub fn version(&self) -> u64 {
+        self.word_before_key(8)
+            .expect("every record holds a version before its key")
     }
 
     /// Whether the record has expired by `now` (ms on the store's clock).
@@ -103,12 +118,12 @@ impl<S: Borrow<Rc<Segment>>> Entry<S> {
 }
 
 impl Entry {
-    /// An entry in a segment of its own, holding copies of `key` and `value`.
+    /// An entry in a segment of its own, holding copies of `key` and `value` (version 0).
     ///
     /// Panics if either is longer than `u32::MAX` bytes (the protocol's limits keep them far
     /// below).
     pub fn new(key: &[u8], value: &[u8]) -> Self {
-        let (h, n) = RecordShape::header(key, value, None);
+        let (h, n) = RecordShape::header(key, value, None, 0);
         let seg = Segment::with_capacity(n + key.len() + value.len());
         let off = seg.append(&[&h[..n], key, value]);
         Entry::at(Rc::new(seg), off)
@@ -145,11 +160,12 @@ mod tests {
         drop(e);
         assert_eq!(c.value(), b"value");
         let seg = Rc::new(Segment::with_capacity(100));
-        let (h, n) = RecordShape::header(b"k", b"vv", None);
+        let (h, n) = RecordShape::header(b"k", b"vv", Some(3), 42);
         let off = seg.append(&[&h[..n], b"k", b"vv"]);
         let owned = Record::at(&seg, off).to_entry();
         drop(seg);
         assert_eq!((owned.key(), owned.value()), (&b"k"[..], &b"vv"[..]));
+        assert_eq!((owned.version(), owned.deadline()), (42, Some(3)));
         let empty = Entry::new(b"", b"");
         assert!(empty.key().is_empty() && empty.value().is_empty() && empty.is_empty());
     }

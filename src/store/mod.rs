@@ -31,10 +31,20 @@
 //! caller with many keys at hand (a pipelined batch) start all their loads before it looks
 //! any of them up.
 //!
-//! Per key with a 16-byte key and a 64-byte value: an 82-byte record, a 16-byte slot, and the
-//! hash index's 4-byte position plus a control byte per bucket.
+//! Per key with a 16-byte key and a 64-byte value: a 90-byte record (8 of them its version), a
+//! 16-byte slot, and the hash index's 4-byte position plus a control byte per bucket.
 //!
-//! # The memory budget and eviction
+//! ## Versions
+//!
+//! Every write of a value (set, incr, the conditional and multi writes) takes the next number
+//! of one store-wide counter ([`Store::next_version`]) and stores it in the record's header, so
+//! a key's version is greater than every version the store handed out before it: also after
+//! the key is removed and stored again, and after [`Store::clear`] (which keeps the counter).
+//! Changing only a key's TTL ([`Store::set_deadline`]) keeps its version: the value did not
+//! change. A server starts the counter from the wall clock ([`Store::start_versions_at`]), so
+//! a version from an earlier server on the machine is not mistaken for a current one.
+//!
+//! ## The memory budget and eviction
 //!
 //! A store made [`Store::with_budget`] counts what it holds ([`Store::memory_bytes`]): the
 //! whole capacity of its segments (live records, garbage, unused room), slot vectors, hash
@@ -444,10 +454,11 @@ impl Shard {
         (id, off)
     }
 
-    /// Replaces the value of slot `i` where it is, if the new record (`header` then the same
-    /// key then `value`) is as long as the old one and nobody but the store holds the segment
-    /// (no reply or event waiting to send from it). Then the record keeps its place and no
-    /// garbage is made: the common case of a key rewritten with a value of the same size.
+    /// Replaces the header and value of slot `i` where they are, if the new record (`header`
+    /// then the same key then `value`) is as long as the old one and nobody but the store holds
+    /// the segment (no reply or event waiting to send from it). Then the record keeps its place
+    /// and no garbage is made: the common case of a key rewritten with a value of the same
+    /// size. The header is always rewritten: it holds the new version.
     fn overwrite_in_place(&mut self, i: usize, header: &[u8], value: &[u8]) -> bool {
         let (id, off) = (self.slots[i].seg, self.slots[i].off as usize);
         let info = self.info_mut(id);
@@ -457,10 +468,8 @@ impl Shard {
         }
         match Rc::get_mut(&mut info.seg) {
             Some(seg) => {
-                // Same lengths: only a deadline in the header may differ.
-                if shape.has_deadline {
-                    seg.overwrite(off, header);
-                }
+                // Same lengths: the varints are the same; the deadline and version may differ.
+                seg.overwrite(off, header);
                 seg.overwrite(off + shape.value_start(), value);
                 true
             }
@@ -599,6 +608,8 @@ pub struct Store {
     shards: Box<[Shard]>,
     hasher: ahash::RandomState,
     next_seq: u64,
+    /// The version the next write gets.
+    next_version: u64,
     len: usize,
     /// The store's clock, in ms: what TTLs count from and deadlines are compared with.
     now: u64,
@@ -661,6 +672,7 @@ impl fmt::Debug for Store {
             .field("next_seq", &self.next_seq)
             .field("budget", &self.budget)
             .field("bytes", &self.bytes)
+            .field("next_version", &self.next_version)
             .finish()
     }
 }
@@ -721,6 +733,7 @@ impl Store {
                 .collect(),
             hasher,
             next_seq: 1,
+            next_version: 1,
             len: 0,
             now: 0,
             wheel: Wheel::default(),
@@ -762,7 +775,7 @@ impl Store {
     /// Whether a record of this key and value can be stored at all under the budget: it may
     /// take at most half of it (a larger one is refused, and nothing is evicted for it).
     pub fn fits(&self, key_len: usize, value_len: usize) -> bool {
-        self.budget == 0 || key_len + value_len + 2 * 5 + 8 <= self.budget / 2
+        self.budget == 0 || key_len + value_len + segment::MAX_HEADER <= self.budget / 2
     }
 
     /// Whether keys left without being asked to and wait in [`Store::drain_gone`].
@@ -887,7 +900,7 @@ impl Store {
 
     /// Bytes a record of this key and value takes in a segment, with or without a deadline.
     pub fn record_len(key: &[u8], value: &[u8], has_deadline: bool) -> usize {
-        let (_, n) = RecordShape::header(key, value, has_deadline.then_some(0));
+        let (_, n) = RecordShape::header(key, value, has_deadline.then_some(0), 0);
         n + key.len() + value.len()
     }
 
@@ -1015,7 +1028,7 @@ impl Store {
     }
 
     /// Stores `value` under `key`, keeping the key's place and its TTL if it exists. Returns
-    /// the new entry. A key whose TTL ran out is replaced by a new one (the caller expires it
+    /// the new entry, whose [`Record::version`] is new. A key whose TTL ran out is replaced by a new one (the caller expires it
     /// first to tell its listeners, see [`Store::is_due`]).
     ///
     /// Panics if the key or the value is longer than `u32::MAX` bytes (the protocol's limits
@@ -1029,7 +1042,7 @@ impl Store {
     #[inline]
     pub fn set_hinted(&mut self, hash: u64, key: &[u8], value: &[u8], hint: u32) -> Record<'_> {
         let found = self.find_live_hinted(hash, key, hint);
-        self.put(hash, found, key, value, found.and_then(|(_, d)| d))
+        self.put(hash, found, key, value, found.and_then(|(_, d)| d), None)
     }
 
     /// Stores `value` under `key` with the deadline `deadline` (ms on the store's clock, after
@@ -1042,11 +1055,70 @@ impl Store {
         deadline: u64,
     ) -> Record<'_> {
         let found = self.find_live(hash, key);
-        self.put(hash, found, key, value, Some(deadline))
+        self.put(hash, found, key, value, Some(deadline), None)
+    }
+
+    /// Stores `value` under `key` only if the key holds a value of version `version`: the new
+    /// entry then (a new version; the key keeps its place and TTL), `None` if the key is
+    /// missing (or due) or holds another version.
+    pub fn set_if_version(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        version: u64,
+    ) -> Option<Record<'_>> {
+        let found = self.find_live(hash, key)?;
+        let shard = self.shard(hash);
+        if shard.record(&shard.slots[found.0]).version() != version {
+            return None;
+        }
+        Some(self.put(hash, Some(found), key, value, found.1, None))
+    }
+
+    /// Stores `value` under `key` only if the key is missing (or due), with `deadline` (ms on
+    /// the store's clock) if `Some`: the new entry, or `None` when the key is present.
+    pub fn add(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        deadline: Option<u64>,
+    ) -> Option<Record<'_>> {
+        if self.find_live(hash, key).is_some() {
+            return None;
+        }
+        Some(self.put(hash, None, key, value, deadline, None))
+    }
+
+    /// Stores `value` under `key` only if the key is present (and not due): the new entry,
+    /// or `None`. `deadline` `None` keeps the key's TTL (as [`Store::set`]), `Some` replaces
+    /// it (as [`Store::set_with_deadline`]).
+    pub fn replace(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        deadline: Option<u64>,
+    ) -> Option<Record<'_>> {
+        let found = self.find_live(hash, key)?;
+        Some(self.put(hash, Some(found), key, value, deadline.or(found.1), None))
+    }
+
+    /// The version the next write will get: greater than every version handed out so far.
+    pub fn next_version(&self) -> u64 {
+        self.next_version
+    }
+
+    /// Makes the next version at least `first` (a server passes the wall clock in ns, so its
+    /// versions are greater than those of an earlier server). Never lowers the counter.
+    pub fn start_versions_at(&mut self, first: u64) {
+        self.next_version = self.next_version.max(first);
     }
 
     /// Gives an existing key the deadline `deadline`, or takes its TTL away (`None`); false if
-    /// the key is missing, or when taking away a TTL it does not have.
+    /// the key is missing, or when taking away a TTL it does not have. The key keeps its
+    /// version: its value did not change.
     pub fn set_deadline(&mut self, hash: u64, key: &[u8], deadline: Option<u64>) -> bool {
         let Some((i, record)) = self.shard(hash).find(hash, key) else {
             return false;
@@ -1054,8 +1126,8 @@ impl Store {
         if record.is_due(self.now) || (deadline.is_none() && record.deadline().is_none()) {
             return false;
         }
-        let (value, old) = (record.value().to_vec(), record.deadline());
-        self.put(hash, Some((i, old)), key, &value, deadline);
+        let (value, old, version) = (record.value().to_vec(), record.deadline(), record.version());
+        self.put(hash, Some((i, old)), key, &value, deadline, Some(version));
         true
     }
 
@@ -1085,7 +1157,7 @@ impl Store {
     }
 
     /// Stores `value` under `key`, whose slot and current deadline are `found` (from
-    /// [`Store::find_live`]), with `deadline`.
+    /// [`Store::find_live`]), with `deadline`, as `version` (`None`: the next version).
     fn put(
         &mut self,
         hash: u64,
@@ -1093,8 +1165,14 @@ impl Store {
         key: &[u8],
         value: &[u8],
         deadline: Option<u64>,
+        version: Option<u64>,
     ) -> Record<'_> {
-        let (header, n) = RecordShape::header(key, value, deadline);
+        let version = version.unwrap_or_else(|| {
+            let v = self.next_version;
+            self.next_version += 1;
+            v
+        });
+        let (header, n) = RecordShape::header(key, value, deadline, version);
         let hasher = &self.hasher;
         let shard_id = Self::shard_of(hash).0;
         let shard = &mut self.shards[shard_id];
@@ -1409,11 +1487,11 @@ impl Store {
         let keep = found.and_then(|(_, d)| d);
         Ok((
             new,
-            self.put(hash, found, key, digits.as_str().as_bytes(), keep),
+            self.put(hash, found, key, digits.as_str().as_bytes(), keep, None),
         ))
     }
 
-    /// Removes every key.
+    /// Removes every key. The version counter goes on: versions stay greater than any before.
     pub fn clear(&mut self) {
         for s in self.shards.iter_mut() {
             *s = Shard::new(s.segment, self.budget > 0);
@@ -1815,6 +1893,84 @@ mod tests {
         assert_eq!(s.segment_bytes(), base);
         let h = s.hash(b"big");
         assert_eq!(s.get(h, b"big").unwrap().value(), b"now small");
+    }
+
+    #[test]
+    fn every_write_gets_a_greater_version_and_ttl_changes_keep_it() {
+        let mut s = store();
+        let h = s.hash(b"k");
+        let v1 = s.set(h, b"k", b"a").version();
+        let v2 = s.set(h, b"k", b"b").version(); // same length: rewritten in place
+        assert!(v2 > v1);
+        assert_eq!(s.get(h, b"k").unwrap().version(), v2);
+        assert!(s.set_deadline(h, b"k", Some(1000)));
+        assert_eq!(
+            s.get(h, b"k").unwrap().version(),
+            v2,
+            "a TTL change keeps it"
+        );
+        assert!(s.set_deadline(h, b"k", None));
+        assert_eq!(s.get(h, b"k").unwrap().version(), v2);
+        let v3 = s.incr(h, b"n", 1).unwrap().1.version();
+        assert!(v3 > v2);
+        assert!(s.remove(h, b"k"));
+        let v4 = s.set(h, b"k", b"a").version();
+        assert!(v4 > v3, "re-created after removal");
+        s.clear();
+        let v5 = s.set(h, b"k", b"a").version();
+        assert!(v5 > v4, "after a clear");
+        assert_eq!(s.next_version(), v5 + 1);
+        s.start_versions_at(1_000_000);
+        assert_eq!(s.set(h, b"k", b"a").version(), 1_000_000);
+        s.start_versions_at(5); // never lowers the counter
+        assert_eq!(s.next_version(), 1_000_001);
+    }
+
+    #[test]
+    fn conditional_writes() {
+        let mut s = store();
+        let h = s.hash(b"k");
+        assert!(s.replace(h, b"k", b"x", None).is_none());
+        assert!(s.set_if_version(h, b"k", b"x", 1).is_none());
+        assert!(s.get(h, b"k").is_none());
+        let v = s.add(h, b"k", b"a", None).unwrap().version();
+        assert!(s.add(h, b"k", b"b", None).is_none());
+        assert_eq!(s.get(h, b"k").unwrap().value(), b"a");
+        assert!(s.set_if_version(h, b"k", b"b", v + 1).is_none());
+        let w = s.set_if_version(h, b"k", b"bb", v).unwrap().version();
+        assert!(w > v);
+        assert!(
+            s.set_if_version(h, b"k", b"c", v).is_none(),
+            "stale version"
+        );
+        assert_eq!(s.get(h, b"k").unwrap().value(), b"bb");
+        // replace keeps the TTL unless given one; add on a due key adds.
+        s.set_time(10);
+        let r = s.replace(h, b"k", b"c", Some(20)).unwrap().version();
+        assert!(r > w);
+        assert!(s.replace(h, b"k", b"d", None).is_some());
+        assert_eq!(s.deadline(h, b"k"), Some(Some(20)));
+        s.set_time(20);
+        assert!(s.replace(h, b"k", b"e", None).is_none(), "due: gone");
+        assert!(s.add(h, b"k", b"f", Some(30)).is_some());
+        assert_eq!(s.deadline(h, b"k"), Some(Some(30)));
+        assert_eq!((s.len(), s.ttl_keys()), (1, 1));
+    }
+
+    #[test]
+    fn in_place_rewrites_write_the_new_version_even_without_a_deadline() {
+        let mut s = store();
+        set(&mut s, b"k", b"0000");
+        let base = s.segment_bytes();
+        let h = s.hash(b"k");
+        let mut last = 0;
+        for i in 0..100u32 {
+            let v = s.set(h, b"k", format!("{i:04}").as_bytes()).version();
+            assert!(v > last);
+            assert_eq!(s.get(h, b"k").unwrap().version(), v);
+            last = v;
+        }
+        assert_eq!(s.segment_bytes(), base, "rewritten in place");
     }
 
     #[test]

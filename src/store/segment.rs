@@ -1,9 +1,11 @@
 //! [`Segment`]: a block of records that is only ever appended to, and the record format.
 //!
-//! A record is a key and its value with their lengths in front, as LEB128 varints, and for a
-//! key with a TTL its deadline: `varint(key_len << 1 | has_deadline) varint(value_len)
-//! [deadline: u64 LE] key value`, byte-packed (a 16-byte key with a 64-byte value takes 82
-//! bytes, 90 with a deadline). Segments are shared by reference count ([`std::rc::Rc`]): the store
+//! A record is a key and its value with their lengths in front, as LEB128 varints, for a key
+//! with a TTL its deadline, and the version of the write that stored it:
+//! `varint(key_len << 1 | has_deadline) varint(value_len) [deadline: u64 LE] version: u64 LE
+//! key value`, byte-packed (a 16-byte key with a 64-byte value takes 90 bytes, 98 with a
+//! deadline). The version has a fixed width, so a rewrite with a value of the same length
+//! keeps the record's length and can go in place. Segments are shared by reference count ([`std::rc::Rc`]): the store
 //! holds one count per segment, and a reply or an event that sends a stored value without
 //! copying it ([`super::Entry`]) holds another, so the bytes stay valid while the socket drains
 //! even after the store has dropped the segment.
@@ -132,18 +134,21 @@ impl Drop for Segment {
 /// Where a record's parts are, relative to the record's first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct RecordShape {
-    /// Offset of the key (after the two varints, and the deadline if there is one).
+    /// Offset of the key (after the two varints, the deadline if there is one, and the
+    /// version: the 8 bytes before the key).
     pub key_start: usize,
     /// Key length.
     pub key_len: usize,
     /// Value length.
     pub value_len: usize,
-    /// Whether the 8 bytes before the key hold a deadline.
+    /// Whether the 8 bytes before the version hold a deadline.
     pub has_deadline: bool,
 }
 
-/// Longest record header: two varints and a deadline.
-pub(super) const MAX_HEADER: usize = 2 * MAX_VARINT + 8;
+/// Bytes of the version in every record header.
+pub(super) const VERSION_LEN: usize = 8;
+/// Longest record header: two varints, a deadline and the version.
+pub(super) const MAX_HEADER: usize = 2 * MAX_VARINT + 8 + VERSION_LEN;
 
 impl RecordShape {
     /// Offset of the value.
@@ -157,12 +162,18 @@ impl RecordShape {
     }
 
     /// The header of a record of `key` and `value` that expires at `deadline` (ms on the
-    /// store's clock), and its length: `varint(key_len << 1 | has_deadline)`,
-    /// `varint(value_len)`, then the deadline as 8 little-endian bytes if there is one.
+    /// store's clock) and was written as `version`, and its length:
+    /// `varint(key_len << 1 | has_deadline)`, `varint(value_len)`, then the deadline as 8
+    /// little-endian bytes if there is one, then the version as 8 little-endian bytes.
     ///
     /// Panics if the key is longer than `u32::MAX / 2` bytes or the value than `u32::MAX`
     /// (the protocol's limits keep them far below).
-    pub fn header(key: &[u8], value: &[u8], deadline: Option<u64>) -> ([u8; MAX_HEADER], usize) {
+    pub fn header(
+        key: &[u8],
+        value: &[u8],
+        deadline: Option<u64>,
+        version: u64,
+    ) -> ([u8; MAX_HEADER], usize) {
         let key_len = u32::try_from(key.len())
             .ok()
             .filter(|&k| k <= u32::MAX >> 1)
@@ -175,7 +186,8 @@ impl RecordShape {
             b[n..n + 8].copy_from_slice(&d.to_le_bytes());
             n += 8;
         }
-        (b, n)
+        b[n..n + VERSION_LEN].copy_from_slice(&version.to_le_bytes());
+        (b, n + VERSION_LEN)
     }
 
     /// Reads the shape of the record that starts at `bytes[0]`.
@@ -189,7 +201,7 @@ impl RecordShape {
             if k < 0x80 && v < 0x80 {
                 let has_deadline = k & 1 == 1;
                 return RecordShape {
-                    key_start: 2 + 8 * usize::from(has_deadline),
+                    key_start: 2 + 8 * usize::from(has_deadline) + VERSION_LEN,
                     key_len: (k >> 1) as usize,
                     value_len: v as usize,
                     has_deadline,
@@ -200,7 +212,7 @@ impl RecordShape {
         let (value_len, m) = get_varint(&bytes[n..]);
         let has_deadline = k & 1 == 1;
         RecordShape {
-            key_start: n + m + 8 * usize::from(has_deadline),
+            key_start: n + m + 8 * usize::from(has_deadline) + VERSION_LEN,
             key_len: (k >> 1) as usize,
             value_len: value_len as usize,
             has_deadline,
@@ -251,14 +263,14 @@ mod tests {
             let n = put_varint(&mut b, v);
             assert_eq!(get_varint(&b[..n]), (v, n), "{v}");
         }
-        assert_eq!(RecordShape::header(&[0; 16], &[0; 64], None).1, 2);
-        assert_eq!(RecordShape::header(&[0; 16], &[0; 64], Some(7)).1, 10);
+        assert_eq!(RecordShape::header(&[0; 16], &[0; 64], None, 1).1, 10);
+        assert_eq!(RecordShape::header(&[0; 16], &[0; 64], Some(7), 1).1, 18);
     }
 
     #[test]
     fn appended_bytes_stay_put_and_records_read_back() {
-        let s = Segment::with_capacity(64);
-        let (h, n) = RecordShape::header(b"abc", &[0; 200], None);
+        let s = Segment::with_capacity(72);
+        let (h, n) = RecordShape::header(b"abc", &[0; 200], None, 5);
         let value = [9u8; 40];
         assert!(s.room() >= n + 3 + 40);
         let a = s.append(&[&h[..n], b"abc", &value]);
@@ -269,10 +281,10 @@ mod tests {
         let shape = RecordShape::read(&s.bytes()[a..]);
         assert_eq!(
             (shape.key_start, shape.key_len, shape.value_len),
-            (3, 3, 200)
+            (11, 3, 200)
         );
         assert!(!shape.has_deadline);
-        assert_eq!(s.room(), 64 - n - 45);
+        assert_eq!(s.room(), 72 - n - 45);
         let mut s = s;
         s.overwrite(n, b"xyz");
         assert_eq!(&s.bytes()[n..n + 3], b"xyz");
@@ -285,18 +297,15 @@ mod tests {
             (&[1u8; 300][..], &[2u8; 70_000][..]),
         ] {
             let s = Segment::with_capacity(80_000);
-            let (h, n) = RecordShape::header(key, value, Some(u64::MAX - 5));
+            let (h, n) = RecordShape::header(key, value, Some(u64::MAX - 5), u64::MAX - 9);
             let at = s.append(&[&h[..n], key, value]);
             let rec = &s.bytes()[at..];
             let shape = RecordShape::read(rec);
             assert_eq!((shape.key_len, shape.value_len), (key.len(), value.len()));
-            let deadline = u64::from_le_bytes(
-                rec[shape.key_start - 8..shape.key_start]
-                    .try_into()
-                    .unwrap(),
-            );
+            let word = |at: usize| u64::from_le_bytes(rec[at..at + 8].try_into().unwrap());
             assert!(shape.has_deadline);
-            assert_eq!(deadline, u64::MAX - 5);
+            assert_eq!(word(shape.key_start - 16), u64::MAX - 5);
+            assert_eq!(word(shape.key_start - 8), u64::MAX - 9);
             assert_eq!(&rec[shape.key_start..shape.value_start()], key);
             assert_eq!(shape.len(), n + key.len() + value.len());
         }

@@ -14,6 +14,7 @@
 //! (another client's GET latency while waits are woken and events fan out; see `fanout.rs`),
 //! `expiry-lag` (how late expiry events arrive, upcache against Redis; see `expiry.rs`),
 //! `tasks` (async clients under tokio, one connection shared by many tasks; see `tasks.rs`),
+//! `multi` (multi-key requests against pipelines of single requests; see `multi.rs`),
 //! `stampede` (N callers of one missing key: `get_or_compute` against Redis's lock-and-poll
 //! recipe; see `stampede.rs`).
 
@@ -21,6 +22,7 @@ mod budget;
 mod expiry;
 mod fanout;
 mod floor;
+mod multi;
 mod proto;
 mod stampede;
 mod tasks;
@@ -177,6 +179,15 @@ enum Cmd {
         workers: Option<usize>,
         #[command(flatten)]
         load: Load,
+    },
+    /// Multi-key requests (`get_many`/`set_many`, Redis `MGET`/`MSET`, memcached multi-get)
+    /// against pipelines of single requests for the same keys (see `multi.rs`).
+    Multi {
+        /// `upcache=FILE`, `redis=ADDRESS`, `memcached=ADDRESS`, as for `run`; repeat the flag.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        #[command(flatten)]
+        dims: multi::Dims,
     },
     /// N callers of one missing key with a fixed compute time: upcache's `get_or_compute`
     /// against Redis's `SET NX PX` lock and polled GET (see `stampede.rs`).
@@ -1073,6 +1084,7 @@ fn main() {
             Cmd::SendProbe { keys, batches } => send_probe(keys, batches)?,
             Cmd::Budget { dims } => budget::run(&dims)?,
             Cmd::Fanout { target, dims } => fanout::run(&Target::parse(&target)?, &dims)?,
+            Cmd::Multi { targets, dims } => multi::run(&Target::parse_all(&targets)?, &dims)?,
             Cmd::Stampede { targets, dims } => stampede::run(&targets, &dims)?,
         }
         Ok(())

@@ -51,6 +51,7 @@ mod conn;
 mod lease;
 mod pipeline;
 mod stream;
+mod versions;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -7,6 +7,8 @@
 //! | `wait.rs` | `WAIT`, `WAIT_VALUE` |
 //! | `subscribe.rs` | `SUBSCRIBE`, `SUBSCRIBE_ALL`, `UNSUBSCRIBE` |
 //! | `ttl.rs` | `SET_TTL`, `EXPIRE`, `PERSIST`, `TTL` |
+//! | `versions.rs` | `GET_VERSIONED`, `SET_IF_VERSION`, `ADD`, `REPLACE` |
+//! | `multi.rs` | `GET_MANY`, `SET_MANY`, `REMOVE_MANY` |
 //! | `lease.rs` | `GET_OR_LEASE`, `RELEASE` (the leases of `get_or_compute`) |
 //! | `admin.rs` | `HELLO` (the handshake), `STATS`, `SHUTDOWN`, `PING` |
 //!
@@ -16,9 +18,11 @@
 mod admin;
 mod kv;
 mod lease;
+mod multi;
 mod scan;
 mod subscribe;
 mod ttl;
+mod versions;
 mod wait;
 
 use std::io::{Read, Write};
@@ -68,6 +72,21 @@ impl<S: Read + Write> Engine<S> {
             Request::Expire { key, ttl_ms } => self.expire(slot, id, hash, key, ttl_ms, now),
             Request::Persist { key } => self.persist(slot, id, hash, key),
             Request::Ttl { key } => self.ttl(slot, id, hash, key, now),
+            Request::GetVersioned { key } => self.get_versioned(slot, id, hash, key),
+            Request::SetIfVersion {
+                key,
+                value,
+                version,
+            } => self.set_if_version(slot, id, hash, key, value, version),
+            Request::Add { key, value, ttl_ms } => {
+                self.add(slot, id, hash, key, value, ttl_ms, now)
+            }
+            Request::Replace { key, value, ttl_ms } => {
+                self.replace(slot, id, hash, key, value, ttl_ms, now)
+            }
+            Request::GetMany { keys } => self.get_many(slot, id, keys),
+            Request::SetMany { pairs, ttl_ms } => self.set_many(slot, id, pairs, ttl_ms, now),
+            Request::RemoveMany { keys } => self.remove_many(slot, id, keys),
             Request::GetOrLease { key, timeout_ms } => {
                 self.get_or_lease(slot, id, hash, key, timeout_ms, now)
             }

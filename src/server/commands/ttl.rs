@@ -14,7 +14,7 @@ use crate::server::engine::Engine;
 use crate::server::fanout::Change;
 
 /// The deadline `ttl_ms` from `now`, if the TTL is in range.
-fn deadline(now: u64, ttl_ms: u64) -> Option<u64> {
+pub(super) fn deadline(now: u64, ttl_ms: u64) -> Option<u64> {
     (1..=MAX_TTL_MS).contains(&ttl_ms).then(|| now + ttl_ms)
 }
 

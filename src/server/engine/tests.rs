@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::protocol::{decode_incoming, Incoming, Reply, Request, VERSION};
+use crate::protocol::{decode_incoming, Batch, Incoming, Reply, Request, VERSION};
 use crate::server::mock::{pair, MockSocket, Peer};
 
 const TOKEN: &[u8] = b"test-token";
@@ -613,6 +613,65 @@ fn a_mass_expiry_is_spread_over_turns() {
     }
     assert_eq!(turns, 4);
     assert_eq!(e.stats(t0).expired, n as u64);
+}
+
+#[test]
+fn conditional_and_multi_writes_to_a_due_key_expire_it_first() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, HIGH_WATER, LOW_WATER);
+    let (a, peer) = connect(&mut e, t0, 1 << 20);
+    let mut out = Vec::new();
+    Request::Subscribe { key: None }.encode(2, &mut out);
+    for (i, k) in [&b"a"[..], b"b", b"c"].into_iter().enumerate() {
+        Request::SetTtl {
+            key: k,
+            value: b"old",
+            ttl_ms: 50,
+        }
+        .encode(3 + i as u32, &mut out);
+    }
+    peer.send(&out);
+    peer.pump(&mut e, a, t0);
+    take_frames(&peer, &mut Vec::new(), usize::MAX);
+    let version_before = e.store().next_version();
+    // At the deadline, before any tick: to ADD the key is missing (its EXPIRED first, as the
+    // reply depends on it), REPLACE finds nothing, SET_MANY replies first and then expires
+    // and stores.
+    let t50 = t0 + Duration::from_millis(50);
+    let mut out = Vec::new();
+    Request::Add {
+        key: b"a",
+        value: b"new",
+        ttl_ms: 0,
+    }
+    .encode(10, &mut out);
+    Request::Replace {
+        key: b"b",
+        value: b"new",
+        ttl_ms: 0,
+    }
+    .encode(11, &mut out);
+    let mut body = Vec::new();
+    let pairs = Batch::pack(&mut body, true, [(&b"c"[..], Some(&b"new"[..]))]);
+    Request::SetMany { pairs, ttl_ms: 0 }.encode(12, &mut out);
+    peer.send(&out);
+    peer.pump(&mut e, a, t50);
+    let v = version_before;
+    assert_eq!(
+        take_frames(&peer, &mut Vec::new(), usize::MAX),
+        [
+            Frame::Push(PushKind::Expired, 1, 0),
+            Frame::Reply(10, format!("{:?}", Reply::Version(v))),
+            Frame::Push(PushKind::Set, 1, 0),
+            Frame::Push(PushKind::Expired, 1, 0),
+            Frame::Reply(11, "Nil".into()),
+            Frame::Reply(12, "Done".into()),
+            Frame::Push(PushKind::Expired, 1, 0),
+            Frame::Push(PushKind::Set, 1, 0),
+        ]
+    );
+    let s = e.store();
+    assert_eq!((s.len(), s.ttl_keys(), s.next_version()), (2, 0, v + 2));
 }
 
 /// Every frame the peer was sent, with a lease push's value: `(code, id, value)`.
