@@ -13,8 +13,10 @@
 //! `send-probe` (what the kernel charges for sending replies from scattered memory), `fanout`
 //! (another client's GET latency while waits are woken and events fan out; see `fanout.rs`),
 //! `expiry-lag` (how late expiry events arrive, upcache against Redis; see `expiry.rs`),
-//! `tasks` (async clients under tokio, one connection shared by many tasks; see `tasks.rs`).
+//! `tasks` (async clients under tokio, one connection shared by many tasks; see `tasks.rs`),
+//! `cacheaside` and `cacheaside-verdict` (hit ratio in a memory budget; see `cacheaside.rs`).
 
+mod cacheaside;
 mod expiry;
 mod fanout;
 mod floor;
@@ -170,6 +172,30 @@ enum Cmd {
         #[command(flatten)]
         load: Load,
     },
+    /// Cache-aside hit ratio in a memory budget: Zipf GETs, a SET on each miss, optionally a
+    /// one-time scan halfway; one row for one target (see `cacheaside.rs`).
+    Cacheaside {
+        /// As for `run`: `upcache=FILE`, `redis=ADDRESS`, `memcached=ADDRESS`.
+        #[arg(long)]
+        target: String,
+        /// The row's name (default: the target's name), e.g. `redis-lru`.
+        #[arg(long)]
+        label: Option<String>,
+        /// The server's pid, to report its RSS.
+        #[arg(long)]
+        pid: Option<u32>,
+        #[command(flatten)]
+        dims: cacheaside::Dims,
+        /// Print the dimensions and the table's header before the row.
+        #[arg(long)]
+        header: bool,
+        /// Also append the row as a JSON line here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// For each (alpha, variant) in a `cacheaside --json` file: upcache's hit ratio against
+    /// the best of the others, and its RSS against theirs.
+    CacheasideVerdict { json: PathBuf },
     /// The upcache library's own calls: get round trip and pipelined throughput.
     Client {
         #[arg(long, default_value = "tcp")]
@@ -1042,6 +1068,19 @@ fn main() {
                 load,
             } => tasks::run(&Target::parse_all(&targets)?, &tasks, &load, workers)?,
             Cmd::Client { transport, ops } => client(transport, ops)?,
+            Cmd::Cacheaside {
+                target,
+                label,
+                pid,
+                dims,
+                header,
+                json,
+            } => {
+                let t = Target::parse(&target)?;
+                let label = label.unwrap_or_else(|| t.name.clone());
+                cacheaside::run(&t, &label, pid, &dims, header, json.as_deref())?
+            }
+            Cmd::CacheasideVerdict { json } => cacheaside::print_verdict(&json)?,
             Cmd::SendProbe { keys, batches } => send_probe(keys, batches)?,
             Cmd::Fanout { target, dims } => fanout::run(&Target::parse(&target)?, &dims)?,
         }
