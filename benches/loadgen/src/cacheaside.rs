@@ -35,8 +35,8 @@
 //! stops the run with an error rather than count as a hit.
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Barrier};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -186,6 +186,61 @@ pub fn get_outcome(proto: Proto, frame: &[u8]) -> io::Result<Option<usize>> {
     }
 }
 
+/// A barrier the connections meet at between phases, which a connection that failed opens
+/// for good (`abort`), so the others return an error instead of waiting for it forever.
+struct Gate {
+    parties: usize,
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    arrived: usize,
+    generation: u64,
+    aborted: bool,
+}
+
+impl Gate {
+    fn new(parties: usize) -> Gate {
+        Gate {
+            parties,
+            state: Mutex::default(),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Waits until every party has arrived; an error once any party aborted.
+    fn wait(&self) -> io::Result<()> {
+        let aborted = || io::Error::other("another connection failed");
+        let mut s = self.state.lock().expect("gate lock");
+        if s.aborted {
+            return Err(aborted());
+        }
+        s.arrived += 1;
+        if s.arrived == self.parties {
+            s.arrived = 0;
+            s.generation += 1;
+            self.changed.notify_all();
+            return Ok(());
+        }
+        let generation = s.generation;
+        let s = self
+            .changed
+            .wait_while(s, |s| s.generation == generation && !s.aborted)
+            .expect("gate lock");
+        if s.generation == generation {
+            return Err(aborted());
+        }
+        Ok(())
+    }
+
+    fn abort(&self) {
+        self.state.lock().expect("gate lock").aborted = true;
+        self.changed.notify_all();
+    }
+}
+
 /// What one connection counted.
 #[derive(Clone, Copy, Debug, Default)]
 struct Tally {
@@ -211,16 +266,16 @@ impl Tally {
 }
 
 /// One connection's requests and the buffers they are written from.
-struct Driver {
+struct Driver<'a> {
     c: super::Conn,
     proto: Proto,
     out: Vec<u8>,
     missed: Vec<u64>,
     id: u32,
-    values: Arc<Vec<u8>>,
+    values: &'a [u8],
 }
 
-impl Driver {
+impl Driver<'_> {
     /// GETs `ids`, then SETs those that missed; returns (GETs, hits, requests).
     fn batch(&mut self, ids: &[u64]) -> io::Result<(u64, u64, u64)> {
         self.out.clear();
@@ -261,87 +316,122 @@ impl Driver {
     }
 }
 
+/// What every connection shares.
+struct Plan {
+    zipf: Zipf<f64>,
+    depth: usize,
+    /// GETs per connection: warm-up, measured.
+    warm: u64,
+    measured: u64,
+    /// The scan's first key and key count (connection 0 makes it), in the scan variant.
+    scan: Option<(u64, u64)>,
+    values: Vec<u8>,
+    gate: Gate,
+}
+
+/// Opens the gate for good when a connection's thread ends, however it ends (an error, a
+/// panic on a server's error reply): the others then stop at their next gate instead of
+/// waiting for it. Every connection is past the last gate before any can end normally.
+struct EndGuard<'a>(&'a Gate);
+
+impl Drop for EndGuard<'_> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs the workload on `t` (its caller started it empty, with the budget) and returns the
 /// totals of every connection.
 fn drive(t: &Target, dims: &Dims) -> io::Result<Tally> {
     let space = dims.key_space();
-    let zipf = Zipf::new(space as f64, dims.alpha)
-        .map_err(|e| io::Error::other(format!("zipf({space}, {}): {e}", dims.alpha)))?;
     let conns = dims.conns.max(1);
-    let depth = dims.depth.max(1);
     let per = |total: u64| total.div_ceil(conns as u64);
-    let (warm, measured) = (per(dims.warmup_gets), per(dims.gets));
-    let values = Arc::new(vec![b'v'; MAX_VALUE]);
-    let barrier = Arc::new(Barrier::new(conns));
-    let scan = (dims.variant == Variant::Scan).then(|| (space, dims.scan_keys()));
+    let plan = Arc::new(Plan {
+        zipf: Zipf::new(space as f64, dims.alpha)
+            .map_err(|e| io::Error::other(format!("zipf({space}, {}): {e}", dims.alpha)))?,
+        depth: dims.depth.max(1),
+        warm: per(dims.warmup_gets),
+        measured: per(dims.gets),
+        scan: (dims.variant == Variant::Scan).then(|| (space, dims.scan_keys())),
+        values: vec![b'v'; MAX_VALUE],
+        gate: Gate::new(conns),
+    });
     let handles: Vec<_> = (0..conns)
         .map(|n| {
-            let (t, values, barrier) = (t.clone(), values.clone(), barrier.clone());
+            let (t, plan) = (t.clone(), plan.clone());
             let seed = dims.seed.wrapping_add(n as u64);
-            std::thread::spawn(move || -> io::Result<Tally> {
-                let mut d = Driver {
-                    c: t.connect()?,
-                    proto: t.proto,
-                    out: Vec::with_capacity(depth * (MAX_VALUE + 64)),
-                    missed: Vec::with_capacity(depth),
-                    id: 0,
-                    values,
-                };
-                let mut rng = SmallRng::seed_from_u64(seed);
-                let mut ids = Vec::with_capacity(depth);
-                // GETs `count` Zipf keys; returns (GETs, hits, requests).
-                let mut zipf_gets = |d: &mut Driver, count: u64| -> io::Result<(u64, u64, u64)> {
-                    let (mut gets, mut hits, mut reqs) = (0, 0, 0);
-                    while gets < count {
-                        ids.clear();
-                        let b = (count - gets).min(depth as u64);
-                        ids.extend((0..b).map(|_| zipf.sample(&mut rng) as u64 - 1));
-                        let (g, h, r) = d.batch(&ids)?;
-                        (gets, hits, reqs) = (gets + g, hits + h, reqs + r);
-                    }
-                    Ok((gets, hits, reqs))
-                };
-                zipf_gets(&mut d, warm)?;
-                barrier.wait();
-                let start = Instant::now();
-                let mut tally = Tally::default();
-                let first = measured / 2;
-                let (g, h, r) = zipf_gets(&mut d, first)?;
-                (tally.gets, tally.hits, tally.requests) = (g, h, r);
-                barrier.wait();
-                if let (0, Some((from, count))) = (n, scan) {
-                    let mut at = from;
-                    let mut scan_ids = Vec::with_capacity(depth);
-                    while at < from + count {
-                        scan_ids.clear();
-                        scan_ids.extend(at..(at + depth as u64).min(from + count));
-                        at += scan_ids.len() as u64;
-                        tally.requests += d.batch(&scan_ids)?.2;
-                    }
-                }
-                barrier.wait();
-                let (g, h, r) = zipf_gets(&mut d, measured - first)?;
-                tally.gets += g;
-                tally.hits += h;
-                tally.requests += r;
-                (tally.late_gets, tally.late_hits) = (g, h);
-                tally.window = start.elapsed();
-                Ok(tally)
+            std::thread::spawn(move || {
+                let _end = EndGuard(&plan.gate);
+                connection(&t, &plan, n, seed)
             })
         })
         .collect();
     let mut total = Tally::default();
     let mut failed = None;
     for h in handles {
-        match h.join().expect("load thread") {
-            Ok(t) => total.add(&t),
-            Err(e) => failed = failed.or(Some(e)),
+        match h.join() {
+            Ok(Ok(t)) => total.add(&t),
+            Ok(Err(e)) => failed = failed.or(Some(e)),
+            Err(_) => failed = failed.or(Some(io::Error::other("a load thread panicked"))),
         }
     }
     match failed {
         Some(e) => Err(e),
         None => Ok(total),
     }
+}
+
+/// Connection `n`'s part: warm-up, first half, the scan (connection 0), second half, with
+/// every connection meeting at the gate between phases.
+fn connection(t: &Target, plan: &Plan, n: usize, seed: u64) -> io::Result<Tally> {
+    let depth = plan.depth;
+    let mut d = Driver {
+        c: t.connect()?,
+        proto: t.proto,
+        out: Vec::with_capacity(depth * (MAX_VALUE + 64)),
+        missed: Vec::with_capacity(depth),
+        id: 0,
+        values: &plan.values,
+    };
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut ids = Vec::with_capacity(depth);
+    // GETs `count` Zipf keys; returns (GETs, hits, requests).
+    let mut zipf_gets = |d: &mut Driver, count: u64| -> io::Result<(u64, u64, u64)> {
+        let (mut gets, mut hits, mut reqs) = (0, 0, 0);
+        while gets < count {
+            ids.clear();
+            let b = (count - gets).min(depth as u64);
+            ids.extend((0..b).map(|_| plan.zipf.sample(&mut rng) as u64 - 1));
+            let (g, h, r) = d.batch(&ids)?;
+            (gets, hits, reqs) = (gets + g, hits + h, reqs + r);
+        }
+        Ok((gets, hits, reqs))
+    };
+    zipf_gets(&mut d, plan.warm)?;
+    plan.gate.wait()?;
+    let start = Instant::now();
+    let mut tally = Tally::default();
+    let first = plan.measured / 2;
+    (tally.gets, tally.hits, tally.requests) = zipf_gets(&mut d, first)?;
+    plan.gate.wait()?;
+    if let (0, Some((from, count))) = (n, plan.scan) {
+        let mut scan = Vec::with_capacity(depth);
+        let mut at = from;
+        while at < from + count {
+            scan.clear();
+            scan.extend(at..(at + depth as u64).min(from + count));
+            at += scan.len() as u64;
+            tally.requests += d.batch(&scan)?.2;
+        }
+    }
+    plan.gate.wait()?;
+    let (g, h, r) = zipf_gets(&mut d, plan.measured - first)?;
+    tally.gets += g;
+    tally.hits += h;
+    tally.requests += r;
+    (tally.late_gets, tally.late_hits) = (g, h);
+    tally.window = start.elapsed();
+    Ok(tally)
 }
 
 /// What a server says about itself after the run (`None`: it does not report that figure).
@@ -647,7 +737,7 @@ pub fn verdict(rows: &[Row]) -> Vec<String> {
 }
 
 /// Reads the rows of a `cacheaside --json` file and prints the verdict.
-pub fn print_verdict(path: &PathBuf) -> io::Result<()> {
+pub fn print_verdict(path: &Path) -> io::Result<()> {
     let text = std::fs::read_to_string(path)?;
     let rows = text
         .lines()
@@ -671,6 +761,25 @@ pub fn print_verdict(path: &PathBuf) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gate_lets_all_pass_together_and_an_abort_frees_the_waiters() {
+        let gate = Arc::new(Gate::new(3));
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let g = gate.clone();
+                std::thread::spawn(move || (g.wait().is_ok(), g.wait().is_ok()))
+            })
+            .collect();
+        // The third party completes the first meeting; then it fails instead of coming to the
+        // second, and the two waiting there must get an error rather than wait forever.
+        assert!(gate.wait().is_ok());
+        gate.abort();
+        for w in waiters {
+            assert_eq!(w.join().unwrap(), (true, false));
+        }
+        assert!(gate.wait().is_err(), "a gate once aborted stays open");
+    }
 
     #[test]
     fn keys_are_the_other_subcommands_keys() {
