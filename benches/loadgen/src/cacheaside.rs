@@ -24,18 +24,23 @@
 //!   stops and goes on at the same point without a pass.
 //!
 //! Reported per row: hit ratio over the measured GETs, over their second half (after the scan
-//! in the scan variant), the keys the server holds at the end by its own count (upcache
+//! in the scan variant), the ceiling (the share of the measured GETs whose key had been asked
+//! before: what a cache with no budget would hit, so no policy can do better), the keys the server holds at the end by its own count (upcache
 //! `STATS.keys`, Redis `db0:keys`, memcached `curr_items`), its evictions and its own memory
 //! figure (upcache `memory_bytes` where the server has it, else `store_bytes`; Redis
 //! `used_memory`; memcached `bytes`), the limit it reports (upcache `max_memory`, Redis
 //! `maxmemory`, memcached `limit_maxbytes`; 0: none), its RSS (`/proc/PID/status` VmRSS, with
 //! `--pid`), and requests per second (GETs and SETs, the pass's too) over the measured phase.
 //!
+//! The ceiling is counted by the client (one bit per key of the key space, shared by the
+//! connections), so it depends only on the GETs sent, not on the server.
+//!
 //! Every hit's length is checked against `value_size` of its key: a reply that does not match
 //! stops the run with an error rather than count as a hit.
 
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -241,27 +246,60 @@ impl Gate {
     }
 }
 
-/// What one connection counted.
-#[derive(Clone, Copy, Debug, Default)]
-struct Tally {
+/// Counts of a stretch of requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
     gets: u64,
     hits: u64,
-    /// GETs and hits of the measured phase's second half.
-    late_gets: u64,
-    late_hits: u64,
-    /// Every request of the measured phase (GETs, SETs, the pass's).
+    /// GETs whose key had been asked before (in any phase, by any connection): the hits of a
+    /// cache with no budget, the ceiling of every policy (only compulsory misses miss).
+    ceiling: u64,
+    /// Every request: GETs and SETs.
     requests: u64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, o: Counts) {
+        self.gets += o.gets;
+        self.hits += o.hits;
+        self.ceiling += o.ceiling;
+        self.requests += o.requests;
+    }
+}
+
+/// What one connection counted in the measured phase.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tally {
+    /// The Zipf GETs and their SETs (not the pass's).
+    all: Counts,
+    /// Those of the second half.
+    late: Counts,
+    /// The pass's GETs and SETs.
+    scan_requests: u64,
     window: Duration,
 }
 
 impl Tally {
     fn add(&mut self, o: &Tally) {
-        self.gets += o.gets;
-        self.hits += o.hits;
-        self.late_gets += o.late_gets;
-        self.late_hits += o.late_hits;
-        self.requests += o.requests;
+        self.all += o.all;
+        self.late += o.late;
+        self.scan_requests += o.scan_requests;
         self.window = self.window.max(o.window);
+    }
+}
+
+/// The keys asked so far, one bit each, shared by the connections.
+struct Seen(Vec<AtomicU64>);
+
+impl Seen {
+    fn new(keys: u64) -> Seen {
+        Seen((0..keys.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// Marks `id` asked; whether it had been before.
+    fn ask(&self, id: u64) -> bool {
+        let bit = 1u64 << (id % 64);
+        self.0[(id / 64) as usize].fetch_or(bit, Ordering::Relaxed) & bit != 0
     }
 }
 
@@ -273,11 +311,14 @@ struct Driver<'a> {
     missed: Vec<u64>,
     id: u32,
     values: &'a [u8],
+    /// The Zipf keys asked so far (the pass's keys are not in it: they are asked once).
+    seen: &'a Seen,
 }
 
 impl Driver<'_> {
-    /// GETs `ids`, then SETs those that missed; returns (GETs, hits, requests).
-    fn batch(&mut self, ids: &[u64]) -> io::Result<(u64, u64, u64)> {
+    /// GETs `ids`, then SETs those that missed. `zipf`: the ids are Zipf draws, counted
+    /// against the ceiling; else the pass's keys.
+    fn batch(&mut self, ids: &[u64], zipf: bool) -> io::Result<Counts> {
         self.out.clear();
         for &k in ids {
             self.id = self.id.wrapping_add(1);
@@ -285,11 +326,17 @@ impl Driver<'_> {
         }
         self.c.s.write_all(&self.out)?;
         self.missed.clear();
-        let mut hits = 0;
+        let mut counts = Counts {
+            gets: ids.len() as u64,
+            ..Counts::default()
+        };
         for &k in ids {
+            if zipf && self.seen.ask(k) {
+                counts.ceiling += 1;
+            }
             let proto = self.proto;
             match self.c.read_reply_with(|f| get_outcome(proto, f))?? {
-                Some(len) if len == value_size(k) => hits += 1,
+                Some(len) if len == value_size(k) => counts.hits += 1,
                 Some(len) => {
                     return Err(io::Error::other(format!(
                         "key {k}: a hit of {len} B, but its value is {} B",
@@ -311,8 +358,8 @@ impl Driver<'_> {
                 self.c.read_reply()?;
             }
         }
-        let n = ids.len() as u64;
-        Ok((n, hits, n + self.missed.len() as u64))
+        counts.requests = counts.gets + self.missed.len() as u64;
+        Ok(counts)
     }
 }
 
@@ -326,6 +373,7 @@ struct Plan {
     /// The scan's first key and key count (connection 0 makes it), in the scan variant.
     scan: Option<(u64, u64)>,
     values: Vec<u8>,
+    seen: Seen,
     gate: Gate,
 }
 
@@ -354,6 +402,7 @@ fn drive(t: &Target, dims: &Dims) -> io::Result<Tally> {
         measured: per(dims.gets),
         scan: (dims.variant == Variant::Scan).then(|| (space, dims.scan_keys())),
         values: vec![b'v'; MAX_VALUE],
+        seen: Seen::new(space),
         gate: Gate::new(conns),
     });
     let handles: Vec<_> = (0..conns)
@@ -392,27 +441,27 @@ fn connection(t: &Target, plan: &Plan, n: usize, seed: u64) -> io::Result<Tally>
         missed: Vec::with_capacity(depth),
         id: 0,
         values: &plan.values,
+        seen: &plan.seen,
     };
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut ids = Vec::with_capacity(depth);
-    // GETs `count` Zipf keys; returns (GETs, hits, requests).
-    let mut zipf_gets = |d: &mut Driver, count: u64| -> io::Result<(u64, u64, u64)> {
-        let (mut gets, mut hits, mut reqs) = (0, 0, 0);
-        while gets < count {
+    // GETs `count` Zipf keys, SETs those that missed.
+    let mut zipf_gets = |d: &mut Driver, count: u64| -> io::Result<Counts> {
+        let mut counts = Counts::default();
+        while counts.gets < count {
             ids.clear();
-            let b = (count - gets).min(depth as u64);
+            let b = (count - counts.gets).min(depth as u64);
             ids.extend((0..b).map(|_| plan.zipf.sample(&mut rng) as u64 - 1));
-            let (g, h, r) = d.batch(&ids)?;
-            (gets, hits, reqs) = (gets + g, hits + h, reqs + r);
+            counts += d.batch(&ids, true)?;
         }
-        Ok((gets, hits, reqs))
+        Ok(counts)
     };
     zipf_gets(&mut d, plan.warm)?;
     plan.gate.wait()?;
     let start = Instant::now();
     let mut tally = Tally::default();
     let first = plan.measured / 2;
-    (tally.gets, tally.hits, tally.requests) = zipf_gets(&mut d, first)?;
+    tally.all = zipf_gets(&mut d, first)?;
     plan.gate.wait()?;
     if let (0, Some((from, count))) = (n, plan.scan) {
         let mut scan = Vec::with_capacity(depth);
@@ -421,15 +470,12 @@ fn connection(t: &Target, plan: &Plan, n: usize, seed: u64) -> io::Result<Tally>
             scan.clear();
             scan.extend(at..(at + depth as u64).min(from + count));
             at += scan.len() as u64;
-            tally.requests += d.batch(&scan)?.2;
+            tally.scan_requests += d.batch(&scan, false)?.requests;
         }
     }
     plan.gate.wait()?;
-    let (g, h, r) = zipf_gets(&mut d, plan.measured - first)?;
-    tally.gets += g;
-    tally.hits += h;
-    tally.requests += r;
-    (tally.late_gets, tally.late_hits) = (g, h);
+    tally.late = zipf_gets(&mut d, plan.measured - first)?;
+    tally.all += tally.late;
     tally.window = start.elapsed();
     Ok(tally)
 }
@@ -547,12 +593,13 @@ fn ask(t: &Target, cmd: &[u8], done: impl Fn(&[u8]) -> bool) -> io::Result<Strin
 /// The table's header line.
 pub fn header() -> String {
     format!(
-        "{:<14} {:>5} {:<5} {:>7} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9}",
+        "{:<14} {:>5} {:<5} {:>7} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9}",
         "server",
         "alpha",
         "vari.",
         "hit %",
         "2nd half",
+        "ceiling %",
         "keys",
         "evicted",
         "own MiB",
@@ -594,20 +641,23 @@ pub fn run(
     let rep = report(t)?;
     let rss = pid.map(|p| rss_kib(p) * 1024);
     let ratio = |h: u64, g: u64| h as f64 / g.max(1) as f64;
-    let (hit, late) = (
-        ratio(tally.hits, tally.gets),
-        ratio(tally.late_hits, tally.late_gets),
+    let (hit, late, ceiling) = (
+        ratio(tally.all.hits, tally.all.gets),
+        ratio(tally.late.hits, tally.late.gets),
+        ratio(tally.all.ceiling, tally.all.gets),
     );
-    let ops = tally.requests as f64 / tally.window.as_secs_f64().max(1e-9);
+    let requests = tally.all.requests + tally.scan_requests;
+    let ops = requests as f64 / tally.window.as_secs_f64().max(1e-9);
     let mib = |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.1}", b as f64 / 1048576.0));
     let num = |n: Option<u64>| n.map_or("-".into(), |n| n.to_string());
     println!(
-        "{:<14} {:>5.1} {:<5} {:>7.2} {:>8.2} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9}",
+        "{:<14} {:>5.1} {:<5} {:>7.2} {:>8.2} {:>9.2} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9}",
         label,
         dims.alpha,
         dims.variant.name(),
         hit * 100.0,
         late * 100.0,
+        ceiling * 100.0,
         num(rep.keys),
         num(rep.evicted),
         mib(rep.bytes),
@@ -632,7 +682,7 @@ pub fn run(
                 "key_space": dims.key_space(), "scan_keys": dims.scan_keys(),
                 "warmup_gets": dims.warmup_gets, "gets": dims.gets, "depth": dims.depth,
                 "conns": dims.conns, "seed": dims.seed,
-                "hit_ratio": hit, "second_half_hit_ratio": late,
+                "hit_ratio": hit, "second_half_hit_ratio": late, "ceiling_hit_ratio": ceiling,
                 "keys": rep.keys, "evicted": rep.evicted, "own_bytes": rep.bytes,
                 "limit": rep.limit, "rss_bytes": rss, "ops_per_sec": ops,
             })
@@ -649,6 +699,8 @@ pub struct Row {
     pub alpha: f64,
     pub variant: String,
     pub hit_ratio: f64,
+    /// The hit ratio of a cache with no budget on the same GETs.
+    pub ceiling: Option<f64>,
     pub rss: Option<u64>,
     pub limit: Option<u64>,
 }
@@ -662,6 +714,7 @@ impl Row {
             alpha: v.get("alpha")?.as_f64()?,
             variant: s("variant")?,
             hit_ratio: v.get("hit_ratio")?.as_f64()?,
+            ceiling: v.get("ceiling_hit_ratio").and_then(|x| x.as_f64()),
             rss: v.get("rss_bytes").and_then(|x| x.as_u64()),
             limit: v.get("limit").and_then(|x| x.as_u64()),
         })
@@ -696,6 +749,9 @@ pub fn verdict(rows: &[Row]) -> Vec<String> {
         match best {
             Some(b) => line += &format!(" best peer {} {:.2} %", b.label, b.hit_ratio * 100.0),
             None => line += " no peer",
+        }
+        if let Some(c) = here.iter().find_map(|r| r.ceiling) {
+            line += &format!(" (ceiling {:.2} %)", c * 100.0);
         }
         if let Some(l) = least_rss {
             line += &format!(", least peer RSS {:.1} MiB", l as f64 / 1048576.0);
@@ -779,6 +835,94 @@ mod tests {
             assert_eq!(w.join().unwrap(), (true, false));
         }
         assert!(gate.wait().is_err(), "a gate once aborted stays open");
+    }
+
+    #[test]
+    fn seen_tells_the_first_ask_from_the_next() {
+        let seen = Seen::new(130);
+        for id in [0, 63, 64, 129] {
+            assert!(!seen.ask(id), "{id} first");
+            assert!(seen.ask(id), "{id} again");
+        }
+        assert!(!seen.ask(1), "a neighbour of a key asked is not asked");
+    }
+
+    /// An upcache server on a thread of this process, on loopback TCP, with no budget.
+    fn local_upcache() -> Target {
+        struct Ready(std::sync::mpsc::Sender<(upcache_transports::Endpoint, String)>);
+        impl upcache::server::Host for Ready {
+            fn ready(&mut self, ep: &upcache_transports::Endpoint, token: &str) -> io::Result<()> {
+                let _ = self.0.send((ep.clone(), token.to_string()));
+                Ok(())
+            }
+            fn exiting(&mut self) {}
+        }
+        let config = upcache::server::Config {
+            transport: upcache_transports::Kind::Tcp,
+            bind: upcache_transports::BindOptions {
+                dir: std::env::temp_dir(),
+                name: format!("cacheaside-test-{}", std::process::id()),
+            },
+            auto_kill: false,
+            linger: Duration::ZERO,
+            limits: Default::default(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || upcache::server::serve(&config, &mut Ready(tx)));
+        let (endpoint, token) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the server is ready");
+        Target {
+            name: "upcache".into(),
+            proto: Proto::Upcache,
+            endpoint,
+            token: Some(token),
+        }
+    }
+
+    fn small(variant: Variant, depth: usize, conns: usize) -> Dims {
+        Dims {
+            budget: MEAN_PAYLOAD * 100,
+            alpha: 1.0,
+            variant,
+            space: 8.0,
+            warmup_gets: 2_000,
+            gets: 2_000,
+            depth,
+            conns,
+            seed: 5,
+        }
+    }
+
+    #[test]
+    fn with_no_budget_one_connection_hits_exactly_the_ceiling() {
+        let t = local_upcache();
+        let dims = small(Variant::Plain, 1, 1);
+        let tally = drive(&t, &dims).unwrap();
+        assert_eq!((tally.all.gets, tally.late.gets), (2_000, 1_000));
+        // One request at a time and nothing evicted: a GET hits exactly when its key was asked
+        // (and so set) before.
+        assert_eq!(tally.all.hits, tally.all.ceiling);
+        assert!(tally.all.hits > 0 && tally.all.hits < 2_000, "{tally:?}");
+        assert_eq!(tally.all.requests, 2 * 2_000 - tally.all.hits);
+        assert_eq!(tally.scan_requests, 0);
+        let rep = report(&t).unwrap();
+        assert_eq!(rep.limit, Some(0));
+        let keys = rep.keys.unwrap();
+        assert!(keys > 0 && keys <= dims.key_space(), "{rep:?}");
+    }
+
+    #[test]
+    fn the_scan_variant_passes_once_over_new_keys() {
+        let t = local_upcache();
+        let dims = small(Variant::Scan, 8, 2);
+        let tally = drive(&t, &dims).unwrap();
+        assert_eq!(tally.all.gets, 2_000);
+        assert!(tally.all.hits <= tally.all.ceiling, "{tally:?}");
+        // Every key of the pass is new: each GET misses and is followed by its SET.
+        assert_eq!(tally.scan_requests, 2 * dims.scan_keys());
+        let keys = report(&t).unwrap().keys.unwrap();
+        assert!(keys >= dims.scan_keys(), "{keys}");
     }
 
     #[test]
@@ -929,6 +1073,7 @@ mod tests {
             alpha,
             variant: variant.into(),
             hit_ratio: hit,
+            ceiling: Some(0.99),
             rss: Some(rss),
             limit: Some(limit),
         }
@@ -952,7 +1097,11 @@ mod tests {
         assert!(v[0].contains("hit>=best: NO"), "{}", v[0]);
         assert!(v[0].contains("rss<=peers: NO"), "{}", v[0]);
         // A tie counts as met; the best peer is memcached here.
-        assert!(v[1].contains("best peer memcached-x 75.00 %"), "{}", v[1]);
+        assert!(
+            v[1].contains("best peer memcached-x 75.00 % (ceiling 99.00 %)"),
+            "{}",
+            v[1]
+        );
         assert!(v[1].contains("hit>=best: yes"), "{}", v[1]);
         assert!(v[1].contains("rss<=peers: yes"), "{}", v[1]);
         assert!(
