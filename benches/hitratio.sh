@@ -21,8 +21,8 @@
 #              otherwise: growth factor 1.25, -I 1m, slab_reassign and slab_automove=1,
 #              segmented LRU (hot/warm/cold) with the LRU crawler; -t 1 like Redis's one thread
 #
-#   bash benches/hitratio.sh            # 24 rows, about 10 minutes
-#   bash benches/hitratio.sh --quick    # 8 MiB, shorter rows, under 2 minutes
+#   bash benches/hitratio.sh            # 24 rows; 12-19 minutes on the shared 2-CPU VM
+#   bash benches/hitratio.sh --quick    # 8 MiB, shorter rows; 1-3.5 minutes there
 #   HITRATIO_JSON=rows.jsonl bash benches/hitratio.sh   # also keep the rows as JSON lines
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -100,6 +100,7 @@ for alpha in "${ALPHAS[@]}"; do
   done
 done
 echo "# hit % over the measured GETs (the scan's own requests excluded); 2nd half: after the scan;"
+echo "# ceiling: what a cache with no budget would hit on the same GETs (counted by the client);"
 echo "# keys, evicted, own MiB and limit as each server reports them (own: upcache memory_bytes or"
 echo "# store_bytes, Redis used_memory, memcached bytes); RSS: VmRSS at the end; ops/s: GETs and SETs"
 echo
