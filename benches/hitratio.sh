@@ -24,11 +24,12 @@
 #   bash benches/hitratio.sh            # 24 rows; 12-19 minutes on the shared 2-CPU VM
 #   bash benches/hitratio.sh --quick    # 8 MiB, shorter rows; 1-3.5 minutes there
 #   HITRATIO_JSON=rows.jsonl bash benches/hitratio.sh   # also keep the rows as JSON lines
+#   BUDGET_MIB=32 WARMUP=1000000 GETS=1000000 bash benches/hitratio.sh   # other dimensions
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUDGET_MIB=64
-WARMUP=1500000
-GETS=1500000
+BUDGET_MIB=${BUDGET_MIB:-64}
+WARMUP=${WARMUP:-1500000}
+GETS=${GETS:-1500000}
 for arg in "$@"; do
   case "$arg" in
     --quick) BUDGET_MIB=8; WARMUP=200000; GETS=200000 ;;
