@@ -53,7 +53,8 @@ MC_USER=(); [[ $(id -u) -eq 0 ]] && MC_USER=(-u root)
 # the budget landed) runs unbounded, and says so here and in every verdict line (its server
 # reports no limit, so the verdict marks its rows n/a).
 UPCACHE_BUDGET=(--max-memory "$B")
-if ! "$U" serve --help | grep -q -- '--max-memory'; then
+SERVE_HELP=$("$U" serve --help)  # read whole: `| grep -q` could SIGPIPE it under pipefail
+if [[ $SERVE_HELP != *--max-memory* ]]; then
   echo "# WARNING: this upcache has no 'serve --max-memory': its rows run WITHOUT a budget (not comparable)"
   UPCACHE_BUDGET=()
 fi
