@@ -16,9 +16,12 @@
 //! `tasks` (async clients under tokio, one connection shared by many tasks; see `tasks.rs`),
 //! `multi` (multi-key requests against pipelines of single requests; see `multi.rs`),
 //! `stampede` (N callers of one missing key: `get_or_compute` against Redis's lock-and-poll
-//! recipe; see `stampede.rs`).
+//! recipe; see `stampede.rs`),
+//! `budget` (RSS under a memory budget after churning 10x it; see `budget.rs`), `cacheaside`
+//! and `cacheaside-verdict` (hit ratio in a memory budget; see `cacheaside.rs`).
 
 mod budget;
+mod cacheaside;
 mod expiry;
 mod fanout;
 mod floor;
@@ -203,6 +206,30 @@ enum Cmd {
         #[command(flatten)]
         dims: budget::Dims,
     },
+    /// Cache-aside hit ratio in a memory budget: Zipf GETs, a SET on each miss, optionally a
+    /// one-time scan halfway; one row for one target (see `cacheaside.rs`).
+    Cacheaside {
+        /// As for `run`: `upcache=FILE`, `redis=ADDRESS`, `memcached=ADDRESS`.
+        #[arg(long)]
+        target: String,
+        /// The row's name (default: the target's name), e.g. `redis-lru`.
+        #[arg(long)]
+        label: Option<String>,
+        /// The server's pid, to report its RSS.
+        #[arg(long)]
+        pid: Option<u32>,
+        #[command(flatten)]
+        dims: cacheaside::Dims,
+        /// Print the dimensions and the table's header before the row.
+        #[arg(long)]
+        header: bool,
+        /// Also append the row as a JSON line here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// For each (alpha, variant) in a `cacheaside --json` file: upcache's hit ratio against
+    /// the best of the others, and its RSS against theirs.
+    CacheasideVerdict { json: PathBuf },
     /// The upcache library's own calls: get round trip and pipelined throughput.
     Client {
         #[arg(long, default_value = "tcp")]
@@ -1081,6 +1108,19 @@ fn main() {
                 load,
             } => tasks::run(&Target::parse_all(&targets)?, &tasks, &load, workers)?,
             Cmd::Client { transport, ops } => client(transport, ops)?,
+            Cmd::Cacheaside {
+                target,
+                label,
+                pid,
+                dims,
+                header,
+                json,
+            } => {
+                let t = Target::parse(&target)?;
+                let label = label.unwrap_or_else(|| t.name.clone());
+                cacheaside::run(&t, &label, pid, &dims, header, json.as_deref())?
+            }
+            Cmd::CacheasideVerdict { json } => cacheaside::print_verdict(&json)?,
             Cmd::SendProbe { keys, batches } => send_probe(keys, batches)?,
             Cmd::Budget { dims } => budget::run(&dims)?,
             Cmd::Fanout { target, dims } => fanout::run(&Target::parse(&target)?, &dims)?,
