@@ -68,6 +68,24 @@ pub struct Config {
     pub max_memory: u64,
 }
 
+impl Config {
+    /// A server on `transport` at `bind` that stays up until it is told to stop (no auto-kill,
+    /// no linger), with the default limits, the default copy threshold and no memory budget:
+    /// what a host that runs a server for itself (a benchmark, a test) starts from, changing
+    /// fields as it needs.
+    pub fn new(transport: Kind, bind: BindOptions) -> Self {
+        Config {
+            transport,
+            bind,
+            auto_kill: false,
+            linger: Duration::ZERO,
+            limits: Limits::default(),
+            copy_max: engine::COPY_MAX,
+            max_memory: 0,
+        }
+    }
+}
+
 /// What the server tells the process that hosts it.
 pub trait Host {
     /// The server listens at `endpoint` and expects `token` in every handshake. Returning an

@@ -857,16 +857,13 @@ mod tests {
             }
             fn exiting(&mut self) {}
         }
-        let config = upcache::server::Config {
-            transport: upcache_transports::Kind::Tcp,
-            bind: upcache_transports::BindOptions {
+        let config = upcache::server::Config::new(
+            upcache_transports::Kind::Tcp,
+            upcache_transports::BindOptions {
                 dir: std::env::temp_dir(),
                 name: format!("cacheaside-test-{}", std::process::id()),
             },
-            auto_kill: false,
-            linger: Duration::ZERO,
-            limits: Default::default(),
-        };
+        );
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || upcache::server::serve(&config, &mut Ready(tx)));
         let (endpoint, token) = rx

@@ -1027,21 +1027,19 @@ fn main() {
                         let _ = std::fs::remove_file(&self.0);
                     }
                 }
-                let config = upcache::server::Config {
-                    transport: transport.into(),
-                    bind: upcache_transports::BindOptions {
+                let mut config = upcache::server::Config::new(
+                    transport.into(),
+                    upcache_transports::BindOptions {
                         dir: file.parent().map(PathBuf::from).unwrap_or_default(),
                         // Named after the file, so two of them in one directory get two sockets.
                         name: file
                             .file_stem()
                             .map_or("foreground".into(), |s| s.to_string_lossy().into_owned()),
                     },
-                    auto_kill: false,
-                    linger: Duration::ZERO,
-                    limits: Default::default(),
-                    copy_max: copy_max.unwrap_or(upcache::server::engine::COPY_MAX),
-                    max_memory: 0,
-                };
+                );
+                if let Some(n) = copy_max {
+                    config.copy_max = n;
+                }
                 let max_value = config.limits.max_value;
                 upcache::server::serve(&config, &mut FileHost(file, max_value))?;
             }
