@@ -57,7 +57,7 @@
 //!
 //! The policy is S3-FIFO (Yang et al., SOSP '23) on segments. Each shard appends to two
 //! segment FIFOs: new keys to the *small* queue, keys promoted or coming back to the *main*
-//! one. A hit counts in two bits stolen from the top of [`Slot`]'s sequence number (a `Cell`:
+//! one. A hit counts in two bits stolen from the top of a slot's sequence number (a `Cell`:
 //! `get` takes `&self`; it writes only while the count is below 3, and only with a budget),
 //! so the policy adds no byte to a key. Eviction takes the oldest segment of the small queue
 //! while that queue holds more than a tenth of the shard's segment bytes, else of the main
