@@ -1,0 +1,383 @@
+//! The measured load of `run` and `matrix`: every connection driven by one thread, one mio
+//! poll, so that the client is never the ceiling of what it measures.
+//!
+//! # What one measurement does
+//!
+//! Each of `conns` connections keeps one batch of `depth` requests in flight: it writes the
+//! batch (one `write` of bytes copied from requests encoded before the run, each upcache
+//! request given a fresh id), reads the replies as they come and, once the last of them is in,
+//! writes the next batch. Every connection is non-blocking and registered edge-triggered with
+//! one `Poll`; a read that does not fill the buffer emptied the socket, and the next arrival is
+//! a new event (Linux delivers one per arrival), so a batch costs one `write`, usually one
+//! `read` and a share of one `epoll_wait`. The reply buffer is allocated once per connection.
+//!
+//! # What is measured
+//!
+//! - **Throughput**: replies to batches written after the warm-up, divided by the time from
+//!   the first such write to the last such reply (the end of the run lets batches in flight
+//!   finish).
+//! - **Latency** of a request: from just before its batch is written to just after the `read`
+//!   that completed its reply. The clock is read once per such `read`, and the replies it
+//!   completed go to the HDR histogram (3 significant digits) together (`record_n`): every
+//!   request is recorded, at the granularity of a read rather than of a parse.
+//! - **The client's own ceiling**: the thread's CPU time (user and kernel) over the same
+//!   window gives its busy share; ops ÷ busy is the rate it would reach were it never waiting
+//!   for the server. A run in which the client was at least [`CLIENT_BOUND`] busy (the server
+//!   came within 80 % of that ceiling) is client-bound: its figure says more about this client
+//!   than about the server.
+
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::{Events, Interest, Poll, Token};
+use upcache::protocol::set_frame_id;
+use upcache_transports::Stream;
+
+use crate::proto::Proto;
+use crate::{key, xorshift, Load, Op, Target};
+
+/// The busy share of the client's thread at and above which a run is client-bound.
+pub const CLIENT_BOUND: f64 = 0.8;
+
+/// Longest wait for any reply before the run gives up (a stalled server).
+const STALL: Duration = Duration::from_secs(10);
+
+/// What one measurement gives.
+#[derive(Clone, Debug)]
+pub struct Measured {
+    pub ops_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    /// The client thread's CPU time over the measured window, as a share of the window
+    /// (`None` where the client is not one thread, as in `tasks`).
+    pub client_busy: Option<f64>,
+}
+
+impl Measured {
+    /// The rate this client would reach against this server were it always busy:
+    /// `ops_per_sec / client_busy`.
+    pub fn client_ceiling(&self) -> Option<f64> {
+        self.client_busy.map(|b| self.ops_per_sec / b.max(1e-9))
+    }
+
+    /// Whether the client was the bound: the server reached [`CLIENT_BOUND`] of the client's
+    /// ceiling.
+    pub fn client_bound(&self) -> bool {
+        self.client_busy.is_some_and(|b| b >= CLIENT_BOUND)
+    }
+}
+
+/// Requests encoded once before a run, one per key: `bytes[at[i]..at[i + 1]]` is key `i`'s.
+struct Frames {
+    bytes: Vec<u8>,
+    at: Vec<usize>,
+}
+
+impl Frames {
+    fn new(keys: usize, mut encode: impl FnMut(usize, &mut Vec<u8>)) -> Frames {
+        let mut bytes = Vec::new();
+        let mut at = Vec::with_capacity(keys + 1);
+        at.push(0);
+        for i in 0..keys {
+            encode(i, &mut bytes);
+            at.push(bytes.len());
+        }
+        Frames { bytes, at }
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        &self.bytes[self.at[i]..self.at[i + 1]]
+    }
+}
+
+/// A non-blocking connection under the poll.
+enum Socket {
+    Tcp(mio::net::TcpStream),
+    Unix(mio::net::UnixStream),
+}
+
+impl Socket {
+    fn from_stream(s: Stream) -> io::Result<Socket> {
+        s.set_nonblocking(true)?;
+        Ok(match s {
+            Stream::Tcp(s) => Socket::Tcp(mio::net::TcpStream::from_std(s)),
+            Stream::Unix(s) => Socket::Unix(mio::net::UnixStream::from_std(s)),
+        })
+    }
+
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Socket::Tcp(s) => s,
+            Socket::Unix(s) => s,
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.read(buf),
+            Socket::Unix(s) => s.read(buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.write(buf),
+            Socket::Unix(s) => s.write(buf),
+        }
+    }
+}
+
+/// One connection's state: its batch in flight and its reply buffer.
+struct Lane {
+    s: Socket,
+    /// The batch being written, and how much of it is written.
+    out: Vec<u8>,
+    written: usize,
+    /// Replies arrive in `buf[start..end]`; the buffer grows only for a reply larger than it.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Replies of the batch in flight not yet read (0: no batch in flight).
+    pending: usize,
+    sent_at: Instant,
+    measured: bool,
+    rng: u64,
+    id: u32,
+}
+
+/// The requests of a run: what each op sends, encoded once per key.
+struct Work {
+    proto: Proto,
+    gets: Option<Frames>,
+    sets: Option<Frames>,
+    op: Op,
+    get_percent: u8,
+    depth: usize,
+}
+
+impl Work {
+    /// Fills `lane.out` with a new batch of `depth` requests on random keys.
+    fn batch(&self, lane: &mut Lane) {
+        lane.out.clear();
+        lane.written = 0;
+        let keys = self
+            .gets
+            .as_ref()
+            .or(self.sets.as_ref())
+            .map_or(0, |f| f.at.len() - 1) as u64;
+        for _ in 0..self.depth {
+            let r = xorshift(&mut lane.rng);
+            let i = (r % keys) as usize;
+            let get = match self.op {
+                Op::Get => true,
+                Op::Set => false,
+                Op::Mix => (r >> 32) % 100 < u64::from(self.get_percent),
+            };
+            let frames = if get { &self.gets } else { &self.sets };
+            let at = lane.out.len();
+            lane.out
+                .extend_from_slice(frames.as_ref().expect("encoded for this op").get(i));
+            if self.proto == Proto::Upcache {
+                lane.id = lane.id.wrapping_add(1);
+                set_frame_id(&mut lane.out[at..], lane.id);
+            }
+        }
+        lane.pending = self.depth;
+    }
+}
+
+/// Measures `op` against `t` (see the module docs): `conns` connections, `depth` requests in
+/// flight on each, `load.warmup` seconds unmeasured, then `load.duration` measured.
+pub fn measure(
+    t: &Target,
+    op: Op,
+    load: &Load,
+    depth: usize,
+    conns: usize,
+) -> io::Result<Measured> {
+    let value = vec![b'w'; load.value_size];
+    let (want_gets, want_sets) = (op != Op::Set, op != Op::Get);
+    let encode_keys = |f: &dyn Fn(&[u8], u32, &mut Vec<u8>)| {
+        Frames::new(load.keys.max(1), |i, out| {
+            f(&key(i, load.key_size), i as u32, out)
+        })
+    };
+    let work = Work {
+        proto: t.proto,
+        gets: want_gets.then(|| encode_keys(&|k, id, out| t.proto.get(k, id, out))),
+        sets: want_sets.then(|| encode_keys(&|k, id, out| load.set(t, k, &value, id, out))),
+        op,
+        get_percent: load.get_percent,
+        depth: depth.max(1),
+    };
+    let mut poll = Poll::new()?;
+    let mut lanes = Vec::with_capacity(conns);
+    for n in 0..conns {
+        let mut s = Socket::from_stream(t.connect()?.s)?;
+        poll.registry().register(
+            s.source(),
+            Token(n),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        lanes.push(Lane {
+            s,
+            out: Vec::new(),
+            written: 0,
+            buf: vec![0; 64 * 1024],
+            start: 0,
+            end: 0,
+            pending: 0,
+            sent_at: Instant::now(),
+            measured: false,
+            rng: 0x9e37_79b9_7f4a_7c15u64 ^ (n as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9),
+            id: 0,
+        });
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(load.warmup);
+    let end = measure_from + Duration::from_secs_f64(load.duration);
+    let (mut ops, mut first, mut last, mut cpu_from) = (0u64, None, start, None);
+    let mut in_flight = 0;
+    for lane in &mut lanes {
+        send(&work, lane, measure_from, &mut first, &mut cpu_from)?;
+        in_flight += 1;
+    }
+    let mut events = Events::with_capacity(1024);
+    while in_flight > 0 {
+        poll.poll(&mut events, Some(STALL))?;
+        if events.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no reply from {} for {STALL:?}", t.name),
+            ));
+        }
+        for ev in events.iter() {
+            let lane = &mut lanes[ev.token().0];
+            if ev.is_writable() && lane.written < lane.out.len() {
+                flush(lane)?;
+            }
+            if !ev.is_readable() && !ev.is_read_closed() && !ev.is_error() {
+                continue;
+            }
+            loop {
+                if lane.end == lane.buf.len() {
+                    make_room(lane);
+                }
+                let n = match lane.s.read(&mut lane.buf[lane.end..]) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                let drained = lane.end + n < lane.buf.len();
+                lane.end += n;
+                let mut got = 0;
+                while got < lane.pending {
+                    match work.proto.reply_len(&lane.buf[lane.start..lane.end]) {
+                        Some(len) => {
+                            lane.start += len;
+                            got += 1;
+                        }
+                        None => break,
+                    }
+                }
+                if lane.start == lane.end {
+                    (lane.start, lane.end) = (0, 0);
+                }
+                if got > 0 {
+                    lane.pending -= got;
+                    let now = Instant::now();
+                    if lane.measured {
+                        let ns = (now - lane.sent_at).as_nanos().max(1) as u64;
+                        hist.record_n(ns, got as u64).expect("in range");
+                        ops += got as u64;
+                        last = now;
+                    }
+                    if lane.pending == 0 {
+                        if now < end {
+                            send(&work, lane, measure_from, &mut first, &mut cpu_from)?;
+                        } else {
+                            in_flight -= 1;
+                        }
+                    }
+                }
+                if drained {
+                    break;
+                }
+            }
+        }
+    }
+    let busy = thread_cpu_time().saturating_sub(cpu_from.unwrap_or_default());
+    let window = first.map_or(Duration::ZERO, |f| last - f);
+    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Measured {
+        ops_per_sec: ops as f64 / window.as_secs_f64().max(1e-9),
+        p50_us: us(0.5),
+        p99_us: us(0.99),
+        p999_us: us(0.999),
+        max_us: hist.max() as f64 / 1000.0,
+        client_busy: Some(busy.as_secs_f64() / window.as_secs_f64().max(1e-9)),
+    })
+}
+
+/// Encodes and writes `lane`'s next batch; the first batch written after `measure_from` starts
+/// the measured window (`first`, and the thread's CPU time then, `cpu_from`).
+fn send(
+    work: &Work,
+    lane: &mut Lane,
+    measure_from: Instant,
+    first: &mut Option<Instant>,
+    cpu_from: &mut Option<Duration>,
+) -> io::Result<()> {
+    work.batch(lane);
+    lane.sent_at = Instant::now();
+    lane.measured = lane.sent_at >= measure_from;
+    if lane.measured && first.is_none() {
+        *first = Some(lane.sent_at);
+        *cpu_from = Some(thread_cpu_time());
+    }
+    flush(lane)
+}
+
+/// Writes what the socket takes of `lane`'s batch; the rest goes on a writable event.
+fn flush(lane: &mut Lane) -> io::Result<()> {
+    while lane.written < lane.out.len() {
+        match lane.s.write(&lane.out[lane.written..]) {
+            Ok(n) => lane.written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Makes room after `lane.end`: moves a partial reply to the front, or grows the buffer when
+/// one reply fills it all.
+fn make_room(lane: &mut Lane) {
+    if lane.start > 0 {
+        lane.buf.copy_within(lane.start..lane.end, 0);
+        (lane.start, lane.end) = (0, lane.end - lane.start);
+    } else {
+        let len = lane.buf.len();
+        lane.buf.resize(len * 2, 0);
+    }
+}
+
+/// CPU time (user and kernel) this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to write; the clock id is a constant
+    // Linux defines.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
