@@ -163,23 +163,22 @@ impl Work {
     fn batch(&self, lane: &mut Lane) {
         lane.out.clear();
         lane.written = 0;
-        let keys = self
-            .gets
-            .as_ref()
-            .or(self.sets.as_ref())
-            .map_or(0, |f| f.at.len() - 1) as u64;
+        let (gets, sets) = (self.gets.as_ref(), self.sets.as_ref());
+        let only = match self.op {
+            Op::Get => gets,
+            Op::Set => sets,
+            Op::Mix => None,
+        };
+        let keys = gets.or(sets).expect("requests encoded").at.len() as u64 - 1;
+        let get_percent = u64::from(self.get_percent);
         for _ in 0..self.depth {
             let r = xorshift(&mut lane.rng);
             let i = (r % keys) as usize;
-            let get = match self.op {
-                Op::Get => true,
-                Op::Set => false,
-                Op::Mix => (r >> 32) % 100 < u64::from(self.get_percent),
-            };
-            let frames = if get { &self.gets } else { &self.sets };
+            let frames = only
+                .or(if (r >> 32) % 100 < get_percent { gets } else { sets })
+                .expect("encoded for this op");
             let at = lane.out.len();
-            lane.out
-                .extend_from_slice(frames.as_ref().expect("encoded for this op").get(i));
+            lane.out.extend_from_slice(frames.get(i));
             if self.proto == Proto::Upcache {
                 lane.id = lane.id.wrapping_add(1);
                 set_frame_id(&mut lane.out[at..], lane.id);
@@ -321,7 +320,9 @@ pub fn measure(
         p99_us: us(0.99),
         p999_us: us(0.999),
         max_us: hist.max() as f64 / 1000.0,
-        client_busy: Some(busy.as_secs_f64() / window.as_secs_f64().max(1e-9)),
+        // No reply in the window (a stalled server): no share to speak of.
+        client_busy: (ops > 0 && !window.is_zero())
+            .then(|| busy.as_secs_f64() / window.as_secs_f64()),
     })
 }
 

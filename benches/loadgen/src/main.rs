@@ -3,9 +3,11 @@
 //! Dimensions of every measurement are flags and are printed with its result: target,
 //! transport, operation (GET or SET), pipeline depth, connections, key space, key size, value
 //! size, warm-up and duration. GET runs read keys that were stored beforehand, so they hit.
-//! Every connection is a thread with a blocking socket that writes `depth` requests at once and
-//! reads their replies; the latency of a request is the time from that write to its reply.
-//! Latencies go to an HDR histogram (3 significant digits).
+//! One thread drives every connection of a measurement through one mio poll; each connection
+//! writes `depth` requests at once and reads their replies; the latency of a request is the
+//! time from that write to the read that completed its reply, in an HDR histogram (3
+//! significant digits). Every result also gives the client's own ceiling and says whether the
+//! run was client-bound (see `drive.rs`).
 //!
 //! Subcommands: `floor` (run the floor server), `serve` (start an upcache server and print its
 //! connection file), `run` (one measurement), `matrix` (the comparison table), `memory` (bytes
