@@ -159,10 +159,30 @@ struct Work {
 }
 
 impl Work {
-    /// Fills `lane.out` with a new batch of `depth` requests on random keys.
-    fn batch(&self, lane: &mut Lane) {
-        lane.out.clear();
-        lane.written = 0;
+    /// Encodes what `op` sends to `t`, one request per key of `load` (and of each kind, for a
+    /// mix), each GET or SET as `Load` makes it.
+    fn new(t: &Target, op: Op, load: &Load, depth: usize) -> Work {
+        let value = vec![b'w'; load.value_size];
+        let encode_keys = |f: &dyn Fn(&[u8], u32, &mut Vec<u8>)| {
+            Frames::new(load.keys.max(1), |i, out| {
+                f(&key(i, load.key_size), i as u32, out)
+            })
+        };
+        Work {
+            proto: t.proto,
+            gets: (op != Op::Set).then(|| encode_keys(&|k, id, out| t.proto.get(k, id, out))),
+            sets: (op != Op::Get)
+                .then(|| encode_keys(&|k, id, out| load.set(t, k, &value, id, out))),
+            op,
+            get_percent: load.get_percent,
+            depth: depth.max(1),
+        }
+    }
+
+    /// Replaces `out` with a new batch of `depth` requests on random keys drawn from `rng`,
+    /// upcache requests numbered on from `id`.
+    fn batch(&self, out: &mut Vec<u8>, rng: &mut u64, id: &mut u32) {
+        out.clear();
         let (gets, sets) = (self.gets.as_ref(), self.sets.as_ref());
         let only = match self.op {
             Op::Get => gets,
@@ -172,19 +192,22 @@ impl Work {
         let keys = gets.or(sets).expect("requests encoded").at.len() as u64 - 1;
         let get_percent = u64::from(self.get_percent);
         for _ in 0..self.depth {
-            let r = xorshift(&mut lane.rng);
+            let r = xorshift(rng);
             let i = (r % keys) as usize;
             let frames = only
-                .or(if (r >> 32) % 100 < get_percent { gets } else { sets })
+                .or(if (r >> 32) % 100 < get_percent {
+                    gets
+                } else {
+                    sets
+                })
                 .expect("encoded for this op");
-            let at = lane.out.len();
-            lane.out.extend_from_slice(frames.get(i));
+            let at = out.len();
+            out.extend_from_slice(frames.get(i));
             if self.proto == Proto::Upcache {
-                lane.id = lane.id.wrapping_add(1);
-                set_frame_id(&mut lane.out[at..], lane.id);
+                *id = id.wrapping_add(1);
+                set_frame_id(&mut out[at..], *id);
             }
         }
-        lane.pending = self.depth;
     }
 }
 
@@ -197,21 +220,7 @@ pub fn measure(
     depth: usize,
     conns: usize,
 ) -> io::Result<Measured> {
-    let value = vec![b'w'; load.value_size];
-    let (want_gets, want_sets) = (op != Op::Set, op != Op::Get);
-    let encode_keys = |f: &dyn Fn(&[u8], u32, &mut Vec<u8>)| {
-        Frames::new(load.keys.max(1), |i, out| {
-            f(&key(i, load.key_size), i as u32, out)
-        })
-    };
-    let work = Work {
-        proto: t.proto,
-        gets: want_gets.then(|| encode_keys(&|k, id, out| t.proto.get(k, id, out))),
-        sets: want_sets.then(|| encode_keys(&|k, id, out| load.set(t, k, &value, id, out))),
-        op,
-        get_percent: load.get_percent,
-        depth: depth.max(1),
-    };
+    let work = Work::new(t, op, load, depth);
     let mut poll = Poll::new()?;
     let mut lanes = Vec::with_capacity(conns);
     for n in 0..conns {
@@ -335,7 +344,9 @@ fn send(
     first: &mut Option<Instant>,
     cpu_from: &mut Option<Duration>,
 ) -> io::Result<()> {
-    work.batch(lane);
+    work.batch(&mut lane.out, &mut lane.rng, &mut lane.id);
+    lane.written = 0;
+    lane.pending = work.depth;
     lane.sent_at = Instant::now();
     lane.measured = lane.sent_at >= measure_from;
     if lane.measured && first.is_none() {
@@ -381,4 +392,143 @@ fn thread_cpu_time() -> Duration {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use upcache::protocol::{decode_request, Decoded, Limits, Request};
+    use upcache_transports::Endpoint;
+
+    use super::*;
+    use crate::proto::resp_array;
+
+    fn load(keys: usize) -> Load {
+        Load {
+            keys,
+            key_size: 16,
+            value_size: 8,
+            warmup: 0.0,
+            duration: 0.05,
+            get_percent: 50,
+            ttl_ms: None,
+        }
+    }
+
+    fn target(proto: Proto, endpoint: Endpoint) -> Target {
+        Target {
+            name: "floor".into(),
+            proto,
+            endpoint,
+            token: (proto == Proto::Upcache).then(|| "floor".into()),
+        }
+    }
+
+    /// A floor server of this process on TCP or in `dir` (its thread ends with the tests).
+    fn floor(unix_dir: Option<std::path::PathBuf>) -> Endpoint {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            crate::floor::serve(unix_dir, |ep| tx.send(ep.clone()).unwrap())
+        });
+        rx.recv().expect("the floor listens")
+    }
+
+    #[test]
+    fn upcache_batches_are_depth_whole_requests_on_known_keys_with_fresh_ids() {
+        let t = target(Proto::Upcache, Endpoint::Tcp(([127, 0, 0, 1], 1).into()));
+        let l = load(10);
+        let work = Work::new(&t, Op::Mix, &l, 64);
+        let (mut out, mut rng, mut id) = (Vec::new(), 7u64, 41u32);
+        for round in 0..2 {
+            work.batch(&mut out, &mut rng, &mut id);
+            let (mut at, mut ids, mut kinds) = (0, Vec::new(), [0; 2]);
+            while at < out.len() {
+                match decode_request(&out[at..], &Limits::unlimited()) {
+                    Ok(Decoded::Frame((rid, req), n)) => {
+                        let k = match req {
+                            Request::Get { key } => {
+                                kinds[0] += 1;
+                                key
+                            }
+                            Request::Set { key, value } => {
+                                assert_eq!(value, [b'w'; 8]);
+                                kinds[1] += 1;
+                                key
+                            }
+                            other => panic!("{other:?}"),
+                        };
+                        assert!((0..10).any(|i| key(i, 16) == k), "{k:?}");
+                        ids.push(rid);
+                        at += n;
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            let first = 42 + 64 * round;
+            assert_eq!(ids, (first..first + 64).collect::<Vec<u32>>());
+            assert!(kinds[0] > 0 && kinds[1] > 0, "a mix of both: {kinds:?}");
+        }
+    }
+
+    #[test]
+    fn resp_batches_are_depth_commands() {
+        let t = target(Proto::Resp, Endpoint::Tcp(([127, 0, 0, 1], 1).into()));
+        let work = Work::new(&t, Op::Get, &load(3), 5);
+        let (mut out, mut rng, mut id) = (Vec::new(), 7u64, 0u32);
+        work.batch(&mut out, &mut rng, &mut id);
+        let (mut at, mut n) = (0, 0);
+        while let Some((args, len)) = resp_array(&out[at..]) {
+            assert_eq!(args[0], b"GET");
+            at += len;
+            n += 1;
+        }
+        assert_eq!((n, at), (5, out.len()));
+    }
+
+    #[test]
+    fn make_room_moves_a_partial_reply_front_then_grows() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut lane = Lane {
+            s: Socket::from_stream(Stream::Unix(a)).unwrap(),
+            out: Vec::new(),
+            written: 0,
+            buf: b"abcdefgh".to_vec(),
+            start: 3,
+            end: 8,
+            pending: 1,
+            sent_at: Instant::now(),
+            measured: false,
+            rng: 1,
+            id: 0,
+        };
+        make_room(&mut lane);
+        assert_eq!(
+            (lane.start, lane.end, &lane.buf[..5]),
+            (0, 5, &b"defgh"[..])
+        );
+        lane.end = 8;
+        make_room(&mut lane);
+        assert_eq!((lane.start, lane.end, lane.buf.len()), (0, 8, 16));
+    }
+
+    #[test]
+    fn a_run_against_the_floor_completes_every_batch_on_tcp_and_unix() {
+        let dir = std::env::temp_dir().join(format!("loadgen-drive-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for ep in [floor(None), floor(Some(dir.clone()))] {
+            let t = target(Proto::Upcache, ep);
+            for (op, depth, conns) in [(Op::Mix, 16, 3), (Op::Get, 1, 1)] {
+                // Every batch in flight must finish (the run returns) and every reply parse.
+                let m = measure(&t, op, &load(100), depth, conns).expect("a run");
+                if m.ops_per_sec > 0.0 {
+                    assert!(m.p50_us <= m.p99_us && m.p99_us <= m.max_us, "{m:?}");
+                    let busy = m.client_busy.expect("measured");
+                    assert!(busy > 0.0, "{m:?}");
+                    assert_eq!(m.client_bound(), busy >= CLIENT_BOUND);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

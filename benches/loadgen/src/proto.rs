@@ -224,6 +224,37 @@ mod tests {
     }
 
     #[test]
+    fn upcache_replies_are_measured_from_their_header() {
+        for reply in [Reply::Value(b"value"), Reply::Done, Reply::Uint(1)] {
+            let mut buf = Vec::new();
+            reply.encode(9, &mut buf);
+            buf.extend_from_slice(b"next");
+            let whole = buf.len() - 4;
+            assert_eq!(Proto::Upcache.reply_len(&buf), Some(whole), "{reply:?}");
+            for cut in 0..whole {
+                assert_eq!(
+                    Proto::Upcache.reply_len(&buf[..cut]),
+                    None,
+                    "{reply:?} {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "server error")]
+    fn an_upcache_error_reply_is_not_counted() {
+        let mut buf = Vec::new();
+        Reply::Error {
+            code: ErrorCode::ALL[0],
+            arg: 0,
+            message: b"no",
+        }
+        .encode(1, &mut buf);
+        Proto::Upcache.reply_len(&buf);
+    }
+
+    #[test]
     fn resp_arrays_need_all_their_elements() {
         let mut msg = Vec::new();
         resp_command(
