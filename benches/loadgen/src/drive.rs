@@ -77,12 +77,14 @@ struct Frames {
 }
 
 impl Frames {
-    fn new(keys: usize, mut encode: impl FnMut(usize, &mut Vec<u8>)) -> Frames {
+    /// `encode(key, id, out)` appends the request of `key`; each key's index is its id.
+    fn new(load: &Load, mut encode: impl FnMut(&[u8], u32, &mut Vec<u8>)) -> Frames {
+        let keys = load.keys.max(1);
         let mut bytes = Vec::new();
         let mut at = Vec::with_capacity(keys + 1);
         at.push(0);
         for i in 0..keys {
-            encode(i, &mut bytes);
+            encode(&key(i, load.key_size), i as u32, &mut bytes);
             at.push(bytes.len());
         }
         Frames { bytes, at }
@@ -163,16 +165,11 @@ impl Work {
     /// mix), each GET or SET as `Load` makes it.
     fn new(t: &Target, op: Op, load: &Load, depth: usize) -> Work {
         let value = vec![b'w'; load.value_size];
-        let encode_keys = |f: &dyn Fn(&[u8], u32, &mut Vec<u8>)| {
-            Frames::new(load.keys.max(1), |i, out| {
-                f(&key(i, load.key_size), i as u32, out)
-            })
-        };
         Work {
             proto: t.proto,
-            gets: (op != Op::Set).then(|| encode_keys(&|k, id, out| t.proto.get(k, id, out))),
+            gets: (op != Op::Set).then(|| Frames::new(load, |k, id, out| t.proto.get(k, id, out))),
             sets: (op != Op::Get)
-                .then(|| encode_keys(&|k, id, out| load.set(t, k, &value, id, out))),
+                .then(|| Frames::new(load, |k, id, out| load.set(t, k, &value, id, out))),
             op,
             get_percent: load.get_percent,
             depth: depth.max(1),
