@@ -70,6 +70,10 @@ impl Measured {
     }
 }
 
+/// The most bytes of requests of one kind encoded before a run; past that (large values, many
+/// keys) each request is encoded as it is sent.
+const FRAMES_BUDGET: usize = 128 << 20;
+
 /// Requests encoded once before a run, one per key: `bytes[at[i]..at[i + 1]]` is key `i`'s.
 struct Frames {
     bytes: Vec<u8>,
@@ -77,17 +81,27 @@ struct Frames {
 }
 
 impl Frames {
-    /// `encode(key, id, out)` appends the request of `key`; each key's index is its id.
-    fn new(load: &Load, mut encode: impl FnMut(&[u8], u32, &mut Vec<u8>)) -> Frames {
+    /// `encode(key, id, out)` appends the request of `key`; each key's index is its id. `None`
+    /// where the table would pass `budget` bytes.
+    fn new(
+        load: &Load,
+        budget: usize,
+        mut encode: impl FnMut(&[u8], u32, &mut Vec<u8>),
+    ) -> Option<Frames> {
         let keys = load.keys.max(1);
         let mut bytes = Vec::new();
+        encode(&key(0, load.key_size), 0, &mut bytes);
+        if bytes.len().saturating_mul(keys) > budget {
+            return None;
+        }
+        bytes.reserve(bytes.len() * (keys - 1));
         let mut at = Vec::with_capacity(keys + 1);
-        at.push(0);
-        for i in 0..keys {
+        at.extend([0, bytes.len()]);
+        for i in 1..keys {
             encode(&key(i, load.key_size), i as u32, &mut bytes);
             at.push(bytes.len());
         }
-        Frames { bytes, at }
+        Some(Frames { bytes, at })
     }
 
     fn get(&self, i: usize) -> &[u8] {
@@ -150,29 +164,48 @@ struct Lane {
     id: u32,
 }
 
-/// The requests of a run: what each op sends, encoded once per key.
+/// The requests of a run: what each op sends, encoded once per key where that fits.
 struct Work {
-    proto: Proto,
+    target: Target,
+    load: Load,
+    op: Op,
+    depth: usize,
+    /// Each kind's requests, encoded per key where they fit in the budget.
     gets: Option<Frames>,
     sets: Option<Frames>,
-    op: Op,
-    get_percent: u8,
-    depth: usize,
+    /// The keys and the value, for a kind encoded as it is sent.
+    keys: Vec<Vec<u8>>,
+    value: Vec<u8>,
 }
 
 impl Work {
     /// Encodes what `op` sends to `t`, one request per key of `load` (and of each kind, for a
-    /// mix), each GET or SET as `Load` makes it.
-    fn new(t: &Target, op: Op, load: &Load, depth: usize) -> Work {
+    /// mix), each GET or SET as `Load` makes it, in tables of at most `budget` bytes.
+    fn new(t: &Target, op: Op, load: &Load, depth: usize, budget: usize) -> Work {
         let value = vec![b'w'; load.value_size];
+        let (want_gets, want_sets) = (op != Op::Set, op != Op::Get);
+        let gets = want_gets
+            .then(|| Frames::new(load, budget, |k, id, out| t.proto.get(k, id, out)))
+            .flatten();
+        let sets = want_sets
+            .then(|| Frames::new(load, budget, |k, id, out| load.set(t, k, &value, id, out)))
+            .flatten();
+        let keys = if (want_gets && gets.is_none()) || (want_sets && sets.is_none()) {
+            (0..load.keys.max(1))
+                .map(|i| key(i, load.key_size))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Work {
-            proto: t.proto,
-            gets: (op != Op::Set).then(|| Frames::new(load, |k, id, out| t.proto.get(k, id, out))),
-            sets: (op != Op::Get)
-                .then(|| Frames::new(load, |k, id, out| load.set(t, k, &value, id, out))),
+            target: t.clone(),
+            load: *load,
             op,
-            get_percent: load.get_percent,
             depth: depth.max(1),
+            gets,
+            sets,
+            keys,
+            value,
         }
     }
 
@@ -180,29 +213,30 @@ impl Work {
     /// upcache requests numbered on from `id`.
     fn batch(&self, out: &mut Vec<u8>, rng: &mut u64, id: &mut u32) {
         out.clear();
-        let (gets, sets) = (self.gets.as_ref(), self.sets.as_ref());
-        let only = match self.op {
-            Op::Get => gets,
-            Op::Set => sets,
-            Op::Mix => None,
-        };
-        let keys = gets.or(sets).expect("requests encoded").at.len() as u64 - 1;
-        let get_percent = u64::from(self.get_percent);
+        let keys = self.load.keys.max(1) as u64;
+        let get_percent = u64::from(self.load.get_percent);
+        let proto = self.target.proto;
         for _ in 0..self.depth {
             let r = xorshift(rng);
             let i = (r % keys) as usize;
-            let frames = only
-                .or(if (r >> 32) % 100 < get_percent {
-                    gets
-                } else {
-                    sets
-                })
-                .expect("encoded for this op");
-            let at = out.len();
-            out.extend_from_slice(frames.get(i));
-            if self.proto == Proto::Upcache {
-                *id = id.wrapping_add(1);
-                set_frame_id(&mut out[at..], *id);
+            let get = match self.op {
+                Op::Get => true,
+                Op::Set => false,
+                Op::Mix => (r >> 32) % 100 < get_percent,
+            };
+            *id = id.wrapping_add(1);
+            match if get { &self.gets } else { &self.sets } {
+                Some(frames) => {
+                    let at = out.len();
+                    out.extend_from_slice(frames.get(i));
+                    if proto == Proto::Upcache {
+                        set_frame_id(&mut out[at..], *id);
+                    }
+                }
+                None if get => proto.get(&self.keys[i], *id, out),
+                None => self
+                    .load
+                    .set(&self.target, &self.keys[i], &self.value, *id, out),
             }
         }
     }
@@ -217,7 +251,7 @@ pub fn measure(
     depth: usize,
     conns: usize,
 ) -> io::Result<Measured> {
-    let work = Work::new(t, op, load, depth);
+    let work = Work::new(t, op, load, depth, FRAMES_BUDGET);
     let mut poll = Poll::new()?;
     let mut lanes = Vec::with_capacity(conns);
     for n in 0..conns {
@@ -283,7 +317,7 @@ pub fn measure(
                 lane.end += n;
                 let mut got = 0;
                 while got < lane.pending {
-                    match work.proto.reply_len(&lane.buf[lane.start..lane.end]) {
+                    match work.target.proto.reply_len(&lane.buf[lane.start..lane.end]) {
                         Some(len) => {
                             lane.start += len;
                             got += 1;
@@ -433,9 +467,17 @@ mod tests {
 
     #[test]
     fn upcache_batches_are_depth_whole_requests_on_known_keys_with_fresh_ids() {
+        // Encoded before the run, and (a budget of 0 bytes) as each request is sent.
+        for budget in [FRAMES_BUDGET, 0] {
+            upcache_batches(budget);
+        }
+    }
+
+    fn upcache_batches(budget: usize) {
         let t = target(Proto::Upcache, Endpoint::Tcp(([127, 0, 0, 1], 1).into()));
         let l = load(10);
-        let work = Work::new(&t, Op::Mix, &l, 64);
+        let work = Work::new(&t, Op::Mix, &l, 64, budget);
+        assert_eq!(work.gets.is_some(), budget > 0);
         let (mut out, mut rng, mut id) = (Vec::new(), 7u64, 41u32);
         for round in 0..2 {
             work.batch(&mut out, &mut rng, &mut id);
@@ -471,7 +513,7 @@ mod tests {
     #[test]
     fn resp_batches_are_depth_commands() {
         let t = target(Proto::Resp, Endpoint::Tcp(([127, 0, 0, 1], 1).into()));
-        let work = Work::new(&t, Op::Get, &load(3), 5);
+        let work = Work::new(&t, Op::Get, &load(3), 5, FRAMES_BUDGET);
         let (mut out, mut rng, mut id) = (Vec::new(), 7u64, 0u32);
         work.batch(&mut out, &mut rng, &mut id);
         let (mut at, mut n) = (0, 0);
