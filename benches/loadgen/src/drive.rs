@@ -26,10 +26,12 @@
 //!   came within 80 % of that ceiling) is client-bound: its figure says more about this client
 //!   than about the server.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use upcache::protocol::set_frame_id;
 use upcache_transports::Stream;
@@ -109,46 +111,9 @@ impl Frames {
     }
 }
 
-/// A non-blocking connection under the poll.
-enum Socket {
-    Tcp(mio::net::TcpStream),
-    Unix(mio::net::UnixStream),
-}
-
-impl Socket {
-    fn from_stream(s: Stream) -> io::Result<Socket> {
-        s.set_nonblocking(true)?;
-        Ok(match s {
-            Stream::Tcp(s) => Socket::Tcp(mio::net::TcpStream::from_std(s)),
-            Stream::Unix(s) => Socket::Unix(mio::net::UnixStream::from_std(s)),
-        })
-    }
-
-    fn source(&mut self) -> &mut dyn mio::event::Source {
-        match self {
-            Socket::Tcp(s) => s,
-            Socket::Unix(s) => s,
-        }
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Socket::Tcp(s) => s.read(buf),
-            Socket::Unix(s) => s.read(buf),
-        }
-    }
-
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Socket::Tcp(s) => s.write(buf),
-            Socket::Unix(s) => s.write(buf),
-        }
-    }
-}
-
 /// One connection's state: its batch in flight and its reply buffer.
 struct Lane {
-    s: Socket,
+    s: Stream,
     /// The batch being written, and how much of it is written.
     out: Vec<u8>,
     written: usize,
@@ -252,17 +217,10 @@ pub fn measure(
     conns: usize,
 ) -> io::Result<Measured> {
     let work = Work::new(t, op, load, depth, FRAMES_BUDGET);
-    let mut poll = Poll::new()?;
     let mut lanes = Vec::with_capacity(conns);
     for n in 0..conns {
-        let mut s = Socket::from_stream(t.connect()?.s)?;
-        poll.registry().register(
-            s.source(),
-            Token(n),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
         lanes.push(Lane {
-            s,
+            s: t.connect()?.s,
             out: Vec::new(),
             written: 0,
             buf: vec![0; 64 * 1024],
@@ -275,84 +233,70 @@ pub fn measure(
             id: 0,
         });
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(load.warmup);
-    let end = measure_from + Duration::from_secs_f64(load.duration);
-    let (mut ops, mut first, mut last, mut cpu_from) = (0u64, None, start, None);
-    let mut in_flight = 0;
-    for lane in &mut lanes {
-        send(&work, lane, measure_from, &mut first, &mut cpu_from)?;
-        in_flight += 1;
-    }
-    let mut events = Events::with_capacity(1024);
-    while in_flight > 0 {
-        poll.poll(&mut events, Some(STALL))?;
-        if events.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no reply from {} for {STALL:?}", t.name),
-            ));
+    let mut tally = Tally {
+        measure_from,
+        end: measure_from + Duration::from_secs_f64(load.duration),
+        hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("bounds"),
+        ops: 0,
+        first: None,
+        last: start,
+        cpu_from: None,
+    };
+    let stalled = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no reply from {} for {STALL:?}", t.name),
+        )
+    };
+    if let [lane] = lanes.as_mut_slice() {
+        // One connection: a blocking socket, and no poll between a write and its replies.
+        lane.s.set_timeout(Some(STALL))?;
+        tally.send(&work, lane)?;
+        loop {
+            match tally.read(&work, lane)? {
+                Step::Read => {}
+                Step::Done => break,
+                Step::Idle => return Err(stalled()),
+            }
         }
-        for ev in events.iter() {
-            let lane = &mut lanes[ev.token().0];
-            if ev.is_writable() && lane.written < lane.out.len() {
-                flush(lane)?;
+    } else {
+        let mut poll = Poll::new()?;
+        for (n, lane) in lanes.iter_mut().enumerate() {
+            lane.s.set_nonblocking(true)?;
+            poll.registry().register(
+                &mut SourceFd(&lane.s.as_raw_fd()),
+                Token(n),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+        }
+        for lane in &mut lanes {
+            tally.send(&work, lane)?;
+        }
+        let mut in_flight = lanes.len();
+        let mut events = Events::with_capacity(1024);
+        while in_flight > 0 {
+            poll.poll(&mut events, Some(STALL))?;
+            if events.is_empty() {
+                return Err(stalled());
             }
-            if !ev.is_readable() && !ev.is_read_closed() && !ev.is_error() {
-                continue;
-            }
-            loop {
-                if lane.end == lane.buf.len() {
-                    make_room(lane);
+            for ev in events.iter() {
+                let lane = &mut lanes[ev.token().0];
+                if ev.is_writable() && lane.written < lane.out.len() {
+                    flush(lane)?;
                 }
-                let n = match lane.s.read(&mut lane.buf[lane.end..]) {
-                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                let drained = lane.end + n < lane.buf.len();
-                lane.end += n;
-                let mut got = 0;
-                while got < lane.pending {
-                    match work.target.proto.reply_len(&lane.buf[lane.start..lane.end]) {
-                        Some(len) => {
-                            lane.start += len;
-                            got += 1;
-                        }
-                        None => break,
-                    }
-                }
-                if lane.start == lane.end {
-                    (lane.start, lane.end) = (0, 0);
-                }
-                if got > 0 {
-                    lane.pending -= got;
-                    let now = Instant::now();
-                    if lane.measured {
-                        let ns = (now - lane.sent_at).as_nanos().max(1) as u64;
-                        hist.record_n(ns, got as u64).expect("in range");
-                        ops += got as u64;
-                        last = now;
-                    }
-                    if lane.pending == 0 {
-                        if now < end {
-                            send(&work, lane, measure_from, &mut first, &mut cpu_from)?;
-                        } else {
-                            in_flight -= 1;
-                        }
-                    }
-                }
-                if drained {
-                    break;
+                if (ev.is_readable() || ev.is_read_closed() || ev.is_error())
+                    && tally.read(&work, lane)? == Step::Done
+                {
+                    in_flight -= 1;
                 }
             }
         }
     }
-    let busy = thread_cpu_time().saturating_sub(cpu_from.unwrap_or_default());
-    let window = first.map_or(Duration::ZERO, |f| last - f);
+    let busy = thread_cpu_time().saturating_sub(tally.cpu_from.unwrap_or_default());
+    let window = tally.first.map_or(Duration::ZERO, |f| tally.last - f);
+    let (hist, ops) = (&tally.hist, tally.ops);
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(Measured {
         ops_per_sec: ops as f64 / window.as_secs_f64().max(1e-9),
@@ -366,31 +310,107 @@ pub fn measure(
     })
 }
 
-/// Encodes and writes `lane`'s next batch; the first batch written after `measure_from` starts
-/// the measured window (`first`, and the thread's CPU time then, `cpu_from`).
-fn send(
-    work: &Work,
-    lane: &mut Lane,
+/// What [`Tally::read`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// The socket had nothing to read (would block, or a blocking read timed out).
+    Idle,
+    /// It read replies or parts of them.
+    Read,
+    /// The lane's last batch is answered and the run is over: nothing more to send.
+    Done,
+}
+
+/// The measurement's clock, window and histogram, shared by its lanes.
+struct Tally {
     measure_from: Instant,
-    first: &mut Option<Instant>,
-    cpu_from: &mut Option<Duration>,
-) -> io::Result<()> {
-    work.batch(&mut lane.out, &mut lane.rng, &mut lane.id);
-    lane.written = 0;
-    lane.pending = work.depth;
-    lane.sent_at = Instant::now();
-    lane.measured = lane.sent_at >= measure_from;
-    if lane.measured && first.is_none() {
-        *first = Some(lane.sent_at);
-        *cpu_from = Some(thread_cpu_time());
+    end: Instant,
+    hist: Histogram<u64>,
+    /// Replies to measured batches, and the first measured write and last measured reply.
+    ops: u64,
+    first: Option<Instant>,
+    last: Instant,
+    /// The thread's CPU time at the first measured write.
+    cpu_from: Option<Duration>,
+}
+
+impl Tally {
+    /// Encodes and writes `lane`'s next batch; the first batch written after the warm-up
+    /// starts the measured window.
+    fn send(&mut self, work: &Work, lane: &mut Lane) -> io::Result<()> {
+        work.batch(&mut lane.out, &mut lane.rng, &mut lane.id);
+        lane.written = 0;
+        lane.pending = work.depth;
+        lane.sent_at = Instant::now();
+        lane.measured = lane.sent_at >= self.measure_from;
+        if lane.measured && self.first.is_none() {
+            self.first = Some(lane.sent_at);
+            self.cpu_from = Some(thread_cpu_time());
+        }
+        flush(lane)
     }
-    flush(lane)
+
+    /// Reads what `lane`'s socket holds until a read leaves it empty, counts the replies,
+    /// records their latency (one clock read per read that completed any), and sends the next
+    /// batch once the last reply of one is in, until the end of the run.
+    fn read(&mut self, work: &Work, lane: &mut Lane) -> io::Result<Step> {
+        let mut step = Step::Idle;
+        loop {
+            if lane.end == lane.buf.len() {
+                make_room(lane);
+            }
+            let n = match lane.s.read(&mut lane.buf[lane.end..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(step),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            step = Step::Read;
+            // A read that does not fill the buffer emptied the socket: the next arrival is a
+            // new event (or, blocking, the next read waits for it).
+            let drained = lane.end + n < lane.buf.len();
+            lane.end += n;
+            let mut got = 0;
+            while got < lane.pending {
+                match work.target.proto.reply_len(&lane.buf[lane.start..lane.end]) {
+                    Some(len) => {
+                        lane.start += len;
+                        got += 1;
+                    }
+                    None => break,
+                }
+            }
+            if lane.start == lane.end {
+                (lane.start, lane.end) = (0, 0);
+            }
+            if got > 0 {
+                lane.pending -= got;
+                let now = Instant::now();
+                if lane.measured {
+                    let ns = (now - lane.sent_at).as_nanos().max(1) as u64;
+                    self.hist.record_n(ns, got as u64).expect("in range");
+                    self.ops += got as u64;
+                    self.last = now;
+                }
+                if lane.pending == 0 {
+                    if now >= self.end {
+                        return Ok(Step::Done);
+                    }
+                    self.send(work, lane)?;
+                }
+            }
+            if drained {
+                return Ok(step);
+            }
+        }
+    }
 }
 
 /// Writes what the socket takes of `lane`'s batch; the rest goes on a writable event.
 fn flush(lane: &mut Lane) -> io::Result<()> {
     while lane.written < lane.out.len() {
-        match lane.s.write(&lane.out[lane.written..]) {
+        match (&lane.s).write(&lane.out[lane.written..]) {
             Ok(n) => lane.written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -529,7 +549,7 @@ mod tests {
     fn make_room_moves_a_partial_reply_front_then_grows() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut lane = Lane {
-            s: Socket::from_stream(Stream::Unix(a)).unwrap(),
+            s: Stream::Unix(a),
             out: Vec::new(),
             written: 0,
             buf: b"abcdefgh".to_vec(),
