@@ -6,10 +6,15 @@
 //! Each of `conns` connections keeps one batch of `depth` requests in flight: it writes the
 //! batch (one `write` of bytes copied from requests encoded before the run, each upcache
 //! request given a fresh id), reads the replies as they come and, once the last of them is in,
-//! writes the next batch. Every connection is non-blocking and registered edge-triggered with
-//! one `Poll`; a read that does not fill the buffer emptied the socket, and the next arrival is
-//! a new event (Linux delivers one per arrival), so a batch costs one `write`, usually one
-//! `read` and a share of one `epoll_wait`. The reply buffer is allocated once per connection.
+//! writes the next batch. With several connections every one is non-blocking and registered
+//! edge-triggered with one `Poll`; a read that does not fill the buffer emptied the socket, and
+//! the next arrival is a new event (Linux delivers one per arrival), so a batch costs one
+//! `write`, usually one `read` and a share of one `epoll_wait`. A single connection stays
+//! blocking and skips the poll: one `write` and usually one `read` per batch. The reply buffer
+//! is allocated once per connection. Requests are encoded before the run while a table of them
+//! stays under 128 MiB (large values are encoded as they are sent).
+//!
+//! The one thread is meant to be pinned to one CPU (`taskset`, `--cpu`), away from the server's.
 //!
 //! # What is measured
 //!
