@@ -4,15 +4,16 @@
 //! # What one measurement does
 //!
 //! Each of `conns` connections keeps one batch of `depth` requests in flight: it writes the
-//! batch (one `write` of bytes copied from requests encoded before the run, each upcache
-//! request given a fresh id), reads the replies as they come and, once the last of them is in,
-//! writes the next batch. With several connections every one is non-blocking and registered
+//! batch (one `write`, straight from a stream of requests on random keys encoded before the
+//! run), reads the replies as they come and, once the last of them is in, writes the next
+//! batch. With several connections every one is non-blocking and registered
 //! edge-triggered with one `Poll`; a read that does not fill the buffer emptied the socket, and
 //! the next arrival is a new event (Linux delivers one per arrival), so a batch costs one
 //! `write`, usually one `read` and a share of one `epoll_wait`. A single connection stays
 //! blocking and skips the poll: one `write` and usually one `read` per batch. The reply buffer
-//! is allocated once per connection. Requests are encoded before the run while a table of them
-//! stays under 128 MiB (large values are encoded as they are sent).
+//! is allocated once per connection. Where the stream would pass 256 MiB (large values, more
+//! than 16M keys) each key's request is encoded once and a batch copies them; where even that
+//! table would, each request is encoded as it is sent.
 //!
 //! The one thread is meant to be pinned to one CPU (`taskset`, `--cpu`), away from the server's.
 //!
@@ -32,6 +33,7 @@
 //!   than about the server.
 
 use std::io::{self, Write};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -77,9 +79,9 @@ impl Measured {
     }
 }
 
-/// The most bytes of requests of one kind encoded before a run; past that (large values, many
-/// keys) each request is encoded as it is sent.
-const FRAMES_BUDGET: usize = 128 << 20;
+/// The most bytes of requests encoded before a run, in a table of one kind's requests per key or
+/// in the ring; past that (large values, many keys) the run does without.
+const FRAMES_BUDGET: usize = 256 << 20;
 
 /// Requests encoded once before a run, one per key: `bytes[at[i]..at[i + 1]]` is key `i`'s.
 struct Frames {
@@ -119,9 +121,13 @@ impl Frames {
 /// One connection's state: its batch in flight and its reply buffer.
 struct Lane {
     s: Stream,
-    /// The batch being written, and how much of it is written.
+    /// The batch being written (`ring[batch]` where the run has a ring, else `out`), and how
+    /// much of it is written.
     out: Vec<u8>,
+    batch: Range<usize>,
     written: usize,
+    /// The next request of the ring this lane sends.
+    pos: usize,
     /// Replies arrive in `buf[start..end]`; the buffer grows only for a reply larger than it.
     buf: Vec<u8>,
     start: usize,
@@ -134,7 +140,19 @@ struct Lane {
     id: u32,
 }
 
-/// The requests of a run: what each op sends, encoded once per key where that fits.
+/// The request stream of a run, encoded before it: `len` requests on random keys (and of random
+/// kinds, for a mix), then the first `depth` of them again, so that every batch of `depth`
+/// from any position is one slice, written as it is. Request `p` carries id `p % len + 1`:
+/// ids repeat only `len` requests apart, far more than are ever in flight.
+struct Ring {
+    bytes: Vec<u8>,
+    /// Where request `p` starts: `bytes[at[p]..at[p + 1]]`.
+    at: Vec<usize>,
+    len: usize,
+}
+
+/// The requests of a run: what each op sends, encoded once per key where that fits, and the
+/// whole stream where that fits too.
 struct Work {
     target: Target,
     load: Load,
@@ -146,6 +164,7 @@ struct Work {
     /// The keys and the value, for a kind encoded as it is sent.
     keys: Vec<Vec<u8>>,
     value: Vec<u8>,
+    ring: Option<Ring>,
 }
 
 impl Work {
@@ -167,7 +186,7 @@ impl Work {
         } else {
             Vec::new()
         };
-        Work {
+        let mut work = Work {
             target: t.clone(),
             load: *load,
             op,
@@ -176,17 +195,78 @@ impl Work {
             sets,
             keys,
             value,
+            ring: None,
+        };
+        work.ring = work.ring(budget);
+        work
+    }
+
+    /// The ring of this run, where every kind it sends is encoded per key and the ring's
+    /// `max(2^20, 4 × keys)` requests (every key several times over, in random order) fit in
+    /// `budget` bytes.
+    fn ring(&self, budget: usize) -> Option<Ring> {
+        let longest = [&self.gets, &self.sets]
+            .into_iter()
+            .flatten()
+            .map(|f| f.bytes.len() / (f.at.len() - 1))
+            .max()?;
+        if (self.op != Op::Set && self.gets.is_none())
+            || (self.op != Op::Get && self.sets.is_none())
+        {
+            return None;
+        }
+        let len = (1 << 20).max(4 * self.load.keys.max(1));
+        if (len + self.depth).saturating_mul(longest + 1) > budget {
+            return None;
+        }
+        let (mut bytes, mut rng, mut id) = (Vec::new(), 0x2545_f491_4f6c_dd1d, 0u32);
+        let mut at = Vec::with_capacity(len + self.depth + 1);
+        at.push(0);
+        while at.len() <= len {
+            self.batch(&mut bytes, &mut rng, &mut id, 1);
+            at.push(bytes.len());
+        }
+        for p in 0..self.depth {
+            let (from, to) = (at[p % len], at[p % len + 1]);
+            bytes.extend_from_within(from..to);
+            at.push(bytes.len());
+        }
+        Some(Ring { bytes, at, len })
+    }
+
+    /// Prepares `lane`'s next batch: the ring's next `depth` requests, or a batch encoded into
+    /// `lane.out`.
+    fn next(&self, lane: &mut Lane) {
+        match &self.ring {
+            Some(ring) => {
+                let p = lane.pos;
+                lane.batch = ring.at[p]..ring.at[p + self.depth];
+                lane.pos = (p + self.depth) % ring.len;
+            }
+            None => {
+                lane.out.clear();
+                self.batch(&mut lane.out, &mut lane.rng, &mut lane.id, self.depth);
+                lane.batch = 0..lane.out.len();
+            }
         }
     }
 
-    /// Replaces `out` with a new batch of `depth` requests on random keys drawn from `rng`,
-    /// upcache requests numbered on from `id`.
-    fn batch(&self, out: &mut Vec<u8>, rng: &mut u64, id: &mut u32) {
-        out.clear();
+    /// The bytes of `lane`'s batch not yet written.
+    fn unwritten<'a>(&'a self, lane: &'a Lane) -> &'a [u8] {
+        let all = match &self.ring {
+            Some(ring) => &ring.bytes[lane.batch.clone()],
+            None => &lane.out[lane.batch.clone()],
+        };
+        &all[lane.written..]
+    }
+
+    /// Appends `count` requests on random keys drawn from `rng`, upcache requests numbered on
+    /// from `id`.
+    fn batch(&self, out: &mut Vec<u8>, rng: &mut u64, id: &mut u32, count: usize) {
         let keys = self.load.keys.max(1) as u64;
         let get_percent = u64::from(self.load.get_percent);
         let proto = self.target.proto;
-        for _ in 0..self.depth {
+        for _ in 0..count {
             let r = xorshift(rng);
             let i = (r % keys) as usize;
             let get = match self.op {
@@ -227,7 +307,9 @@ pub fn measure(
         lanes.push(Lane {
             s: t.connect()?.s,
             out: Vec::new(),
+            batch: 0..0,
             written: 0,
+            pos: work.ring.as_ref().map_or(0, |r| n * r.len / conns),
             buf: vec![0; 64 * 1024],
             start: 0,
             end: 0,
@@ -288,8 +370,8 @@ pub fn measure(
             }
             for ev in events.iter() {
                 let lane = &mut lanes[ev.token().0];
-                if ev.is_writable() && lane.written < lane.out.len() {
-                    flush(lane)?;
+                if ev.is_writable() && lane.written < lane.batch.len() {
+                    flush(&work, lane)?;
                 }
                 if (ev.is_readable() || ev.is_read_closed() || ev.is_error())
                     && tally.read(&work, lane)? == Step::Done
@@ -343,7 +425,7 @@ impl Tally {
     /// Encodes and writes `lane`'s next batch; the first batch written after the warm-up
     /// starts the measured window.
     fn send(&mut self, work: &Work, lane: &mut Lane) -> io::Result<()> {
-        work.batch(&mut lane.out, &mut lane.rng, &mut lane.id);
+        work.next(lane);
         lane.written = 0;
         lane.pending = work.depth;
         lane.sent_at = Instant::now();
@@ -352,7 +434,7 @@ impl Tally {
             self.first = Some(lane.sent_at);
             self.cpu_from = Some(thread_cpu_time());
         }
-        flush(lane)
+        flush(work, lane)
     }
 
     /// Reads what `lane`'s socket holds until a read leaves it empty, counts the replies,
@@ -413,9 +495,9 @@ impl Tally {
 }
 
 /// Writes what the socket takes of `lane`'s batch; the rest goes on a writable event.
-fn flush(lane: &mut Lane) -> io::Result<()> {
-    while lane.written < lane.out.len() {
-        match (&lane.s).write(&lane.out[lane.written..]) {
+fn flush(work: &Work, lane: &mut Lane) -> io::Result<()> {
+    while lane.written < lane.batch.len() {
+        match (&lane.s).write(work.unwritten(lane)) {
             Ok(n) => lane.written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -490,48 +572,89 @@ mod tests {
         rx.recv().expect("the floor listens")
     }
 
-    #[test]
-    fn upcache_batches_are_depth_whole_requests_on_known_keys_with_fresh_ids() {
-        // Encoded before the run, and (a budget of 0 bytes) as each request is sent.
-        for budget in [FRAMES_BUDGET, 0] {
-            upcache_batches(budget);
+    /// A lane on one end of a socket pair (its batches are looked at, not sent).
+    fn lane() -> Lane {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        Lane {
+            s: Stream::Unix(a),
+            out: Vec::new(),
+            batch: 0..0,
+            written: 0,
+            pos: 0,
+            buf: vec![0; 8],
+            start: 0,
+            end: 0,
+            pending: 0,
+            sent_at: Instant::now(),
+            measured: false,
+            rng: 7,
+            id: 41,
         }
     }
 
-    fn upcache_batches(budget: usize) {
+    /// The ids of the upcache requests in `bytes`, checking each is a GET or a SET (with the
+    /// run's value) of one of `keys` keys, and that both kinds are there.
+    fn decode_batch(bytes: &[u8], keys: usize) -> Vec<u32> {
+        let (mut at, mut ids, mut kinds) = (0, Vec::new(), [0; 2]);
+        while at < bytes.len() {
+            let Ok(Decoded::Frame((id, req), n)) =
+                decode_request(&bytes[at..], &Limits::unlimited())
+            else {
+                panic!("not a whole request at {at}");
+            };
+            let k = match req {
+                Request::Get { key } => {
+                    kinds[0] += 1;
+                    key
+                }
+                Request::Set { key, value } => {
+                    assert_eq!(value, [b'w'; 8]);
+                    kinds[1] += 1;
+                    key
+                }
+                other => panic!("{other:?}"),
+            };
+            assert!((0..keys).any(|i| key(i, 16) == k), "{k:?}");
+            ids.push(id);
+            at += n;
+        }
+        assert!(kinds[0] > 0 && kinds[1] > 0, "a mix of both: {kinds:?}");
+        ids
+    }
+
+    #[test]
+    fn batches_are_depth_whole_requests_on_known_keys_with_fresh_ids() {
         let t = target(Proto::Upcache, Endpoint::Tcp(([127, 0, 0, 1], 1).into()));
-        let l = load(10);
-        let work = Work::new(&t, Op::Mix, &l, 64, budget);
-        assert_eq!(work.gets.is_some(), budget > 0);
-        let (mut out, mut rng, mut id) = (Vec::new(), 7u64, 41u32);
-        for round in 0..2 {
-            work.batch(&mut out, &mut rng, &mut id);
-            let (mut at, mut ids, mut kinds) = (0, Vec::new(), [0; 2]);
-            while at < out.len() {
-                match decode_request(&out[at..], &Limits::unlimited()) {
-                    Ok(Decoded::Frame((rid, req), n)) => {
-                        let k = match req {
-                            Request::Get { key } => {
-                                kinds[0] += 1;
-                                key
-                            }
-                            Request::Set { key, value } => {
-                                assert_eq!(value, [b'w'; 8]);
-                                kinds[1] += 1;
-                                key
-                            }
-                            other => panic!("{other:?}"),
-                        };
-                        assert!((0..10).any(|i| key(i, 16) == k), "{k:?}");
-                        ids.push(rid);
-                        at += n;
-                    }
-                    other => panic!("{other:?}"),
+        // The ring; requests encoded per key (the ring does not fit); encoded as sent.
+        for budget in [FRAMES_BUDGET, 4096, 0] {
+            let work = Work::new(&t, Op::Mix, &load(10), 64, budget);
+            assert_eq!(
+                (work.ring.is_some(), work.gets.is_some()),
+                (budget > 4096, budget > 0)
+            );
+            let mut lane = lane();
+            if let Some(ring) = &work.ring {
+                // Across the ring's end: the last 5 requests, then the first 59 again.
+                lane.pos = ring.len - 5;
+                work.next(&mut lane);
+                let ids = decode_batch(work.unwritten(&lane), 10);
+                let len = ring.len as u32;
+                let want: Vec<u32> = (len - 4..=len).chain(1..60).collect();
+                assert_eq!(ids, want);
+                assert_eq!(lane.pos, 59);
+            }
+            for _ in 0..2 {
+                let before = lane.id;
+                work.next(&mut lane);
+                let ids = decode_batch(work.unwritten(&lane), 10);
+                let mut distinct = ids.clone();
+                distinct.sort();
+                distinct.dedup();
+                assert_eq!(distinct.len(), 64, "{ids:?}");
+                if work.ring.is_none() {
+                    assert_eq!(ids, (before + 1..before + 65).collect::<Vec<u32>>());
                 }
             }
-            let first = 42 + 64 * round;
-            assert_eq!(ids, (first..first + 64).collect::<Vec<u32>>());
-            assert!(kinds[0] > 0 && kinds[1] > 0, "a mix of both: {kinds:?}");
         }
     }
 
@@ -539,8 +662,9 @@ mod tests {
     fn resp_batches_are_depth_commands() {
         let t = target(Proto::Resp, Endpoint::Tcp(([127, 0, 0, 1], 1).into()));
         let work = Work::new(&t, Op::Get, &load(3), 5, FRAMES_BUDGET);
-        let (mut out, mut rng, mut id) = (Vec::new(), 7u64, 0u32);
-        work.batch(&mut out, &mut rng, &mut id);
+        let mut lane = lane();
+        work.next(&mut lane);
+        let out = work.unwritten(&lane);
         let (mut at, mut n) = (0, 0);
         while let Some((args, len)) = resp_array(&out[at..]) {
             assert_eq!(args[0], b"GET");
@@ -552,19 +676,11 @@ mod tests {
 
     #[test]
     fn make_room_moves_a_partial_reply_front_then_grows() {
-        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut lane = Lane {
-            s: Stream::Unix(a),
-            out: Vec::new(),
-            written: 0,
             buf: b"abcdefgh".to_vec(),
             start: 3,
             end: 8,
-            pending: 1,
-            sent_at: Instant::now(),
-            measured: false,
-            rng: 1,
-            id: 0,
+            ..lane()
         };
         make_room(&mut lane);
         assert_eq!(
