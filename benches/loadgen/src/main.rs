@@ -420,8 +420,9 @@ fn pin(cpu: usize) {
 fn client_note(m: &Measured) -> String {
     match (m.client_busy, m.client_ceiling()) {
         (Some(busy), Some(ceiling)) => format!(
-            "client busy {:.0} %, client ceiling {}, client-bound: {}",
+            "client busy {:.0} % (waiting for its CPU {:.0} %), client ceiling {}, client-bound: {}",
             busy * 100.0,
+            m.client_waiting.unwrap_or(0.0) * 100.0,
             fmt_ops(ceiling),
             if m.client_bound() { "yes" } else { "no" }
         ),
@@ -461,8 +462,9 @@ fn matrix(targets: &[Target], load: &Load, quick: bool, json: Option<PathBuf>) -
         .filter(|n| targets.iter().any(|t| t.name == *n))
         .collect();
     println!(
-        "# '*': client-bound (the client was at least {:.0} % busy: the server came within {:.0} % of the client's \
-         ceiling); a ratio with '*' has a client-bound side and is not counted",
+        "# '*': client-bound (the client ran or waited for its CPU at least {:.0} % of the time: the server came \
+         within {:.0} % of the client's ceiling, or other work took the client's CPU); a ratio with '*' has a \
+         client-bound side and is not counted",
         drive::CLIENT_BOUND * 100.0,
         drive::CLIENT_BOUND * 100.0
     );
@@ -512,6 +514,7 @@ fn matrix(targets: &[Target], load: &Load, quick: bool, json: Option<PathBuf>) -
                                             "ops_per_sec": m.ops_per_sec, "p50_us": m.p50_us,
                                             "p99_us": m.p99_us, "p999_us": m.p999_us, "max_us": m.max_us,
                                             "client_busy": m.client_busy,
+                                            "client_waiting": m.client_waiting,
                                             "client_ceiling": m.client_ceiling(),
                                             "client_bound": m.client_bound(),
                                         })
