@@ -10,7 +10,8 @@
 #
 # Arguments: ROUNDS OP DEPTH CONNS NET(tcp|unix) LOADGEN... Prints ops/s per round and build,
 # then each build's mean and its range of ratios to the floor, over the rounds in which no run
-# was client-bound (`loadgen run` says `client-bound: yes`: the client at least 80 % busy).
+# was client-bound (`loadgen run` says `client-bound: yes`: the client ran or waited for its
+# CPU at least 80 % of the time).
 set -euo pipefail
 [[ $# -ge 6 ]] || { sed -n '2,12p' "$0"; exit 2; }
 ROUNDS=$1 OP=$2 DEPTH=$3 CONNS=$4 NET=$5
@@ -34,7 +35,7 @@ for _ in $(seq 200); do
   sleep 0.05
 done
 # ops TARGET: "OPS BOUND", ops/s as a plain number and 1 where the run was client-bound (the
-# client at least 80 % busy: the server within 80 % of the client's own ceiling), else 0
+# client ran or waited for its CPU at least 80 % of the time), else 0
 ops() {
   taskset -c "$CLIENT_CPU" "${BINS[0]}" run --target "$1" --op "$OP" --depth "$DEPTH" --conns "$CONNS" \
     --keys 100000 --warmup 0.5 --duration 3 | awk '

@@ -28,9 +28,11 @@
 //!   request is recorded, at the granularity of a read rather than of a parse.
 //! - **The client's own ceiling**: the thread's CPU time (user and kernel) over the same
 //!   window gives its busy share; ops ÷ busy is the rate it would reach were it never waiting
-//!   for the server. A run in which the client was at least [`CLIENT_BOUND`] busy (the server
-//!   came within 80 % of that ceiling) is client-bound: its figure says more about this client
-//!   than about the server.
+//!   for the server. The kernel's `run_delay` gives the share it spent ready to run but waiting
+//!   for its CPU (other work on that CPU). A run in which the client ran or waited at least
+//!   [`CLIENT_BOUND`] of the window (on a CPU of its own: the server came within 80 % of the
+//!   client's ceiling) is client-bound: its figure says more about this client, or about what
+//!   else ran on its CPU, than about the server.
 
 use std::io::{self, Write};
 use std::ops::Range;
