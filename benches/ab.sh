@@ -9,7 +9,9 @@
 #   bash benches/ab.sh 8 get 64 4 unix /tmp/old/target/release/loadgen target/release/loadgen
 #
 # Arguments: ROUNDS OP DEPTH CONNS NET(tcp|unix) LOADGEN... Prints ops/s per round and build,
-# then each build's mean and its range of ratios to the floor.
+# then each build's mean and its range of ratios to the floor, over the rounds in which no run
+# was client-bound (`loadgen run` says `client-bound: yes`: the client ran or waited for its
+# CPU at least 80 % of the time).
 set -euo pipefail
 [[ $# -ge 6 ]] || { sed -n '2,12p' "$0"; exit 2; }
 ROUNDS=$1 OP=$2 DEPTH=$3 CONNS=$4 NET=$5
@@ -32,28 +34,41 @@ for _ in $(seq 200); do
   [[ $ready == 1 && -s $W/floor.txt ]] && break
   sleep 0.05
 done
-ops() { # ops TARGET: ops/s as a plain number
+# ops TARGET: "OPS BOUND", ops/s as a plain number and 1 where the run was client-bound (the
+# client ran or waited for its CPU at least 80 % of the time), else 0
+ops() {
   taskset -c "$CLIENT_CPU" "${BINS[0]}" run --target "$1" --op "$OP" --depth "$DEPTH" --conns "$CONNS" \
-    --keys 100000 --warmup 0.5 --duration 3 | grep -o '[0-9.]*[kM] ops/s' |
-    awk '{v=$1; m=1; if (v ~ /k$/) m=1e3; if (v ~ /M$/) m=1e6; sub(/[kM]$/, "", v); printf "%.0f\n", v*m}'
+    --keys 100000 --warmup 0.5 --duration 3 | awk '
+    function num(v,  m) { m = 1; if (v ~ /k$/) m = 1e3; if (v ~ /M$/) m = 1e6; sub(/[kM]$/, "", v); return v * m }
+    { for (i = 1; i < NF; i++) if ($(i + 1) == "ops/s,") ops = num($i)
+      printf "%.0f %d\n", ops, (/client-bound: yes/ ? 1 : 0) }'
 }
+mark() { [[ $1 == 1 ]] && echo "*" || true; }
 echo "# $NET $OP depth $DEPTH conns $CONNS, $ROUNDS rounds; builds: ${BINS[*]}"
+echo "# '*': client-bound run; a round with one is left out of the means and ratios"
 for r in $(seq "$ROUNDS"); do
   line="round $r:"
   for i in "${!BINS[@]}"; do
-    v=$(ops "upcache=$W/b$i.json"); echo "$i $r $v" >>"$W/results"
-    line+=" build$i $(awk -v v="$v" 'BEGIN { printf "%.0fk", v / 1e3 }')"
+    read -r v b < <(ops "upcache=$W/b$i.json"); echo "$i $r $v $b" >>"$W/results"
+    line+=" build$i $(awk -v v="$v" 'BEGIN { printf "%.0fk", v / 1e3 }')$(mark "$b")"
   done
-  f=$(ops "floor=$(head -1 "$W/floor.txt")"); echo "floor $r $f" >>"$W/results"
-  line+=" floor $(awk -v v="$f" 'BEGIN { printf "%.0fk", v / 1e3 }')"
+  read -r f b < <(ops "floor=$(head -1 "$W/floor.txt")"); echo "floor $r $f $b" >>"$W/results"
+  line+=" floor $(awk -v v="$f" 'BEGIN { printf "%.0fk", v / 1e3 }')$(mark "$b")"
   echo "$line"
 done
-awk '$1 == "floor" { floor[$2] = $3 }
+awk '$4 == 1 { bound[$2] = 1 }
+     $1 == "floor" { floor[$2] = $3 }
      $1 != "floor" { v[$1, $2] = $3; builds[$1] = 1 }
      END {
+       n = 0; for (r in floor) if (!(r in bound)) n++
+       printf "rounds counted: %d of %d (the others had a client-bound run)\n", n, length(floor)
+       if (n == 0) exit
        for (b in builds) {
          sum = 0; lo = 1e9; hi = 0
-         for (r in floor) { sum += v[b, r]; q = v[b, r] / floor[r]; if (q < lo) lo = q; if (q > hi) hi = q }
-         printf "build%s: mean %.0fk ops/s, ratio to floor %.2f-%.2f\n", b, sum / length(floor) / 1e3, lo, hi
+         for (r in floor) {
+           if (r in bound) continue
+           sum += v[b, r]; q = v[b, r] / floor[r]; if (q < lo) lo = q; if (q > hi) hi = q
+         }
+         printf "build%s: mean %.0fk ops/s, ratio to floor %.2f-%.2f\n", b, sum / n / 1e3, lo, hi
        }
      }' "$W/results" | sort

@@ -7,7 +7,10 @@
 # another client (`loadgen fanout`: 65,536 waits woken by a CLEAR, 1,000 SETs to 4,096
 # subscriptions, each next to the same work with nobody listening), the lateness of expiry
 # events against Redis's (`loadgen expiry-lag`, on servers of its own), and stops every server
-# it started by its pid.
+# it started by its pid. Every matrix cell shows the client's own ceiling (its rate against the
+# floor were it always busy) and marks with '*' a run that is client-bound (the client ran or
+# waited for its CPU at least 80 % of the time); ratios with a client-bound side are left out
+# of the matrix's closing count.
 #
 #   bash benches/run.sh           # full matrix (GET/SET x depth 1,16,64 x 1,4,50 connections x TCP/Unix), < 12 min
 #   bash benches/run.sh --quick   # depth 1,16 x 1,4 connections, short cells, 100k keys for memory, < 2 min

@@ -3,9 +3,11 @@
 //! Dimensions of every measurement are flags and are printed with its result: target,
 //! transport, operation (GET or SET), pipeline depth, connections, key space, key size, value
 //! size, warm-up and duration. GET runs read keys that were stored beforehand, so they hit.
-//! Every connection is a thread with a blocking socket that writes `depth` requests at once and
-//! reads their replies; the latency of a request is the time from that write to its reply.
-//! Latencies go to an HDR histogram (3 significant digits).
+//! One thread drives every connection of a measurement through one mio poll; each connection
+//! writes `depth` requests at once and reads their replies; the latency of a request is the
+//! time from that write to the read that completed its reply, in an HDR histogram (3
+//! significant digits). Every result also gives the client's own ceiling and says whether the
+//! run was client-bound (see `drive.rs`).
 //!
 //! Subcommands: `floor` (run the floor server), `serve` (start an upcache server and print its
 //! connection file), `run` (one measurement), `matrix` (the comparison table), `memory` (bytes
@@ -22,6 +24,7 @@
 
 mod budget;
 mod cacheaside;
+mod drive;
 mod expiry;
 mod fanout;
 mod floor;
@@ -32,10 +35,10 @@ mod tasks;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use drive::Measured;
 use hdrhistogram::Histogram;
 use proto::Proto;
 use upcache::protocol::{self, Decoded, Limits, Reply, Request, VERSION};
@@ -456,97 +459,9 @@ fn xorshift(state: &mut u64) -> u64 {
     *state
 }
 
-/// What one measurement gives.
-#[derive(Clone, Debug)]
-struct Measured {
-    ops_per_sec: f64,
-    p50_us: f64,
-    p99_us: f64,
-    p999_us: f64,
-    max_us: f64,
-}
-
+/// One measurement of `op` against `t` (see `drive.rs` for what is measured and how).
 fn run(t: &Target, op: Op, load: &Load, depth: usize, conns: usize) -> io::Result<Measured> {
-    let keys: Arc<Vec<Vec<u8>>> = Arc::new((0..load.keys).map(|i| key(i, load.key_size)).collect());
-    let value = Arc::new(vec![b'w'; load.value_size]);
-    let barrier = Arc::new(Barrier::new(conns));
-    let warmup = Duration::from_secs_f64(load.warmup);
-    let get_percent = load.get_percent;
-    let duration = Duration::from_secs_f64(load.duration);
-    let load = *load;
-    let handles: Vec<_> = (0..conns)
-        .map(|n| {
-            let (t, keys, value, barrier) =
-                (t.clone(), keys.clone(), value.clone(), barrier.clone());
-            std::thread::spawn(move || -> io::Result<(Histogram<u64>, u64, Duration)> {
-                let mut c = t.connect()?;
-                let mut hist =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
-                let mut rng =
-                    0x9e37_79b9_7f4a_7c15u64 ^ (n as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                let mut out = Vec::new();
-                let mut id = 0u32;
-                barrier.wait();
-                let start = Instant::now();
-                let (measure_from, end) = (start + warmup, start + warmup + duration);
-                let (mut ops, mut first, mut last) = (0u64, None, start);
-                loop {
-                    let t0 = Instant::now();
-                    if t0 >= end {
-                        break;
-                    }
-                    out.clear();
-                    for _ in 0..depth {
-                        xorshift(&mut rng);
-                        let k = &keys[(rng % keys.len() as u64) as usize];
-                        id = id.wrapping_add(1);
-                        let get = match op {
-                            Op::Get => true,
-                            Op::Set => false,
-                            Op::Mix => (rng >> 32) % 100 < u64::from(get_percent),
-                        };
-                        if get {
-                            t.proto.get(k, id, &mut out)
-                        } else {
-                            load.set(&t, k, &value, id, &mut out)
-                        }
-                    }
-                    c.s.write_all(&out)?;
-                    let measured = t0 >= measure_from;
-                    for _ in 0..depth {
-                        c.read_reply()?;
-                        if measured {
-                            hist.record(t0.elapsed().as_nanos().max(1) as u64)
-                                .expect("in range");
-                        }
-                    }
-                    if measured {
-                        first.get_or_insert(t0);
-                        ops += depth as u64;
-                        last = Instant::now();
-                    }
-                }
-                let window = first.map_or(Duration::ZERO, |f| last - f);
-                Ok((hist, ops, window))
-            })
-        })
-        .collect();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
-    let (mut ops, mut window) = (0u64, Duration::ZERO);
-    for h in handles {
-        let (h, o, w) = h.join().expect("load thread")?;
-        hist.add(h).expect("same bounds");
-        ops += o;
-        window = window.max(w);
-    }
-    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    Ok(Measured {
-        ops_per_sec: ops as f64 / window.as_secs_f64().max(1e-9),
-        p50_us: us(0.5),
-        p99_us: us(0.99),
-        p999_us: us(0.999),
-        max_us: hist.max() as f64 / 1000.0,
-    })
+    drive::measure(t, op, load, depth, conns)
 }
 
 fn pin(cpu: usize) {
@@ -557,6 +472,21 @@ fn pin(cpu: usize) {
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             eprintln!("could not pin to CPU {cpu}: {}", io::Error::last_os_error());
         }
+    }
+}
+
+/// What `run` says about the client: its busy share, its ceiling, and whether the run is
+/// client-bound (`client-bound: yes`, which the scripts look for).
+fn client_note(m: &Measured) -> String {
+    match (m.client_busy, m.client_ceiling()) {
+        (Some(busy), Some(ceiling)) => format!(
+            "client busy {:.0} % (waiting for its CPU {:.0} %), client ceiling {}, client-bound: {}",
+            busy * 100.0,
+            m.client_waiting.unwrap_or(0.0) * 100.0,
+            fmt_ops(ceiling),
+            if m.client_bound() { "yes" } else { "no" }
+        ),
+        _ => "client ceiling not measured".into(),
     }
 }
 
@@ -591,12 +521,24 @@ fn matrix(targets: &[Target], load: &Load, quick: bool, json: Option<PathBuf>) -
         .into_iter()
         .filter(|n| targets.iter().any(|t| t.name == *n))
         .collect();
+    println!(
+        "# '*': client-bound (the client ran or waited for its CPU at least {:.0} % of the time: the server came \
+         within {:.0} % of the client's ceiling, or other work took the client's CPU); a ratio with '*' has a \
+         client-bound side and is not counted",
+        drive::CLIENT_BOUND * 100.0,
+        drive::CLIENT_BOUND * 100.0
+    );
+    println!(
+        "# ceiling: the client's own rate against the floor in this cell, were it always busy"
+    );
     let mut header = format!("{:<5} {:<4} {:>5} {:>5}", "net", "op", "depth", "conns");
     for n in &names {
-        header += &format!(" | {:>9} {:>15}", format!("{n} ops/s"), "p50/p99 µs");
+        header += &format!(" | {:>10} {:>15}", format!("{n} ops/s"), "p50/p99 µs");
     }
-    header += " | up/redis up/memc up/floor";
+    header += &format!(" | {:>8} | up/redis up/memc up/floor", "ceiling");
     println!("{header}");
+    // (cell, up/floor) of every cell with both, and whether a side was client-bound.
+    let mut floor_ratios: Vec<(String, f64, bool)> = Vec::new();
     let mut upcache_by_cell = std::collections::HashMap::new();
     for net in ["tcp", "unix"] {
         let here: Vec<&Target> = targets.iter().filter(|t| t.transport() == net).collect();
@@ -616,8 +558,9 @@ fn matrix(targets: &[Target], load: &Load, quick: bool, json: Option<PathBuf>) -
                             Some(t) => {
                                 let m = run(t, op, &load, d, c)?;
                                 row += &format!(
-                                    " | {:>9} {:>15}",
+                                    " | {:>9}{} {:>15}",
                                     fmt_ops(m.ops_per_sec),
+                                    if m.client_bound() { '*' } else { ' ' },
                                     format!("{:.1}/{:.1}", m.p50_us, m.p99_us)
                                 );
                                 if let Some(f) = json_out.as_mut() {
@@ -630,22 +573,42 @@ fn matrix(targets: &[Target], load: &Load, quick: bool, json: Option<PathBuf>) -
                                             "key_size": load.key_size, "value_size": load.value_size,
                                             "ops_per_sec": m.ops_per_sec, "p50_us": m.p50_us,
                                             "p99_us": m.p99_us, "p999_us": m.p999_us, "max_us": m.max_us,
+                                            "client_busy": m.client_busy,
+                                            "client_waiting": m.client_waiting,
+                                            "client_ceiling": m.client_ceiling(),
+                                            "client_bound": m.client_bound(),
                                         })
                                     )?;
                                 }
-                                got.insert(*n, m.ops_per_sec);
+                                got.insert(*n, m.clone());
                                 if *n == "upcache" {
                                     upcache_by_cell
                                         .insert((net, format!("{op:?}"), d, c), m.ops_per_sec);
                                 }
                             }
-                            None => row += &format!(" | {:>9} {:>15}", "-", "-"),
+                            None => row += &format!(" | {:>10} {:>15}", "-", "-"),
                         }
                     }
+                    let ceiling = got.get("floor").and_then(Measured::client_ceiling);
+                    row += &format!(" | {:>8}", ceiling.map_or("-".into(), fmt_ops));
                     let ratio = |peer: &str| match (got.get("upcache"), got.get(peer)) {
-                        (Some(u), Some(p)) => format!("{:.2}", u / p),
+                        (Some(u), Some(p)) => {
+                            let bound = u.client_bound() || p.client_bound();
+                            let mark = if bound { "*" } else { "" };
+                            format!("{:.2}{mark}", u.ops_per_sec / p.ops_per_sec)
+                        }
                         _ => "-".into(),
                     };
+                    if let (Some(u), Some(f)) = (got.get("upcache"), got.get("floor")) {
+                        floor_ratios.push((
+                            format!(
+                                "{net} {} depth {d} conns {c}",
+                                format!("{op:?}").to_uppercase()
+                            ),
+                            u.ops_per_sec / f.ops_per_sec,
+                            u.client_bound() || f.client_bound(),
+                        ));
+                    }
                     row += &format!(
                         " | {:>8} {:>7} {:>8}",
                         ratio("redis"),
@@ -654,6 +617,32 @@ fn matrix(targets: &[Target], load: &Load, quick: bool, json: Option<PathBuf>) -
                     );
                     println!("{row}");
                 }
+            }
+        }
+    }
+    if !floor_ratios.is_empty() {
+        let (bound, counted): (Vec<_>, Vec<_>) = floor_ratios.iter().partition(|r| r.2);
+        let mut r: Vec<f64> = counted.iter().map(|c| c.1).collect();
+        r.sort_by(f64::total_cmp);
+        println!(
+            "\nup/floor, cells not client-bound: {} of {}{}",
+            counted.len(),
+            floor_ratios.len(),
+            if r.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; min {:.2}, median {:.2}; at least 0.6 in {}",
+                    r[0],
+                    r[r.len() / 2],
+                    r.iter().filter(|&&x| x >= 0.6).count()
+                )
+            }
+        );
+        if !bound.is_empty() {
+            println!("client-bound cells (not counted):");
+            for (cell, ratio, _) in bound {
+                println!("  {cell}: up/floor {ratio:.2}");
             }
         }
     }
@@ -1056,9 +1045,10 @@ fn main() {
                 }
                 let m = run(&t, op, &load, depth, conns)?;
                 println!(
-                    "{} {} {:?} depth {depth} conns {conns} keys {} key {} B value {} B: {} ops/s, p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.1} µs",
+                    "{} {} {:?} depth {depth} conns {conns} keys {} key {} B value {} B: {} ops/s, p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.1} µs; {}",
                     t.name, t.transport(), op, load.keys, load.key_size, load.value_size,
-                    fmt_ops(m.ops_per_sec), m.p50_us, m.p99_us, m.p999_us, m.max_us
+                    fmt_ops(m.ops_per_sec), m.p50_us, m.p99_us, m.p999_us, m.max_us,
+                    client_note(&m)
                 );
             }
             Cmd::Matrix {

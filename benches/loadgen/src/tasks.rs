@@ -140,6 +140,8 @@ async fn measure(client: &Client, keys: &Arc<Vec<Vec<u8>>>, tasks: usize, load: 
         p99_us: us(0.99),
         p999_us: us(0.999),
         max_us: hist.max() as f64 / 1000.0,
+        client_busy: None,
+        client_waiting: None,
     }
 }
 
