@@ -2,7 +2,8 @@
 # A/B of upcache builds in one cell: each build's `loadgen` runs its own upcache server, and
 # the floor server runs from the first; every round measures each build, then the floor, one
 # after another (0.5 s warm-up, 3 s measured), so drift of the machine hits all of them alike.
-# Servers pinned to CPU 1, client to CPU 0; 100,000 keys of 16 B, values of 64 B.
+# Servers pinned to CPU 1, client to CPU 0; 100,000 keys of 16 B (KEYS=N for another count),
+# values of 64 B. The first build's loadgen is the client and runs the floor server.
 #
 #   git worktree add /tmp/old <rev> && (cd /tmp/old && cargo build --release -p upcache-loadgen)
 #   cargo build --release -p upcache-loadgen
@@ -15,6 +16,7 @@
 set -euo pipefail
 [[ $# -ge 6 ]] || { sed -n '2,12p' "$0"; exit 2; }
 ROUNDS=$1 OP=$2 DEPTH=$3 CONNS=$4 NET=$5
+KEYS=${KEYS:-100000}
 shift 5
 BINS=("$@")
 W=$(mktemp -d /tmp/upcache-ab.XXXXXX)
@@ -38,13 +40,13 @@ done
 # client ran or waited for its CPU at least 80 % of the time), else 0
 ops() {
   taskset -c "$CLIENT_CPU" "${BINS[0]}" run --target "$1" --op "$OP" --depth "$DEPTH" --conns "$CONNS" \
-    --keys 100000 --warmup 0.5 --duration 3 | awk '
+    --keys "$KEYS" --warmup 0.5 --duration 3 | awk '
     function num(v,  m) { m = 1; if (v ~ /k$/) m = 1e3; if (v ~ /M$/) m = 1e6; sub(/[kM]$/, "", v); return v * m }
     { for (i = 1; i < NF; i++) if ($(i + 1) == "ops/s,") ops = num($i)
       printf "%.0f %d\n", ops, (/client-bound: yes/ ? 1 : 0) }'
 }
 mark() { [[ $1 == 1 ]] && echo "*" || true; }
-echo "# $NET $OP depth $DEPTH conns $CONNS, $ROUNDS rounds; builds: ${BINS[*]}"
+echo "# $NET $OP depth $DEPTH conns $CONNS keys $KEYS, $ROUNDS rounds; builds: ${BINS[*]}"
 echo "# '*': client-bound run; a round with one is left out of the means and ratios"
 for r in $(seq "$ROUNDS"); do
   line="round $r:"
