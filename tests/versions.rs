@@ -489,6 +489,17 @@ fn size_limits_are_checked_before_sending(t: TransportKind) {
     // The handle is fine and nothing was written.
     assert_eq!(c.count().unwrap(), 0);
     assert_eq!(c.get_many(&keys[..100]).unwrap(), vec![None; 100]);
+    // Values within the limit one by one but longer than it together: REPLY_TOO_LARGE (a reply
+    // longer than the longest value would cost the client its connection), and the handle
+    // goes on.
+    c.set("a", vec![1u8; 600]).unwrap();
+    c.set("b", vec![2u8; 600]).unwrap();
+    assert!(matches!(
+        c.get_many(["a", "b"]),
+        Err(Error::Server { code, .. }) if code == ErrorCode::ReplyTooLarge
+    ));
+    assert_eq!(c.get_many(["b"]).unwrap(), vec![Some(vec![2u8; 600])]);
+    assert_eq!(c.remove_many(["a", "b"]).unwrap(), 2);
     // At most 65,536 keys in one batch, checked before sending.
     let c = sb.open(&sb.name("batch"));
     let many: Vec<u32> = (0..=MAX_BATCH_KEYS).collect();

@@ -123,7 +123,9 @@ impl UpCache {
     ///
     /// [`ComputeError::Compute`] with `f`'s error; [`ComputeError::Cache`] with
     /// [`Error::KeyTooLarge`], [`Error::InvalidTtl`] (before anything is sent),
-    /// [`Error::ValueTooLarge`] (for `f`'s value; the lease is released), [`Error::Server`] with
+    /// [`Error::ValueTooLarge`] or [`Error::OverBudget`] (`f`'s value cannot be stored: the
+    /// lease is released, so the next waiting caller computes again and, with a value just as
+    /// large, fails the same way: the cache cannot hold that value), [`Error::Server`] with
     /// code `Busy` (65,536 leases and lease waits on one handle), and those of [every call](UpCache#errors).
     ///
     /// [`Builder::lease_timeout`]: super::Builder::lease_timeout

@@ -210,7 +210,8 @@ impl UpCache {
     /// plus the key each) are over the server's longest value, before anything is sent;
     /// [`Error::Server`](crate::Error::Server) with
     /// [`ErrorCode::ReplyTooLarge`](crate::protocol::ErrorCode::ReplyTooLarge) when the values
-    /// together (4 bytes plus the value each) are over 4 GiB; and those of
+    /// together (4 bytes plus the value each) are longer than the server's longest value
+    /// ([`max_value_len`](crate::Builder::max_value_len)); and those of
     /// [every call](UpCache#errors).
     pub fn get_many<K: AsRef<[u8]>>(
         &self,

@@ -172,8 +172,8 @@ codes! {
         /// A TTL of 0 or over [`MAX_TTL_MS`](super::MAX_TTL_MS); nothing changed and the
         /// connection goes on.
         BadTtl = 0x4b,
-        /// A `GET_MANY` reply would not fit a frame (its body over `u32::MAX` bytes); nothing
-        /// changed and the connection goes on.
+        /// A `GET_MANY` reply would be longer than the server's longest value (`max_value`);
+        /// nothing changed and the connection goes on.
         ReplyTooLarge = 0x4c,
         /// A multi-key request with more than [`MAX_BATCH_KEYS`](super::MAX_BATCH_KEYS)
         /// entries; nothing changed and the connection goes on.
@@ -200,7 +200,7 @@ impl ErrorCode {
             ErrorCode::NoSuchSubscription => "no such subscription",
             ErrorCode::Busy => "too many waits or subscriptions on this connection",
             ErrorCode::BadTtl => "a TTL must be 1 ms to 2^40 - 1 ms (about 34 years)",
-            ErrorCode::ReplyTooLarge => "the values asked for do not fit one reply frame (4 GiB)",
+            ErrorCode::ReplyTooLarge => "the values asked for are longer together than the server's longest value",
             ErrorCode::BatchTooLarge => "a multi-key request holds at most 65,536 keys",
             ErrorCode::OverBudget => {
                 "value too large for the server's memory budget (a record may take half of it)"

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `engine.rs` | the state, timers (handshake and close deadlines), shutdown |
 //! | `conn_io.rs` | reading, decoding windows, backpressure, writing, closing |
-//! | `commands/` | one file per command family: `kv`, `scan`, `wait`, `subscribe`, `ttl`, `lease`, `admin` |
+//! | `commands/` | one file per command family: `kv`, `scan`, `wait`, `subscribe`, `ttl`, `versions`, `multi`, `lease`, `admin` |
 //! | `fanout.rs` | delivering events to subscriptions, waking waits, serving lease waiters, lag reports |
 //! | `leases.rs` | who holds the lease of a missing key and who waits for it (`get_or_compute`) |
 //! | `stats.rs` | the counters and the `stats` reply |

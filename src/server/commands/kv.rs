@@ -97,6 +97,10 @@ impl<S: Read + Write> Engine<S> {
     /// `INCR`: an error leaves the value unchanged and sends no event.
     #[inline]
     pub(super) fn incr(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8], delta: i64) {
+        // The new value is at most 20 digits; the key can be long.
+        if !self.fits_budget(slot, id, key, &[0; 20]) {
+            return;
+        }
         self.expire_if_due(hash, key);
         match self.store.incr(hash, key, delta) {
             Ok((n, e)) => {

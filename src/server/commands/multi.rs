@@ -71,8 +71,11 @@ impl<S: Read + Write> Engine<S> {
         self.stats.gets += u64::from(keys.len());
         self.stats.hits += found.iter().filter(|e| e.is_some()).count() as u64;
         let copy_max = self.config.copy_max;
+        // A client accepts a reply as long as the longest value it may ask for (the server's
+        // `max_value`, in the connection file): a longer one would cost it its connection.
+        let max_body = self.config.limits.max_value;
         let c = &mut self.conns[slot];
-        let Ok(body_len) = u32::try_from(body_len) else {
+        let Some(body_len) = u32::try_from(body_len).ok().filter(|&n| n <= max_body) else {
             return c.queue_error(id, ErrorCode::ReplyTooLarge, 0);
         };
         c.out
@@ -133,6 +136,11 @@ impl<S: Read + Write> Engine<S> {
             if !self.hub.is_idle() {
                 let e = e.to_entry();
                 self.publish(h, Change::Set(&e));
+            }
+            // Keys this pair's write evicted (or expired to make room) are told now, before a
+            // later pair of the batch can store one of them again.
+            if self.store.has_gone() {
+                self.publish_gone();
             }
         }
     }
