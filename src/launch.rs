@@ -422,6 +422,10 @@ fn run_server(spec: ServerSpec, transport: Kind) -> io::Result<()> {
         }
     };
     let config = spec.config(transport);
+    if spec.max_memory > 0 {
+        // This process exists to run the server: let its budget show in its RSS.
+        server::release_freed_memory();
+    }
     let ready_dup = ready.try_clone()?;
     let mut host = LaunchedHost {
         file,

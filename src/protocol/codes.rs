@@ -200,7 +200,9 @@ impl ErrorCode {
             ErrorCode::NoSuchSubscription => "no such subscription",
             ErrorCode::Busy => "too many waits or subscriptions on this connection",
             ErrorCode::BadTtl => "a TTL must be 1 ms to 2^40 - 1 ms (about 34 years)",
-            ErrorCode::ReplyTooLarge => "the values asked for are longer together than the server's longest value",
+            ErrorCode::ReplyTooLarge => {
+                "the values asked for are longer together than the server's longest value"
+            }
             ErrorCode::BatchTooLarge => "a multi-key request holds at most 65,536 keys",
             ErrorCode::OverBudget => {
                 "value too large for the server's memory budget (a record may take half of it)"

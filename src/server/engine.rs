@@ -56,7 +56,7 @@ pub use super::hub::{MAX_SUBS_PER_CONN, MAX_WAITS_PER_CONN};
 /// from where they are stored (the default of [`EngineConfig::copy_max`]). Copying a small value
 /// costs less than the kernel's read of a scattered page plus an output piece of its own (the
 /// A/B per value size is in BENCHMARKS.md, "Copy or send in place").
-pub const COPY_MAX: usize = 16 * 1024;
+pub const COPY_MAX: usize = 1024;
 /// Most frames decoded at once: the window whose records the engine asks the store for
 /// together ([`Store::prefetch`]) before applying them.
 pub const PREFETCH_FRAMES: usize = 128;

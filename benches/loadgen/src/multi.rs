@@ -35,6 +35,11 @@ pub struct Dims {
     pub key_size: usize,
     #[arg(long, default_value_t = 64)]
     pub value_size: usize,
+    /// Connections per cell, each with one batch in flight, each driven by its own thread: 1
+    /// measures a round trip, 4 (the default) loads the server as the matrix's 4-connection
+    /// cells do.
+    #[arg(long, default_value_t = 4)]
+    pub conns: usize,
     /// Seconds of warm-up per cell, not measured.
     #[arg(long, default_value_t = 0.5)]
     pub warmup: f64,
@@ -61,8 +66,8 @@ struct Cell {
 pub fn run(targets: &[Target], dims: &Dims) -> io::Result<()> {
     println!(
         "# multi-key requests against pipelines of single requests: {} keys of {} B, values of {} B, \
-         1 connection, {} s warm-up, {} s measured per cell",
-        dims.keys, dims.key_size, dims.value_size, dims.warmup, dims.duration
+         {} connection(s) with one batch in flight each, {} s warm-up, {} s measured per cell",
+        dims.keys, dims.key_size, dims.value_size, dims.conns, dims.warmup, dims.duration
     );
     let load = Load {
         keys: dims.keys,
@@ -248,8 +253,14 @@ fn multi_reply_len(proto: Proto, buf: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
-/// Reads one whole reply parsed by `parse` (its length and what it reports) and consumes it.
-fn read_with<R>(c: &mut Conn, parse: impl Fn(&[u8]) -> Option<(usize, R)>) -> io::Result<R> {
+/// Reads one whole reply parsed by `parse` (its length and what it reports) and consumes it;
+/// reads go through `scratch` (64 KiB, allocated once), so only the bytes that arrive are
+/// copied, never a whole zeroed chunk per read.
+fn read_with<R>(
+    c: &mut Conn,
+    scratch: &mut [u8],
+    parse: impl Fn(&[u8]) -> Option<(usize, R)>,
+) -> io::Result<R> {
     loop {
         if let Some((n, r)) = parse(&c.buf[c.at..]) {
             c.at += n;
@@ -263,21 +274,29 @@ fn read_with<R>(c: &mut Conn, parse: impl Fn(&[u8]) -> Option<(usize, R)>) -> io
             c.buf.drain(..c.at);
             c.at = 0;
         }
-        let len = c.buf.len();
-        c.buf.resize(len + 64 * 1024, 0);
-        let n = c.s.read(&mut c.buf[len..])?;
-        c.buf.truncate(len + n);
+        let n = c.s.read(scratch)?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
+        c.buf.extend_from_slice(&scratch[..n]);
     }
 }
 
 /// Buffers a cell reuses from round to round.
-#[derive(Default)]
 struct Bufs {
     out: Vec<u8>,
     scratch: Vec<u8>,
+    read: Vec<u8>,
+}
+
+impl Default for Bufs {
+    fn default() -> Self {
+        Bufs {
+            out: Vec::new(),
+            scratch: Vec::new(),
+            read: vec![0; 64 * 1024],
+        }
+    }
 }
 
 /// One round: sends the batch, reads every reply; returns how many values came back.
@@ -295,12 +314,14 @@ fn round(
     encode(t, shape, set, batch, value, out, &mut bufs.scratch);
     c.s.write_all(out)?;
     match shape {
-        Shape::Multi => read_with(c, |b| multi_reply_len(t.proto, b)),
+        Shape::Multi => read_with(c, &mut bufs.read, |b| multi_reply_len(t.proto, b)),
         Shape::Pipeline => {
             let mut values = 0;
             for _ in batch {
                 // A value reply is longer than the value; a miss or a status is not.
-                let long = read_with(c, |b| t.proto.reply_len(b).map(|n| (n, n > value.len())))?;
+                let long = read_with(c, &mut bufs.read, |b| {
+                    t.proto.reply_len(b).map(|n| (n, n > value.len()))
+                })?;
                 values += usize::from(long);
             }
             Ok(values)
@@ -316,9 +337,68 @@ fn cell(
     set: bool,
     shape: Shape,
 ) -> io::Result<Cell> {
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(dims.warmup);
+    let end = measure_from + Duration::from_secs_f64(dims.duration);
+    let per_conn: Vec<io::Result<(u64, Option<Instant>, Instant, Histogram<u64>)>> =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..dims.conns.max(1))
+                .map(|n| {
+                    scope.spawn(move || {
+                        connection(
+                            t,
+                            keys,
+                            dims,
+                            size,
+                            set,
+                            shape,
+                            n,
+                            (start, measure_from, end),
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a connection's thread"))
+                .collect()
+        });
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    let (mut rounds, mut first, mut last) = (0u64, None::<Instant>, start);
+    for r in per_conn {
+        let (n, f, l, h) = r?;
+        rounds += n;
+        if let Some(f) = f {
+            first = Some(first.map_or(f, |x| x.min(f)));
+        }
+        last = last.max(l);
+        hist.add(h).expect("same bounds");
+    }
+    let window = first.map_or(Duration::ZERO, |f| last - f);
+    Ok(Cell {
+        keys_per_sec: (rounds * size as u64) as f64 / window.as_secs_f64().max(1e-9),
+        p50_us: hist.value_at_quantile(0.5) as f64 / 1000.0,
+    })
+}
+
+/// One connection of a cell: batches one after another until `end`; returns the rounds
+/// measured, the first one's start, the last one's end and their round trips.
+#[allow(clippy::too_many_arguments)]
+fn connection(
+    t: &Target,
+    keys: &[Vec<u8>],
+    dims: &Dims,
+    size: usize,
+    set: bool,
+    shape: Shape,
+    n: usize,
+    (start, measure_from, end): (Instant, Instant, Instant),
+) -> io::Result<(u64, Option<Instant>, Instant, Histogram<u64>)> {
     let mut c = t.connect()?;
     let value = vec![b'v'; dims.value_size];
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ size as u64;
+    let mut rng = (0x9e37_79b9_7f4a_7c15u64 ^ size as u64)
+        .wrapping_add((n as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9))
+        | 1;
     let mut bufs = Bufs::default();
     let mut batch: Vec<&[u8]> = Vec::with_capacity(size);
     fn pick<'k>(keys: &'k [Vec<u8>], size: usize, rng: &mut u64, batch: &mut Vec<&'k [u8]>) {
@@ -333,9 +413,6 @@ fn cell(
         assert_eq!(got, size, "{}: every key must be read back", t.name);
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
-    let start = Instant::now();
-    let measure_from = start + Duration::from_secs_f64(dims.warmup);
-    let end = measure_from + Duration::from_secs_f64(dims.duration);
     let (mut rounds, mut first) = (0u64, None);
     let mut last = start;
     loop {
@@ -353,9 +430,5 @@ fn cell(
                 .expect("in range");
         }
     }
-    let window = first.map_or(Duration::ZERO, |f| last - f);
-    Ok(Cell {
-        keys_per_sec: (rounds * size as u64) as f64 / window.as_secs_f64().max(1e-9),
-        p50_us: hist.value_at_quantile(0.5) as f64 / 1000.0,
-    })
+    Ok((rounds, first, last, hist))
 }

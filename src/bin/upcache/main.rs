@@ -271,6 +271,10 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             if *detach {
                 out.write_all(&b.start_server()?.to_line())?;
             } else {
+                if max_memory.is_some_and(|n| n > 0) {
+                    // This process is the server: let its budget show in its RSS.
+                    upcache::server::release_freed_memory();
+                }
                 // The line goes out at once: whoever started us waits for it.
                 let mut printed = Ok(());
                 b.serve(|info| {
