@@ -340,29 +340,28 @@ fn cell(
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(dims.warmup);
     let end = measure_from + Duration::from_secs_f64(dims.duration);
-    let per_conn: Vec<io::Result<(u64, Option<Instant>, Instant, Histogram<u64>)>> =
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..dims.conns.max(1))
-                .map(|n| {
-                    scope.spawn(move || {
-                        connection(
-                            t,
-                            keys,
-                            dims,
-                            size,
-                            set,
-                            shape,
-                            n,
-                            (start, measure_from, end),
-                        )
-                    })
+    let per_conn: Vec<io::Result<Measured>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..dims.conns.max(1))
+            .map(|n| {
+                scope.spawn(move || {
+                    connection(
+                        t,
+                        keys,
+                        dims,
+                        size,
+                        set,
+                        shape,
+                        n,
+                        (start, measure_from, end),
+                    )
                 })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a connection's thread"))
-                .collect()
-        });
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a connection's thread"))
+            .collect()
+    });
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
     let (mut rounds, mut first, mut last) = (0u64, None::<Instant>, start);
     for r in per_conn {
@@ -381,8 +380,11 @@ fn cell(
     })
 }
 
-/// One connection of a cell: batches one after another until `end`; returns the rounds
-/// measured, the first one's start, the last one's end and their round trips.
+/// What one connection of a cell measured: the rounds, the first one's start, the last one's
+/// end, and their round trips.
+type Measured = (u64, Option<Instant>, Instant, Histogram<u64>);
+
+/// One connection of a cell: batches one after another until `end`.
 #[allow(clippy::too_many_arguments)]
 fn connection(
     t: &Target,
@@ -393,7 +395,7 @@ fn connection(
     shape: Shape,
     n: usize,
     (start, measure_from, end): (Instant, Instant, Instant),
-) -> io::Result<(u64, Option<Instant>, Instant, Histogram<u64>)> {
+) -> io::Result<Measured> {
     let mut c = t.connect()?;
     let value = vec![b'v'; dims.value_size];
     let mut rng = (0x9e37_79b9_7f4a_7c15u64 ^ size as u64)
