@@ -79,10 +79,10 @@ impl<S: Read + Write> Engine<S> {
                 version,
             } => self.set_if_version(slot, id, hash, key, value, version),
             Request::Add { key, value, ttl_ms } => {
-                self.add(slot, id, hash, key, value, ttl_ms, now)
+                self.add_or_replace(slot, id, hash, key, value, ttl_ms, false, now)
             }
             Request::Replace { key, value, ttl_ms } => {
-                self.replace(slot, id, hash, key, value, ttl_ms, now)
+                self.add_or_replace(slot, id, hash, key, value, ttl_ms, true, now)
             }
             Request::GetMany { keys } => self.get_many(slot, id, keys),
             Request::SetMany { pairs, ttl_ms } => self.set_many(slot, id, pairs, ttl_ms, now),

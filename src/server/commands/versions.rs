@@ -63,9 +63,10 @@ impl<S: Read + Write> Engine<S> {
         self.conditional_reply(slot, id, hash, written);
     }
 
-    /// `ADD` (`ttl_ms` 0: no TTL).
+    /// `ADD` (`present` false: only if the key is absent; `ttl_ms` 0: no TTL) and `REPLACE`
+    /// (`present` true: only if it is there; `ttl_ms` 0: the key keeps its TTL).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn add(
+    pub(super) fn add_or_replace(
         &mut self,
         slot: usize,
         id: RequestId,
@@ -73,6 +74,7 @@ impl<S: Read + Write> Engine<S> {
         key: &[u8],
         value: &[u8],
         ttl_ms: u64,
+        present: bool,
         now: Instant,
     ) {
         let Ok(at) = self.optional_deadline(ttl_ms, now) else {
@@ -82,33 +84,12 @@ impl<S: Read + Write> Engine<S> {
             return;
         }
         self.expire_if_due(hash, key);
-        let written = self.store.add(hash, key, value, at).map(|r| r.to_entry());
-        self.conditional_reply(slot, id, hash, written);
-    }
-
-    /// `REPLACE` (`ttl_ms` 0: the key keeps its TTL).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn replace(
-        &mut self,
-        slot: usize,
-        id: RequestId,
-        hash: u64,
-        key: &[u8],
-        value: &[u8],
-        ttl_ms: u64,
-        now: Instant,
-    ) {
-        let Ok(at) = self.optional_deadline(ttl_ms, now) else {
-            return self.conns[slot].queue_error(id, ErrorCode::BadTtl, 0);
+        let written = if present {
+            self.store.replace(hash, key, value, at)
+        } else {
+            self.store.add(hash, key, value, at)
         };
-        if !self.fits_budget(slot, id, key, value) {
-            return;
-        }
-        self.expire_if_due(hash, key);
-        let written = self
-            .store
-            .replace(hash, key, value, at)
-            .map(|r| r.to_entry());
+        let written = written.map(|r| r.to_entry());
         self.conditional_reply(slot, id, hash, written);
     }
 
