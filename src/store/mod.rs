@@ -519,18 +519,12 @@ impl Shard {
     fn relocate(&mut self, id: u32, hasher: &ahash::RandomState) {
         let seg = Rc::clone(&self.info(id).seg);
         let queue = self.info(id).queue;
-        let bytes = seg.bytes();
-        let mut off = 0;
-        while off < bytes.len() {
-            let shape = RecordShape::read(&bytes[off..]);
-            let rec = &bytes[off..off + shape.len()];
-            let key = &rec[shape.key_start..shape.value_start()];
+        for (off, rec, key) in seg.records() {
             if let Some(i) = self.slot_at(id, off, key, hasher) {
                 let (seg, off) = self.append(queue, &[rec]);
                 let slot = &mut self.slots[i as usize];
                 (slot.seg, slot.off) = (seg, off);
             }
-            off += shape.len();
         }
     }
 
@@ -1281,12 +1275,7 @@ impl Store {
         let shard = &mut self.shards[sid];
         let seg = Rc::clone(&shard.info(id).seg);
         let queue = shard.info(id).queue;
-        let bytes = seg.bytes();
-        let mut off = 0;
-        while off < bytes.len() {
-            let shape = RecordShape::read(&bytes[off..]);
-            let rec = &bytes[off..off + shape.len()];
-            let key = &rec[shape.key_start..shape.value_start()];
+        for (off, rec, key) in seg.records() {
             let hash = hasher.hash_one(key);
             let slots = &shard.slots;
             let found = shard.index.find_entry(hash, |&i| {
@@ -1328,7 +1317,6 @@ impl Store {
                     }
                 }
             }
-            off += shape.len();
         }
         shard.drop_segment(id);
         shard.settle(hasher);

@@ -64,6 +64,22 @@ impl Segment {
         self.cap - self.len.get()
     }
 
+    /// The records written into it, in order: each one's offset, its bytes and its key. (Every
+    /// record the store ever wrote here, live or not: the store's index says which are live.)
+    pub fn records(&self) -> impl Iterator<Item = (usize, &[u8], &[u8])> + '_ {
+        let bytes = self.bytes();
+        let mut off = 0;
+        std::iter::from_fn(move || {
+            if off >= bytes.len() {
+                return None;
+            }
+            let shape = RecordShape::read(&bytes[off..]);
+            let (at, rec) = (off, &bytes[off..off + shape.len()]);
+            off += shape.len();
+            Some((at, rec, &rec[shape.key_start..shape.value_start()]))
+        })
+    }
+
     /// The written bytes.
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `..len` was initialised by `append` and is never written again; the
@@ -265,6 +281,26 @@ mod tests {
         }
         assert_eq!(RecordShape::header(&[0; 16], &[0; 64], None, 1).1, 10);
         assert_eq!(RecordShape::header(&[0; 16], &[0; 64], Some(7), 1).1, 18);
+    }
+
+    #[test]
+    fn records_walks_every_record_in_order() {
+        let s = Segment::with_capacity(256);
+        let mut want = Vec::new();
+        for (key, value, deadline) in [
+            (&b"k1"[..], &b"v"[..], None),
+            (&b"key2"[..], &[7u8; 130][..], Some(99)),
+            (&b""[..], &b""[..], None),
+        ] {
+            let (h, n) = RecordShape::header(key, value, deadline, 3);
+            let off = s.append(&[&h[..n], key, value]);
+            want.push((off, n + key.len() + value.len(), key.to_vec()));
+        }
+        let got: Vec<(usize, usize, Vec<u8>)> = s
+            .records()
+            .map(|(off, rec, key)| (off, rec.len(), key.to_vec()))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]
