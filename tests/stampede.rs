@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use upcache::{ComputeError, TransportKind, UpCache};
@@ -38,25 +37,7 @@ each_transport!(
 static ROLE_ENTRY: extern "C" fn() = role_entry;
 
 extern "C" fn role_entry() {
-    let Some(spec) = std::env::var_os(ROLE_ENV) else {
-        return;
-    };
-    if std::env::var_os("UPCACHE_INTERNAL_SERVER_SPEC").is_some() {
-        return; // a server started by a child: the library's entry takes it
-    }
-    let spec = spec.to_string_lossy().into_owned();
-    let parts: Vec<&str> = spec.split('\u{1f}').collect();
-    let code = match std::panic::catch_unwind(|| child(&parts)) {
-        Ok(Ok(())) => 0,
-        Ok(Err(e)) => {
-            eprintln!("child failed: {e}");
-            1
-        }
-        Err(_) => 2,
-    };
-    let _ = std::io::stdout().flush();
-    // SAFETY: ends this child process; it never runs the test harness.
-    unsafe { libc::_exit(code) }
+    util::run_as_child(ROLE_ENV, child);
 }
 
 fn append(path: &Path, line: &str) {
@@ -151,18 +132,9 @@ fn stampede(t: TransportKind, mode: &str) -> Outcome {
         t.name().to_string(),
         name.clone(),
         mode.to_string(),
-    ]
-    .join("\u{1f}");
+    ];
     let children: Vec<_> = (0..CHILDREN)
-        .map(|_| {
-            Command::new(std::env::current_exe().expect("test binary"))
-                .env(ROLE_ENV, &spec)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn")
-        })
+        .map(|_| util::child_command(ROLE_ENV, &spec).spawn().expect("spawn"))
         .collect();
     let ready = CHILDREN.to_string();
     assert!(

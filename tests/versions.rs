@@ -6,7 +6,7 @@
 mod util;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use upcache::protocol::{ErrorCode, MAX_BATCH_KEYS};
@@ -90,13 +90,7 @@ fn spawn(sb: &Sandbox, args: &[&str]) -> Child {
         sb.transport.name().to_string(),
     ];
     spec.extend(args.iter().map(|s| s.to_string()));
-    Command::new(std::env::current_exe().unwrap())
-        .env(ROLE_ENV, spec.join("\u{1f}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn")
+    util::child_command(ROLE_ENV, &spec).spawn().expect("spawn")
 }
 
 #[used]
@@ -104,25 +98,7 @@ fn spawn(sb: &Sandbox, args: &[&str]) -> Child {
 static ROLE_ENTRY: extern "C" fn() = role_entry;
 
 extern "C" fn role_entry() {
-    let Some(spec) = std::env::var_os(ROLE_ENV) else {
-        return;
-    };
-    if std::env::var_os("UPCACHE_INTERNAL_SERVER_SPEC").is_some() {
-        return; // a server started by a role process: the library's entry takes it
-    }
-    let spec = spec.to_string_lossy().into_owned();
-    let p: Vec<&str> = spec.split('\u{1f}').collect();
-    let code = match std::panic::catch_unwind(|| run_role(&p)) {
-        Ok(Ok(())) => 0,
-        Ok(Err(e)) => {
-            eprintln!("role failed: {e}");
-            1
-        }
-        Err(_) => 2,
-    };
-    let _ = std::io::stdout().flush();
-    // SAFETY: ends this child process; it never runs the test harness.
-    unsafe { libc::_exit(code) }
+    util::run_as_child(ROLE_ENV, run_role);
 }
 
 fn run_role(p: &[&str]) -> upcache::Result<()> {

@@ -68,16 +68,50 @@ impl Sandbox {
 
     /// A child process running `role` with `args`, opening caches in this sandbox.
     pub fn child(&self, role: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(std::env::current_exe().expect("test binary"));
         let mut spec = vec![role.to_string(), self.path().display().to_string()];
         spec.push(self.transport.name().into());
         spec.extend(args.iter().map(|s| s.to_string()));
-        c.env(ROLE_ENV, spec.join("\u{1f}"));
-        c.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
+        child_command(ROLE_ENV, &spec)
     }
+}
+
+/// This test binary run again as a child process: `env` set to the `spec` parts (joined by
+/// U+001F), which the child's hook ([`run_as_child`]) splits again; standard input closed,
+/// output captured.
+pub fn child_command(env: &str, spec: &[String]) -> Command {
+    let mut c = Command::new(std::env::current_exe().expect("test binary"));
+    c.env(env, spec.join("\u{1f}"));
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// The hook a test binary places before `main` (`.init_array`) for its child processes: when
+/// `env` is set (and this is not a server the library starts), runs `run` on the spec's parts
+/// and exits: 0 if it returned `Ok`, 1 if it returned an error (printed), 2 if it panicked.
+/// Otherwise returns, and the test harness runs as usual.
+pub fn run_as_child<E: std::fmt::Display>(env: &str, run: fn(&[&str]) -> Result<(), E>) {
+    let Some(spec) = std::env::var_os(env) else {
+        return;
+    };
+    if std::env::var_os("UPCACHE_INTERNAL_SERVER_SPEC").is_some() {
+        return; // a server started by a child process: the library's entry takes it
+    }
+    let spec = spec.to_string_lossy().into_owned();
+    let parts: Vec<&str> = spec.split('\u{1f}').collect();
+    let code = match std::panic::catch_unwind(|| run(&parts)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            eprintln!("child {parts:?} failed: {e}");
+            1
+        }
+        Err(_) => 2,
+    };
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: ends this child process; it never runs the test harness.
+    unsafe { libc::_exit(code) }
 }
 
 /// The pid in a connection file.
@@ -162,26 +196,7 @@ pub fn finish(mut child: Child, within: Duration) -> (bool, String, String) {
 static ROLE_ENTRY: extern "C" fn() = role_entry;
 
 extern "C" fn role_entry() {
-    let Some(spec) = std::env::var_os(ROLE_ENV) else {
-        return;
-    };
-    if std::env::var_os("UPCACHE_INTERNAL_SERVER_SPEC").is_some() {
-        return; // a server started by a role process: the library's entry takes it
-    }
-    let spec = spec.to_string_lossy().into_owned();
-    let parts: Vec<&str> = spec.split('\u{1f}').collect();
-    let code = match std::panic::catch_unwind(|| run_role(&parts)) {
-        Ok(Ok(())) => 0,
-        Ok(Err(e)) => {
-            eprintln!("role {:?} failed: {e}", parts[0]);
-            1
-        }
-        Err(_) => 2,
-    };
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    // SAFETY: ends this child process; it never runs the test harness.
-    unsafe { libc::_exit(code) }
+    run_as_child(ROLE_ENV, run_role);
 }
 
 fn run_role(p: &[&str]) -> upcache::Result<()> {
