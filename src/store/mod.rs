@@ -57,36 +57,46 @@
 //!
 //! The policy is S3-FIFO (Yang et al., SOSP '23) on segments. Each shard appends to two
 //! segment FIFOs: new keys to the *small* queue, keys promoted or coming back to the *main*
-//! one. A hit counts in two bits stolen from the top of a slot's sequence number (a `Cell`:
-//! `get` takes `&self`; it writes only while the count is below 3, and only with a budget),
-//! so the policy adds no byte to a key. Eviction takes the oldest segment of the small queue
-//! while that queue holds more than a tenth of the shard's segment bytes, else of the main
-//! queue, and walks its records (found through the index, as reclamation finds them): a
-//! small-queue record that was hit moves to the main queue; a main-queue record that was hit
-//! is appended again with its count one lower; the others are evicted (a small-queue one
-//! leaves a tag in the ghost table, 4 bytes per 256 bytes of budget, so that it enters the
-//! main queue if it comes back soon). Then the segment is dropped: the bytes come back at
-//! once, with no garbage left behind, which is what per-object policies (SIEVE, LRU) cannot
-//! give a log-structured store. Nothing is allocated per hit; an eviction walks one segment
-//! (amortized O(1) per write). Segments are sized to the budget ([`Store::segment_for`]:
-//! 1/4096 of it, 1 KiB to 64 KiB), so the two being filled per shard take at most 1/32 of it.
+//! one, and every key stored before the budget first ran out (since the store was made or
+//! cleared) to the main one too: nothing needs filtering while everything fits, and those
+//! keys are then the old keys that a scan of new ones must not push out (in the cache-aside
+//! benchmark at α = 1.2 with a scan, where the cache had just filled when the scan came: 94.96
+//! % of hits instead of 94.48, BENCHMARKS.md). A hit counts in two bits stolen from the top of
+//! a slot's sequence number (a `Cell`: `get` takes `&self`; it writes only while the count is
+//! below 3, and only with a budget), so the policy adds no byte to a key. Eviction takes the
+//! oldest segment of the small queue while that queue holds more than a tenth of the store's
+//! segment bytes (counted store-wide, as the queues are: a shard whose small queue has
+//! nothing to give yet is passed over for one that has, rather than made to give from its
+//! main queue), else of the main queue, and walks its records (found through the index, as
+//! reclamation finds them; their index entries and slots are asked for in a first pass, so
+//! that the cache misses overlap): a small-queue record that was hit moves to the main queue;
+//! a main-queue record that was hit is appended again with its count one lower; the others
+//! are evicted (a small-queue one leaves a tag in the ghost table, 4 bytes per 256 bytes of
+//! budget, so that it enters the main queue if it comes back soon). Then the segment is
+//! dropped: the bytes come back at once, with no garbage left behind, which is what
+//! per-object policies (SIEVE, LRU) cannot give a log-structured store; its block is kept for
+//! the next segment (`segment::spares`). Nothing is allocated per hit; an eviction walks one
+//! segment (amortized O(1) per write). Segments are sized to the budget
+//! ([`Store::segment_for`]: about 1/4096 of it, 1 KiB to 64 KiB), so the two being filled per
+//! shard take at most 1/32 of it.
 //!
 //! Chosen by measurement (`eviction_tests::policy_simulation`, run with `cargo test --release
 //! --lib policy_simulation -- --ignored --nocapture`): a 16 MiB budget, 2^20 keys of 16 bytes
 //! with values of 64 to 512 bytes (about 300 MB in all), 3 M requests, each a GET then a SET
 //! on a miss, keys drawn from a Zipf distribution; the scan variant inserts, mid-run, twice
-//! the budget of new keys once. Hit ratios (keys held at the end):
+//! the budget of new keys once. Hit ratios (keys held at the end; rerun 2026-11-30 with the
+//! 8-byte versions in every record and the rules above, within 0.001 of the run before them):
 //!
 //! | Zipf α | scan | S3-FIFO (chosen) | CLOCK: one FIFO, 2-bit, on segments | exact LRU, record + 48 B/key |
 //! |---:|:---:|---:|---:|---:|
-//! | 0.8 | no  | **0.461** (44,390 keys) | 0.395 (44,800) | 0.379 (47,425) |
-//! | 0.8 | yes | **0.461** (44,454) | 0.392 (44,585) | 0.377 (47,425) |
-//! | 1.0 | no  | **0.754** (44,654) | 0.723 (44,503) | 0.711 (47,347) |
-//! | 1.0 | yes | **0.755** (44,631) | 0.718 (44,566) | 0.708 (47,347) |
-//! | 1.2 | no  | **0.935** (44,502) | 0.930 (44,628) | 0.928 (47,385) |
-//! | 1.2 | yes | **0.934** (44,524) | 0.926 (44,912) | 0.923 (47,385) |
+//! | 0.8 | no  | **0.457** (43,311 keys) | 0.392 (43,486) | 0.379 (47,425) |
+//! | 0.8 | yes | **0.458** (43,303) | 0.389 (43,638) | 0.377 (47,425) |
+//! | 1.0 | no  | **0.752** (43,346) | 0.721 (43,650) | 0.711 (47,347) |
+//! | 1.0 | yes | **0.752** (43,430) | 0.717 (43,330) | 0.708 (47,347) |
+//! | 1.2 | no  | **0.934** (43,481) | 0.930 (43,755) | 0.928 (47,385) |
+//! | 1.2 | yes | **0.933** (43,505) | 0.925 (43,851) | 0.923 (47,385) |
 //!
-//! S3-FIFO wins every row: by 7 points over the single FIFO with reinsertion and 8 over LRU
+//! S3-FIFO wins every row: by 6.5 points over the single FIFO with reinsertion and 8 over LRU
 //! at α = 0.8, 3 and 4 at α = 1.0, and the scan costs it nothing (the scan's keys never
 //! leave the small queue), while it costs the others up to half a point: one-hit keys take a
 //! whole trip through their one queue. The LRU reference is given 6 % more keys than the
@@ -123,6 +133,10 @@ const SHARD_SHIFT: u32 = 51;
 /// Size of a shared segment. Records longer than a quarter of it get a segment of their own,
 /// sized to fit.
 pub const SEGMENT: usize = 64 * 1024;
+
+/// Bytes an allocator may put before a block it maps on its own (glibc: 16, rounded up; 32
+/// leaves room), taken off a budgeted store's segment size (see [`Store::segment_for`]).
+const BLOCK_HEADER: usize = 32;
 /// `Slot::seg` of a removed key.
 const DEAD: u32 = u32::MAX;
 /// A hint ([`Store::prefetch`]) that names no slot.
@@ -277,8 +291,9 @@ struct Shard {
     /// Bytes of the segments the store holds (their whole capacity), and of the small queue's.
     seg_bytes: usize,
     small_bytes: usize,
-    /// What this shard last added to [`Store::bytes`].
-    counted: usize,
+    /// What this shard last added to [`Store::bytes`], [`Store::seg_bytes`] and
+    /// [`Store::small_bytes`].
+    counted: [usize; 3],
 }
 
 impl Shard {
@@ -297,7 +312,7 @@ impl Shard {
             epoch: 0,
             seg_bytes: 0,
             small_bytes: 0,
-            counted: 0,
+            counted: [0; 3],
         }
     }
 
@@ -326,11 +341,6 @@ impl Shard {
     /// The record of a live slot.
     fn record(&self, slot: &Slot) -> Record<'_> {
         Record::at(&self.info(slot.seg).seg, slot.off as usize)
-    }
-
-    /// The key of slot `i`.
-    fn key(&self, i: u32) -> &[u8] {
-        key_of(&self.slots, &self.segs, i)
     }
 
     /// The slot of `key` and its record, trying slot `hint` first (see [`Store::prefetch`]):
@@ -528,15 +538,12 @@ impl Shard {
         }
     }
 
-    /// The oldest segment the policy should look at next, taken from its FIFO: the small
-    /// queue's while it holds more than `small_tenths` tenths of the shard's segment bytes
-    /// (0: never), else the main queue's. Skips the segment being filled and `hold` (the one
+    /// The oldest segment of the first queue in `order` (indexes of [`Queue`]) that has one
+    /// to give, taken from its FIFO. Skips the segment being filled and `hold` (the one
     /// holding the record being written): at most two, so this is O(1) but for entries of
     /// segments dropped meanwhile, each taken out once. `None` when nothing else is left.
-    fn next_victim(&mut self, small_tenths: usize, hold: Option<u32>) -> Option<u32> {
-        let small_first = small_tenths > 0 && self.small_bytes * 10 > self.seg_bytes * small_tenths;
-        let order = if small_first { [0, 1] } else { [1, 0] };
-        for q in order {
+    fn next_victim(&mut self, order: &[usize], hold: Option<u32>) -> Option<u32> {
+        for &q in order {
             let mut at = 0;
             while let Some(&(id, ep)) = self.fifo[q].get(at) {
                 let info = self.segs[id as usize].as_ref().filter(|i| i.epoch == ep);
@@ -584,12 +591,18 @@ impl Shard {
         // Give back what a mass removal (or expiry) left unused.
         self.slots.shrink_to(2 * self.slots.len());
         self.dead = 0;
+        // Rebuilt from the keys, at the size the live keys need: updating the entries in
+        // place would skip reading every key, but would keep the table at the size that
+        // insertions after removals grew it to (a removal leaves a tombstone in the table,
+        // which only a rehash clears, so a table under churn doubles), and a budget pays for
+        // that in keys (2.4 % fewer held in the hit-ratio benchmark).
         let mut index = HashTable::with_capacity(self.slots.len());
-        for i in 0..self.slots.len() as u32 {
+        let (slots, segs) = (&self.slots, &self.segs);
+        for i in 0..slots.len() as u32 {
             // Every position is distinct, so insert_unique needs no key comparison; the
             // rehash closure is not called because capacity was reserved above.
-            index.insert_unique(hasher.hash_one(self.key(i)), i, |&j| {
-                hasher.hash_one(self.key(j))
+            index.insert_unique(hasher.hash_one(key_of(slots, segs, i)), i, |&j| {
+                hasher.hash_one(key_of(slots, segs, j))
             });
         }
         self.index = index;
@@ -618,6 +631,10 @@ pub struct Store {
     /// The sum of every shard's [`Shard::bytes`] (kept up to date in O(1) per operation;
     /// [`Store::memory_bytes`] adds the wheel's and the ghost's).
     bytes: usize,
+    /// The sums of every shard's segment bytes and small-queue segment bytes (as `bytes`): the
+    /// policy's share of the small queue is store-wide, as its queues are.
+    seg_bytes: usize,
+    small_bytes: usize,
     /// A shard that must not be compacted now: `put` holds a slot index of it while it makes
     /// room.
     hold: Option<usize>,
@@ -632,8 +649,17 @@ pub struct Store {
     /// Keys that left for the budget (or expired while the policy looked), not yet taken by
     /// [`Store::drain_gone`].
     gone: Vec<Gone>,
+    /// Whether evicted keys are listed in `gone` ([`Store::tell_evictions`]); when not, they
+    /// are counted in `untold`.
+    tell_evicted: bool,
+    untold: u64,
     /// Keys evicted since start.
     evicted: u64,
+    /// The hashes of the records of the segment being evicted (kept to reuse its allocation).
+    victim_hashes: Vec<u64>,
+    /// Whether the budget has run out since the store was made or cleared (something was
+    /// evicted): until then new keys go to the main queue.
+    full: bool,
 }
 
 /// A key that left the store without being asked to (see [`Store::drain_gone`]).
@@ -692,13 +718,17 @@ impl Store {
 
     /// The segment size for a budget of `max_memory` bytes (0: none): [`SEGMENT`], or less
     /// for a small budget, so that the segments being filled (two per shard) stay within
-    /// 1/32 of it.
+    /// 1/32 of it. Under a budget the size is a power of two less [`BLOCK_HEADER`], so that
+    /// a block and the allocator's header fill whole pages: a budgeted server maps each block
+    /// on its own (`server::release_freed_memory`), and a power of two plus a header would
+    /// take one more page, made resident whenever a record reaches the block's last bytes
+    /// (measured: 3-5 MiB more RSS on a 64 MiB budget once blocks are reused).
     pub fn segment_for(max_memory: u64) -> usize {
         if max_memory == 0 {
             return SEGMENT;
         }
         let per = (max_memory / (2 * SHARDS as u64 * 32)).max(1024);
-        (1usize << per.ilog2()).clamp(1024, SEGMENT)
+        (1usize << per.ilog2()).clamp(1024, SEGMENT) - BLOCK_HEADER
     }
 
     /// An empty store that keeps what it holds within `max_memory` bytes (0: no limit) by
@@ -743,6 +773,12 @@ impl Store {
             hold: None,
             ghost,
             gone: Vec::new(),
+            tell_evicted: true,
+            untold: 0,
+            victim_hashes: Vec::new(),
+            seg_bytes: 0,
+            small_bytes: 0,
+            full: false,
             evicted: 0,
         };
         store.recount_all();
@@ -775,7 +811,20 @@ impl Store {
     /// Whether keys left without being asked to and wait in [`Store::drain_gone`].
     #[inline]
     pub fn has_gone(&self) -> bool {
-        !self.gone.is_empty()
+        !self.gone.is_empty() || self.untold > 0
+    }
+
+    /// Whether evicted keys are listed for [`Store::drain_gone`] (the default) or only
+    /// counted ([`Store::take_untold`]): a server with nobody listening needs only the count,
+    /// and skips making an entry per evicted key.
+    #[inline]
+    pub fn tell_evictions(&mut self, on: bool) {
+        self.tell_evicted = on;
+    }
+
+    /// How many keys were evicted without being listed since the last call.
+    pub fn take_untold(&mut self) -> u64 {
+        std::mem::take(&mut self.untold)
     }
 
     /// Takes the keys that left for the budget (evicted, or expired because the budget looked
@@ -812,17 +861,22 @@ impl Store {
     #[inline]
     fn recount(&mut self, shard: usize) {
         let s = &mut self.shards[shard];
-        let now = s.bytes();
-        self.bytes = self.bytes + now - s.counted;
+        let now = [s.bytes(), s.seg_bytes, s.small_bytes];
+        let [was_bytes, was_seg, was_small] = s.counted;
+        self.bytes = self.bytes + now[0] - was_bytes;
+        self.seg_bytes = self.seg_bytes + now[1] - was_seg;
+        self.small_bytes = self.small_bytes + now[2] - was_small;
         s.counted = now;
     }
 
     /// Recounts everything (construction and `clear`).
     fn recount_all(&mut self) {
-        self.bytes = 0;
+        (self.bytes, self.seg_bytes, self.small_bytes) = (0, 0, 0);
         for s in self.shards.iter_mut() {
-            s.counted = s.bytes();
-            self.bytes += s.counted;
+            s.counted = [s.bytes(), s.seg_bytes, s.small_bytes];
+            self.bytes += s.counted[0];
+            self.seg_bytes += s.counted[1];
+            self.small_bytes += s.counted[2];
         }
     }
 
@@ -949,6 +1003,12 @@ impl Store {
         Some(record)
     }
 
+    /// Whether any key has a TTL (else nothing can be due).
+    #[inline]
+    pub fn has_deadlines(&self) -> bool {
+        self.ttl_keys > 0
+    }
+
     /// Whether `key` is stored with a TTL that ran out by the store's clock but has not been
     /// expired yet ([`Store::expire_due`]): a server expires it before it writes the key.
     #[inline]
@@ -999,6 +1059,9 @@ impl Store {
             if let Some(&i) = s.index.iter_hash(hash).next() {
                 prefetch_line(&s.slots[i as usize].seq);
                 *hint = i;
+            } else if !self.ghost.is_empty() {
+                // A new key under a budget: a SET of it reads its ghost entry.
+                prefetch_line(&self.ghost[ghost_slot(&self.ghost, hash).0]);
             }
         }
         for (&hash, &i) in hashes.iter().zip(hints.iter()) {
@@ -1188,8 +1251,11 @@ impl Store {
             }
             (None, None) => {
                 // Without a budget, or with one FIFO (`Policy::Clock`), every key is in the
-                // main queue.
-                let queue = if self.budget == 0 || self.small_tenths == 0 {
+                // main queue; so is every key stored before the budget first ran out (nothing
+                // has to be filtered while everything fits: keys that came while it did are
+                // the old keys a scan must not push out, and a scan's keys would come to the
+                // small queue, the only one evicted while it holds its share).
+                let queue = if self.budget == 0 || self.small_tenths == 0 || !self.full {
                     Queue::Main
                 } else {
                     let (at, tag) = ghost_slot(&self.ghost, hash);
@@ -1247,15 +1313,36 @@ impl Store {
             self.expire_due(256, |e| gone.push(Gone::Expired(e)));
             self.gone = gone;
         }
-        let mut idle = 0;
-        while self.bytes + self.side_bytes() > self.budget && idle < SHARDS {
+        // The queue to take from is chosen store-wide: the small one while it holds more than
+        // `small_tenths` tenths of all segment bytes, else the main one. Shards in turn; one
+        // with nothing to give from that queue (it may hold only the segment being filled)
+        // is passed over, and only after a whole round found nothing (`strict` off) may a
+        // shard give from the other queue.
+        let (mut idle, mut strict) = (0, true);
+        while self.bytes + self.side_bytes() > self.budget {
+            if idle == SHARDS {
+                if !strict {
+                    break;
+                }
+                (idle, strict) = (0, false);
+            }
+            let small_first =
+                self.small_tenths > 0 && self.small_bytes * 10 > self.seg_bytes * self.small_tenths;
+            let order: &[usize] = match (small_first, strict) {
+                (true, true) => &[0],
+                (true, false) => &[0, 1],
+                (false, true) => &[1],
+                (false, false) => &[1, 0],
+            };
             let sid = self.cursor;
             self.cursor = (self.cursor + 1) % SHARDS;
             let shard = &mut self.shards[sid];
             let keep = hold.filter(|h| h.0 == sid).map(|h| shard.slots[h.1].seg);
-            match shard.next_victim(self.small_tenths, keep) {
+            match shard.next_victim(order, keep) {
                 Some(id) => {
                     idle = 0;
+                    strict = true;
+                    self.full = true;
                     self.evict_segment(sid, id);
                 }
                 None => idle += 1,
@@ -1275,8 +1362,25 @@ impl Store {
         let shard = &mut self.shards[sid];
         let seg = Rc::clone(&shard.info(id).seg);
         let queue = shard.info(id).queue;
-        for (off, rec, key) in seg.records() {
-            let hash = hasher.hash_one(key);
+        // First pass: hash every record's key and ask for its index group, slot and ghost
+        // entry, so that the cache misses of the whole segment overlap instead of coming one
+        // after another in the pass that follows (as `prefetch` does for a window of requests).
+        // (Hashing first, then probing in a loop of its own: a short loop body lets the
+        // processor run more probes' misses at once.)
+        let mut hashes = std::mem::take(&mut self.victim_hashes);
+        hashes.clear();
+        hashes.extend(seg.records().map(|(_, _, key)| hasher.hash_one(key)));
+        for &hash in &hashes {
+            if let Some(&i) = shard.index.iter_hash(hash).next() {
+                prefetch_line(&shard.slots[i as usize].seq);
+            }
+        }
+        if queue == Queue::Small {
+            for &hash in &hashes {
+                prefetch_line(&self.ghost[ghost_slot(&self.ghost, hash).0]);
+            }
+        }
+        for ((off, rec, _), &hash) in seg.records().zip(&hashes) {
             let slots = &shard.slots;
             let found = shard.index.find_entry(hash, |&i| {
                 let s = &slots[i as usize];
@@ -1304,12 +1408,15 @@ impl Store {
                     shard.slots[i].seg = DEAD;
                     shard.dead += 1;
                     self.len -= 1;
-                    let entry = record.to_entry();
                     if due {
-                        self.gone.push(Gone::Expired(entry));
+                        self.gone.push(Gone::Expired(record.to_entry()));
                     } else {
                         self.evicted += 1;
-                        self.gone.push(Gone::Evicted(entry));
+                        if self.tell_evicted {
+                            self.gone.push(Gone::Evicted(record.to_entry()));
+                        } else {
+                            self.untold += 1;
+                        }
                         if queue == Queue::Small {
                             let (at, tag) = ghost_slot(&self.ghost, hash);
                             self.ghost[at] = tag;
@@ -1318,6 +1425,7 @@ impl Store {
                 }
             }
         }
+        self.victim_hashes = hashes;
         shard.drop_segment(id);
         shard.settle(hasher);
         if shard.live() == 0 {
@@ -1489,6 +1597,7 @@ impl Store {
         self.due = Vec::new();
         self.ttl_keys = 0;
         self.ghost.fill(0);
+        self.full = false;
         self.recount_all();
     }
 

@@ -36,11 +36,17 @@ impl Segment {
     /// An empty segment of `cap` bytes (at least 1).
     pub fn with_capacity(cap: usize) -> Self {
         let cap = cap.max(1);
-        let layout = Layout::array::<u8>(cap).expect("segment size fits a layout");
-        // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { alloc(layout) };
-        let Some(ptr) = NonNull::new(raw) else {
-            handle_alloc_error(layout)
+        let ptr = match spares::take(cap) {
+            Some(ptr) => ptr,
+            None => {
+                let layout = Layout::array::<u8>(cap).expect("segment size fits a layout");
+                // SAFETY: the layout has a non-zero size.
+                let raw = unsafe { alloc(layout) };
+                let Some(ptr) = NonNull::new(raw) else {
+                    handle_alloc_error(layout)
+                };
+                ptr
+            }
         };
         Segment {
             ptr,
@@ -137,13 +143,104 @@ impl std::fmt::Debug for Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        // SAFETY: allocated in `with_capacity` with this same layout.
-        unsafe {
-            dealloc(
-                self.ptr.as_ptr(),
-                Layout::array::<u8>(self.cap).expect("as made"),
-            )
+        if !spares::keep(self.ptr, self.cap) {
+            // SAFETY: allocated in `with_capacity` (or taken from the spares, which hold only
+            // blocks so allocated) with this same layout, and not kept as a spare.
+            unsafe { free_block(self.ptr, self.cap) }
         }
+    }
+}
+
+/// Gives back a block of `cap` bytes that `with_capacity` allocated.
+///
+/// # Safety
+/// `ptr` came from `alloc` with the layout of `cap` bytes and nothing uses it after this.
+unsafe fn free_block(ptr: NonNull<u8>, cap: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { dealloc(ptr.as_ptr(), Layout::array::<u8>(cap).expect("as made")) }
+}
+
+/// The blocks of dropped segments, kept for the next segments of the same size.
+///
+/// A store under a budget drops a segment for about every one it makes (eviction and
+/// reclamation), all of one size; without this each would be a `free` and a `malloc`, and in a
+/// budgeted server process (where blocks this size are mappings of their own, see
+/// `server::release_freed_memory`) an `munmap`, an `mmap` and a page fault per 4 KiB touched:
+/// 16 % of the server's time in SETs while evicting (perf, BENCHMARKS.md). The spares are at
+/// most [`spares::MAX_BYTES`] per thread (a segment and its memory stay on the server's one
+/// thread), so what they keep back from the allocator is bounded and small next to a budget;
+/// they are not counted in the store's `memory_bytes`.
+pub(super) mod spares {
+    use std::cell::RefCell;
+    use std::ptr::NonNull;
+
+    /// Bytes of spare blocks a thread keeps at most.
+    pub const MAX_BYTES: usize = 512 * 1024;
+
+    /// Blocks no larger than this are kept (a segment's size; larger blocks hold one large
+    /// record each and are rare).
+    const MAX_BLOCK: usize = super::super::SEGMENT;
+
+    struct Spares {
+        blocks: Vec<(NonNull<u8>, usize)>,
+        bytes: usize,
+    }
+
+    impl Drop for Spares {
+        fn drop(&mut self) {
+            for (ptr, cap) in self.blocks.drain(..) {
+                // SAFETY: every block kept came from a segment's `alloc` with this size, and
+                // nothing else refers to it while it is a spare.
+                unsafe { super::free_block(ptr, cap) }
+            }
+        }
+    }
+
+    thread_local! {
+        static SPARES: RefCell<Spares> = const {
+            RefCell::new(Spares { blocks: Vec::new(), bytes: 0 })
+        };
+    }
+
+    /// A spare block of exactly `cap` bytes, if one is kept.
+    pub fn take(cap: usize) -> Option<NonNull<u8>> {
+        if cap > MAX_BLOCK {
+            return None;
+        }
+        SPARES
+            .try_with(|s| {
+                let mut s = s.borrow_mut();
+                let at = s.blocks.iter().rposition(|&(_, c)| c == cap)?;
+                s.bytes -= cap;
+                Some(s.blocks.swap_remove(at).0)
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Keeps the block of a dropped segment as a spare if there is room; false: the caller
+    /// frees it.
+    pub fn keep(ptr: NonNull<u8>, cap: usize) -> bool {
+        if cap > MAX_BLOCK {
+            return false;
+        }
+        SPARES
+            .try_with(|s| {
+                let mut s = s.borrow_mut();
+                if s.bytes + cap > MAX_BYTES {
+                    return false;
+                }
+                s.bytes += cap;
+                s.blocks.push((ptr, cap));
+                true
+            })
+            .unwrap_or(false)
+    }
+
+    /// Bytes of spare blocks this thread holds (tests).
+    #[cfg(test)]
+    pub fn held() -> usize {
+        SPARES.with(|s| s.borrow().bytes)
     }
 }
 
@@ -281,6 +378,36 @@ mod tests {
         }
         assert_eq!(RecordShape::header(&[0; 16], &[0; 64], None, 1).1, 10);
         assert_eq!(RecordShape::header(&[0; 16], &[0; 64], Some(7), 1).1, 18);
+    }
+
+    #[test]
+    fn dropped_blocks_are_reused_and_the_spares_stay_bounded() {
+        // Each test runs on a thread of its own, so these spares are this test's.
+        let a = Segment::with_capacity(8192);
+        a.append(&[b"old bytes"]);
+        let at = a.ptr;
+        drop(a);
+        assert_eq!(spares::held(), 8192);
+        let b = Segment::with_capacity(8192);
+        assert_eq!(
+            b.ptr, at,
+            "the next segment of that size takes the dropped block"
+        );
+        assert_eq!((b.len(), b.room()), (0, 8192), "and starts empty");
+        assert_eq!(spares::held(), 0);
+        // Another size is not served from it.
+        drop(b);
+        let c = Segment::with_capacity(4096);
+        assert_ne!(c.ptr, at);
+        drop(c);
+        // Dropping many keeps at most MAX_BYTES; larger-than-segment blocks are never kept.
+        let many: Vec<_> = (0..200).map(|_| Segment::with_capacity(8192)).collect();
+        drop(many);
+        assert!(spares::held() <= spares::MAX_BYTES);
+        assert!(spares::held() >= spares::MAX_BYTES - 8192);
+        let before = spares::held();
+        drop(Segment::with_capacity(super::super::SEGMENT + 1));
+        assert_eq!(spares::held(), before);
     }
 
     #[test]

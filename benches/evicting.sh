@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Throughput while evicting (issue 13): GET and SET at depth 64 x 4 over KEYS keys of 16 + 64 B,
+# against an `upcache serve` server with a budget of BUDGET bytes (it holds about a quarter of
+# the keys and evicts throughout) and one without, rounds alternating, then each server's keys,
+# evictions and RSS. Prints budget/none per round and the median ratio per op.
+#   bash benches/evicting.sh            ROUNDS=3 KEYS=1000000 BUDGET=33554432 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source benches/common.sh
+setup evicting
+cargo build --release -q --bin upcache
+UP=$PWD/target/release/upcache
+ROUNDS=${ROUNDS:-3}; KEYS=${KEYS:-1000000}; BUDGET=${BUDGET:-33554432}
+
+start() { # start NAME [ARGS...]: an upcache server pinned to the server CPU; sets FILE and PID
+  local name=$1; shift
+  "${PIN[@]}" "$UP" serve "$name" --dir "$W" --start --no-auto-kill "$@" > "$W/$name.line" &
+  PIDS+=($!)
+  first_line "$W/$name.line" > /dev/null
+}
+start budget --max-memory "$BUDGET"; BUD_PID=${PIDS[-1]}
+start none; NOB_PID=${PIDS[-1]}
+BUD=$W/upcache-budget.json; NOB=$W/upcache-none.json
+
+cell() { # cell OP FILE: one measurement; prints ops/s and the client-bound mark
+  taskset -c "$CLIENT_CPU" "$L" run --target "upcache=$1" --op "$2" --depth 64 --conns 4 \
+    --keys "$KEYS" --warmup 1 --duration 3 | tee -a "$W/log" | grep -o '[0-9.]*M ops/s.*' | head -1
+}
+for op in set get; do
+  # Fill both first, so the budgeted one is full and evicting from the first measured second.
+  taskset -c "$CLIENT_CPU" "$L" run --target "upcache=$BUD" --op set --depth 64 --conns 4 \
+    --keys "$KEYS" --warmup 0 --duration 3 > /dev/null
+  taskset -c "$CLIENT_CPU" "$L" run --target "upcache=$NOB" --op set --depth 64 --conns 4 \
+    --keys "$KEYS" --warmup 0 --duration 3 > /dev/null
+  for r in $(seq "$ROUNDS"); do
+    b=$(cell "$BUD" "$op"); n=$(cell "$NOB" "$op")
+    echo "$op round $r: budget $b | none $n"
+    echo "$op ${b%%M*} ${n%%M*}" >> "$W/ratios"
+  done
+done
+python3 - "$W/ratios" <<'EOF'
+import sys, statistics
+rows = {}
+for line in open(sys.argv[1]):
+    op, b, n = line.split()
+    rows.setdefault(op, []).append(float(b) / float(n))
+for op, rs in rows.items():
+    print(f"{op}: budget/none per round {' '.join(f'{r:.2f}' for r in rs)}; median {statistics.median(rs):.2f}")
+EOF
+for f in "$BUD" "$NOB"; do
+  "$UP" stats "$(basename "$f" .json | sed 's/^upcache-//')" --dir "$W" --json | python3 -c \
+    'import json,sys; s=json.load(sys.stdin); print({k: s.get(k) for k in ("keys","evicted","max_memory","memory_bytes")})'
+done
+grep VmRSS "/proc/$BUD_PID/status" "/proc/$NOB_PID/status"
