@@ -205,28 +205,6 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// Whether the request reads or writes a stored record (worth prefetching in a batch).
-    #[inline]
-    pub fn reads_store(&self) -> bool {
-        matches!(
-            self,
-            Request::Get { .. }
-                | Request::Set { .. }
-                | Request::Exists { .. }
-                | Request::Remove { .. }
-                | Request::Incr { .. }
-                | Request::SetTtl { .. }
-                | Request::Expire { .. }
-                | Request::Persist { .. }
-                | Request::Ttl { .. }
-                | Request::GetVersioned { .. }
-                | Request::SetIfVersion { .. }
-                | Request::Add { .. }
-                | Request::Replace { .. }
-                | Request::GetOrLease { .. }
-        )
-    }
-
     /// The opcode.
     pub fn op(&self) -> Op {
         match self {

@@ -303,16 +303,20 @@ impl<S: Read + Write> Engine<S> {
     /// ([`Engine::stops_reading`]). Returns the bytes of the frames applied and why the window
     /// ended.
     fn apply_window(&mut self, slot: usize, bytes: &[u8], now: Instant) -> (usize, WindowEnd) {
-        let mut frames: SmallVec<[(RequestId, Request<'_>, u64, usize); PREFETCH_FRAMES]> =
+        let mut frames: SmallVec<[(RequestId, Request<'_>, usize); PREFETCH_FRAMES]> =
             SmallVec::new();
+        // Each frame's key hash (0 for a request without a key), and where its key probably
+        // is (NO_HINT: look it up), by frame; plain arrays, not collected vectors: this runs
+        // once per window of up to PREFETCH_FRAMES requests.
+        let mut hashes = [0u64; PREFETCH_FRAMES];
         let mut end = WindowEnd::Full;
         let mut at = 0;
         while frames.len() < PREFETCH_FRAMES {
             // `at` is a sum of lengths of frames decoded from `bytes`, so at most its length.
             match protocol::decode_request(&bytes[at..], &self.config.limits) {
                 Ok(Decoded::Frame((id, req), n)) => {
-                    let hash = req.key().map_or(0, |k| self.store.hash(k));
-                    frames.push((id, req, hash, n));
+                    hashes[frames.len()] = req.key().map_or(0, |k| self.store.hash(k));
+                    frames.push((id, req, n));
                     at += n;
                 }
                 Ok(Decoded::Incomplete { need }) => {
@@ -325,29 +329,21 @@ impl<S: Read + Write> Engine<S> {
                 }
             }
         }
-        // Where each frame's key probably is (NO_HINT: look it up).
-        let mut hints: SmallVec<[u32; PREFETCH_FRAMES]> =
-            SmallVec::from_elem(NO_HINT, frames.len());
-        if frames.len() > 1 && self.conns[slot].phase == Phase::Ready {
-            let reads: SmallVec<[usize; PREFETCH_FRAMES]> = (0..frames.len())
-                .filter(|&i| frames[i].1.reads_store())
-                .collect();
-            let hashes: SmallVec<[u64; PREFETCH_FRAMES]> =
-                reads.iter().map(|&i| frames[i].2).collect();
-            let mut found: SmallVec<[u32; PREFETCH_FRAMES]> =
-                SmallVec::from_elem(NO_HINT, hashes.len());
-            self.store.prefetch(&hashes, &mut found);
-            for (&i, &hint) in reads.iter().zip(&found) {
-                hints[i] = hint;
-            }
+        let count = frames.len();
+        let mut hints = [NO_HINT; PREFETCH_FRAMES];
+        if count > 1 && self.conns[slot].phase == Phase::Ready {
+            // Every frame's hash, those of requests that do not look a key up too: a hint is
+            // only ever used by a lookup that checks it, so theirs costs a probe and nothing
+            // else, and pipelined batches are lookups.
+            self.store.prefetch(&hashes[..count], &mut hints[..count]);
         }
         let mut applied = 0;
         // By reference: moving the vector out (`into_iter`) would copy its whole inline array.
-        for (&(id, req, hash, n), &hint) in frames.iter().zip(&hints) {
+        for (i, &(id, req, n)) in frames.iter().enumerate() {
             if self.stops_reading(slot) {
                 return (applied, WindowEnd::Stopped);
             }
-            self.apply(slot, id, req, hash, hint, now);
+            self.apply(slot, id, req, hashes[i], hints[i], now);
             applied += n;
         }
         if self.stops_reading(slot) {
