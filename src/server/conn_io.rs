@@ -339,11 +339,11 @@ impl<S: Read + Write> Engine<S> {
         }
         let mut applied = 0;
         // By reference: moving the vector out (`into_iter`) would copy its whole inline array.
-        for (i, &(id, req, n)) in frames.iter().enumerate() {
+        for (i, (id, req, n)) in frames.iter().enumerate() {
             if self.stops_reading(slot) {
                 return (applied, WindowEnd::Stopped);
             }
-            self.apply(slot, id, req, hashes[i], hints[i], now);
+            self.apply(slot, *id, req, hashes[i], hints[i], now);
             applied += n;
         }
         if self.stops_reading(slot) {

@@ -41,7 +41,7 @@ impl<S: Read + Write> Engine<S> {
         &mut self,
         slot: usize,
         id: RequestId,
-        req: Request<'_>,
+        req: &Request<'_>,
         hash: u64,
         hint: u32,
         now: Instant,
@@ -51,9 +51,10 @@ impl<S: Read + Write> Engine<S> {
         // requests, none of which evicts, so this holds for the whole request.
         self.store.tell_evictions(!self.hub.is_idle());
         if let Phase::Handshake(_) = self.conns[slot].phase {
-            return self.handshake(slot, id, req, now);
+            return self.handshake(slot, id, *req, now);
         }
-        match req {
+        // By reference, fields copied out: the request is not copied whole per frame.
+        match *req {
             Request::Hello { .. } => self.hello_again(slot, id),
             Request::Get { key } => self.get(slot, id, hash, hint, key),
             Request::Set { key, value } => self.set(slot, id, hash, hint, key, value),
