@@ -90,7 +90,13 @@ impl OutQueue {
                 };
                 iov.push(IoSlice::new(s));
             }
-            let n = match w.write_vectored(&iov) {
+            // One piece (a batch of copied replies, the common case): a plain `write`, which
+            // the kernel takes without gathering an I/O vector.
+            let sent = match iov.as_slice() {
+                [one] => w.write(one),
+                _ => w.write_vectored(&iov),
+            };
+            let n = match sent {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
