@@ -13,7 +13,7 @@ cargo build --release -q --bin upcache
 UP=$PWD/target/release/upcache
 ROUNDS=${ROUNDS:-3}; KEYS=${KEYS:-1000000}; BUDGET=${BUDGET:-33554432}
 
-start() { # start NAME [ARGS...]: an upcache server pinned to the server CPU; sets FILE and PID
+start() { # start NAME [ARGS...]: an upcache server pinned to the server CPU (its pid appended to PIDS)
   local name=$1; shift
   "${PIN[@]}" "$UP" serve "$name" --dir "$W" --start --no-auto-kill "$@" > "$W/$name.line" &
   PIDS+=($!)
@@ -36,6 +36,7 @@ for op in set get; do
     --keys "$KEYS" --warmup 0 --duration 3 > /dev/null
   for r in $(seq "$ROUNDS"); do
     read -r b bb < <(cell "$BUD" "$op"); read -r n nb < <(cell "$NOB" "$op")
+    [[ $b =~ ^[0-9.]+$ && $n =~ ^[0-9.]+$ ]] || { echo "could not read loadgen's output (see $W/log)" >&2; exit 1; }
     mark=""; [[ $bb == yes || $nb == yes ]] && mark=" *"
     echo "$op round $r: budget ${b}M ops/s (client-bound: $bb) | none ${n}M ops/s (client-bound: $nb)$mark"
     echo "$op $b $n ${mark:+x}" >> "$W/ratios"

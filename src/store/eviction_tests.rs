@@ -86,6 +86,50 @@ fn churn(policy: Policy) {
         s.shards.iter().map(|sh| sh.bytes()).sum::<usize>(),
         "incremental count drifted"
     );
+    assert_eq!(
+        (s.seg_bytes, s.small_bytes),
+        s.shards
+            .iter()
+            .fold((0, 0), |(a, b), sh| (a + sh.seg_bytes, b + sh.small_bytes)),
+        "store-wide queue counts drifted"
+    );
+}
+
+#[test]
+fn with_nobody_listening_evictions_are_counted_not_listed() {
+    let budget = 1 << 20;
+    let mut s = budget_store(budget, Policy::S3Fifo);
+    s.tell_evictions(false);
+    for i in 0..20_000u32 {
+        let k = format!("key{i:08}").into_bytes();
+        let h = s.hash(&k);
+        s.set(h, &k, &[7; 100]);
+    }
+    assert!(s.evicted() > 0);
+    assert!(s.has_gone(), "uncounted evictions wait to be taken");
+    assert_eq!(s.drain_gone().count(), 0, "nothing listed");
+    assert_eq!(s.take_untold(), s.evicted());
+    assert!(!s.has_gone());
+    assert_eq!(s.len() as u64 + s.evicted(), 20_000);
+    // Listed again once turned back on.
+    s.tell_evictions(true);
+    for i in 20_000..25_000u32 {
+        let k = format!("key{i:08}").into_bytes();
+        let h = s.hash(&k);
+        s.set(h, &k, &[7; 100]);
+    }
+    let (ev, _) = drain(&mut s);
+    assert!(!ev.is_empty());
+    assert_eq!(s.take_untold(), 0);
+}
+
+#[test]
+fn budgeted_segments_fill_whole_pages_with_the_allocators_header() {
+    assert_eq!(Store::segment_for(0), SEGMENT);
+    assert_eq!(Store::segment_for(64 << 20), (16 << 10) - BLOCK_HEADER);
+    assert_eq!(Store::segment_for(32 << 20), (8 << 10) - BLOCK_HEADER);
+    assert_eq!(Store::segment_for(1 << 20), 1024 - BLOCK_HEADER);
+    assert_eq!(Store::segment_for(1 << 40), SEGMENT - BLOCK_HEADER);
 }
 
 #[test]

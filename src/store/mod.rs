@@ -53,7 +53,9 @@
 //! the store over its budget first expires due keys (up to 256), then evicts, one segment at
 //! a time, shards taking turns, until the budget holds or nothing is left to evict but the
 //! segments being filled and the one holding the key just written. Evicted and expired keys
-//! wait in a list ([`Store::drain_gone`]) for the server to tell their listeners.
+//! wait in a list ([`Store::drain_gone`]) for the server to tell their listeners; with
+//! [`Store::tell_evictions`] off (nobody listens) evicted keys are only counted
+//! ([`Store::take_untold`]).
 //!
 //! The policy is S3-FIFO (Yang et al., SOSP '23) on segments. Each shard appends to two
 //! segment FIFOs: new keys to the *small* queue, keys promoted or coming back to the *main*
@@ -659,7 +661,7 @@ pub struct Store {
     /// A shard that must not be compacted now: `put` holds a slot index of it while it makes
     /// room.
     hold: Option<usize>,
-    /// The eviction policy's small-queue share, in tenths of each shard's segment bytes.
+    /// The eviction policy's small-queue share, in tenths of the store's segment bytes.
     small_tenths: usize,
     /// Where the next eviction looks first (shards take turns).
     cursor: usize,
@@ -741,9 +743,13 @@ impl Store {
     /// for a small budget, so that the segments being filled (two per shard) stay within
     /// 1/32 of it. Under a budget the size is a power of two less [`BLOCK_HEADER`], so that
     /// a block and the allocator's header fill whole pages: a budgeted server maps each block
-    /// on its own (`server::release_freed_memory`), and a power of two plus a header would
-    /// take one more page, made resident whenever a record reaches the block's last bytes
-    /// (measured: 3-5 MiB more RSS on a 64 MiB budget once blocks are reused).
+    /// of 8 KiB or more on its own (`server::release_freed_memory`), and a power of two plus
+    /// a header would take one more page, made resident whenever a record reaches the
+    /// block's last bytes (measured: 3-5 MiB more RSS on a 64 MiB budget, 16 KiB segments,
+    /// once blocks are reused). Segments of 16 KiB and up (budgets of 64 MiB and more) are
+    /// such mappings; smaller ones (8,160 B and less) now come from the heap, where the
+    /// spares (`segment::spares`) and blocks of one size keep them from fragmenting it
+    /// (32 MiB budget, `benches/evicting.sh`: 37.5 MiB RSS, 46 MiB as 8 KiB mappings).
     pub fn segment_for(max_memory: u64) -> usize {
         if max_memory == 0 {
             return SEGMENT;
@@ -756,7 +762,8 @@ impl Store {
     /// evicting with `policy`, with shared segments of `segment` bytes ([`Store::segment_for`]
     /// in a server). Slack: after an operation the store may hold more than the budget by
     /// the growth of one shard's slot vector and index, one segment and one record, until
-    /// the next write (and an operation never evicts the segments being filled, so a budget
+    /// the next write that appends a record (a value rewritten in place changes no count and
+    /// looks for no room) (and an operation never evicts the segments being filled, so a budget
     /// smaller than two segments per shard can be exceeded by them).
     pub fn with_budget(
         hasher: ahash::RandomState,
@@ -849,7 +856,8 @@ impl Store {
     }
 
     /// Takes the keys that left for the budget (evicted, or expired because the budget looked
-    /// for room): a server tells their listeners. A store with a budget keeps them until
+    /// for room; evicted ones only while [`Store::tell_evictions`] is on): a server tells
+    /// their listeners. A store with a budget keeps them until
     /// this is called.
     pub fn drain_gone(&mut self) -> std::vec::Drain<'_, Gone> {
         self.gone.drain(..)

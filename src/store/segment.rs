@@ -163,7 +163,7 @@ unsafe fn free_block(ptr: NonNull<u8>, cap: usize) {
 /// The blocks of dropped segments, kept for the next segments of the same size.
 ///
 /// A store under a budget drops a segment for about every one it makes (eviction and
-/// reclamation), all of one size; without this each would be a `free` and a `malloc`, and in a
+/// reclamation), nearly all of its one segment size; without this each would be a `free` and a `malloc`, and in a
 /// budgeted server process (where blocks this size are mappings of their own, see
 /// `server::release_freed_memory`) an `munmap`, an `mmap` and a page fault per 4 KiB touched:
 /// 16 % of the server's time in SETs while evicting (perf, BENCHMARKS.md). The spares are at
@@ -218,8 +218,9 @@ pub(super) mod spares {
             .flatten()
     }
 
-    /// Keeps the block of a dropped segment as a spare if there is room; false: the caller
-    /// frees it.
+    /// Keeps the block of a dropped segment as a spare; false: the caller frees it. When the
+    /// spares are full the oldest go first (freed here), so that blocks of a size no segment
+    /// asks for again (a large record's own block) cannot take the room for good.
     pub fn keep(ptr: NonNull<u8>, cap: usize) -> bool {
         if cap > MAX_BLOCK {
             return false;
@@ -227,9 +228,16 @@ pub(super) mod spares {
         SPARES
             .try_with(|s| {
                 let mut s = s.borrow_mut();
-                if s.bytes + cap > MAX_BYTES {
-                    return false;
+                let mut old = 0;
+                while s.bytes + cap > MAX_BYTES {
+                    let (p, c) = s.blocks[old];
+                    // SAFETY: a spare came from a segment's `alloc` with this size, and
+                    // nothing else refers to it.
+                    unsafe { super::free_block(p, c) };
+                    s.bytes -= c;
+                    old += 1;
                 }
+                s.blocks.drain(..old);
                 s.bytes += cap;
                 s.blocks.push((ptr, cap));
                 true
@@ -408,6 +416,15 @@ mod tests {
         let before = spares::held();
         drop(Segment::with_capacity(super::super::SEGMENT + 1));
         assert_eq!(spares::held(), before);
+        // Odd-sized blocks (large records' own) filling the spares age out: the next block of
+        // the common size is still kept and served.
+        let odd: Vec<_> = (0..30).map(|_| Segment::with_capacity(20_001)).collect();
+        drop(odd);
+        assert!(spares::held() <= spares::MAX_BYTES);
+        let d = Segment::with_capacity(8192);
+        let at = d.ptr;
+        drop(d);
+        assert_eq!(Segment::with_capacity(8192).ptr, at);
     }
 
     #[test]

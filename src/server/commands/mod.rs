@@ -47,8 +47,10 @@ impl<S: Read + Write> Engine<S> {
         now: Instant,
     ) {
         self.stats.requests += 1;
-        // Evicted keys need listing only for someone to tell; the hub changes only in
-        // requests, none of which evicts, so this holds for the whole request.
+        // Evicted keys need listing only for someone to tell. Every store write goes through
+        // here, and no request both adds a listener and writes to the store (listeners that
+        // leave during a request only leave this conservatively on), so it holds for the
+        // whole request.
         self.store.tell_evictions(!self.hub.is_idle());
         if let Phase::Handshake(_) = self.conns[slot].phase {
             return self.handshake(slot, id, *req, now);
