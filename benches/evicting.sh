@@ -4,14 +4,18 @@
 # the keys and evicts throughout) and one without, rounds alternating, then each server's keys,
 # evictions and RSS. Prints budget/none per round and the median ratio per op over the rounds
 # in which neither side was client-bound (`loadgen run`'s mark; such rounds are marked `*`).
-#   bash benches/evicting.sh            ROUNDS=3 KEYS=1000000 BUDGET=33554432 by default
+# Each op starts with FILL seconds of SETs into both servers: the budgeted one is then full and
+# has been evicting for seconds. (Its first seconds of evicting are slower: with a 3 s fill,
+# the first round came out at 0.77-0.78 of the server without a budget where the later rounds
+# gave 0.89-0.98; the cell is about the cache while it evicts, not while it first fills.)
+#   bash benches/evicting.sh            ROUNDS=3 KEYS=1000000 BUDGET=33554432 FILL=8 by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/common.sh
 setup evicting
 cargo build --release -q --bin upcache
 UP=$PWD/target/release/upcache
-ROUNDS=${ROUNDS:-3}; KEYS=${KEYS:-1000000}; BUDGET=${BUDGET:-33554432}
+ROUNDS=${ROUNDS:-3}; KEYS=${KEYS:-1000000}; BUDGET=${BUDGET:-33554432}; FILL=${FILL:-8}
 
 start() { # start NAME [ARGS...]: an upcache server pinned to the server CPU (its pid appended to PIDS)
   local name=$1; shift
@@ -29,11 +33,11 @@ cell() { # cell FILE OP: one measurement; prints "OPS_M CLIENT_BOUND" (yes/no)
     | sed -E 's/.*: ([0-9.]+)M ops\/s.*client-bound: ([a-z]+).*/\1 \2/'
 }
 for op in set get; do
-  # Fill both first, so the budgeted one is full and evicting from the first measured second.
+  # Fill both first, so the budgeted one is full and has been evicting for a while.
   taskset -c "$CLIENT_CPU" "$L" run --target "upcache=$BUD" --op set --depth 64 --conns 4 \
-    --keys "$KEYS" --warmup 0 --duration 3 > /dev/null
+    --keys "$KEYS" --warmup 0 --duration "$FILL" > /dev/null
   taskset -c "$CLIENT_CPU" "$L" run --target "upcache=$NOB" --op set --depth 64 --conns 4 \
-    --keys "$KEYS" --warmup 0 --duration 3 > /dev/null
+    --keys "$KEYS" --warmup 0 --duration "$FILL" > /dev/null
   for r in $(seq "$ROUNDS"); do
     read -r b bb < <(cell "$BUD" "$op"); read -r n nb < <(cell "$NOB" "$op")
     [[ $b =~ ^[0-9.]+$ && $n =~ ^[0-9.]+$ ]] || { echo "could not read loadgen's output (see $W/log)" >&2; exit 1; }

@@ -36,6 +36,77 @@ fn drain(s: &mut Store) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     (ev, ex)
 }
 
+/// Every new key evicting one (the budgeted SET cell of `benches/evicting.sh`, scaled down):
+/// once the shards have grown to what churn needs, their slot vectors and indexes keep their
+/// allocations (a budgeted server maps each block of 8 KiB and up on its own, so a
+/// reallocation is a system call and page faults), and every key not reported evicted is
+/// found (the indexes are rebuilt from the hash bits the slots keep).
+#[test]
+fn churn_keeps_slot_vectors_and_indexes_where_they_are() {
+    let mut s = budget_store(4 << 20, Policy::S3Fifo);
+    let mut held: HashMap<Vec<u8>, u64> = HashMap::new();
+    let allocations = |s: &Store| -> Vec<(*const Slot, usize, usize)> {
+        s.shards
+            .iter()
+            .map(|sh| {
+                (
+                    sh.slots.as_ptr(),
+                    sh.slots.capacity(),
+                    sh.index.allocation_size(),
+                )
+            })
+            .collect()
+    };
+    let mut i = 0u64;
+    let mut churn = |s: &mut Store, n: u64| {
+        for _ in 0..n {
+            let k = format!(
+                "key:{:012}",
+                i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 1_000_000
+            );
+            let h = s.hash(k.as_bytes());
+            s.set(h, k.as_bytes(), &i.to_le_bytes());
+            held.insert(k.into_bytes(), i);
+            for (key, _) in [drain(s).0].concat().into_iter().map(|k| (k, ())) {
+                held.remove(&key);
+            }
+            i += 1;
+        }
+    };
+    churn(&mut s, 400_000);
+    assert!(s.evicted() > 300_000, "the store evicts as keys come");
+    let before = allocations(&s);
+    churn(&mut s, 200_000);
+    let after = allocations(&s);
+    // A shard's key count drifts, so a few shards still reallocate now and then (4 here);
+    // without compacting before a slot vector grows, 33 of the 64 did (a vector doubled, then
+    // halved at the next compaction), and with each index rebuilt at the least size, shards
+    // whose key count drifts around a table size halved their index and doubled it again.
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    assert!(
+        moved <= SHARDS / 8,
+        "{moved} of {SHARDS} shards reallocated"
+    );
+    for sh in s.shards.iter() {
+        assert!(
+            sh.slots.capacity() <= 3 * sh.live() + 64,
+            "slot vector of {} for {} keys",
+            sh.slots.capacity(),
+            sh.live()
+        );
+    }
+    assert_eq!(held.len(), s.len());
+    for (k, v) in &held {
+        let h = s.hash(k);
+        let got = s.get(h, k).map(|e| e.value().to_vec());
+        assert_eq!(
+            got,
+            Some(v.to_le_bytes().to_vec()),
+            "a key not evicted is held"
+        );
+    }
+}
+
 #[test]
 fn churn_stays_within_budget_and_reports_every_key_it_drops() {
     for policy in [Policy::S3Fifo, Policy::Clock] {

@@ -5,8 +5,11 @@
 //! control bytes and the low bits for the bucket) and is passed on to the table lookup.
 //!
 //! A shard keeps its entries in a vector, in the order they were first stored, and a
-//! `HashTable<u32>` of positions into it. An overwrite keeps the entry's place; a removal
-//! leaves a tombstone that a later compaction (stable, so order survives) sweeps away. Every
+//! `HashTable<u32>` of positions into it, which files each key under 24 bits of its hash that
+//! its slot keeps ([`index_hash`]): the table is rehashed and rebuilt without reading a key.
+//! An overwrite keeps the entry's place; a removal leaves a tombstone that a later compaction
+//! (stable, so order survives) sweeps away, when tombstones outnumber the live entries or
+//! when the vector would otherwise grow with a third of it tombstones. Every
 //! entry carries a store-wide sequence number given when it was first stored, so
 //! [`Store::scan`] walks all shards in one insertion order, resuming from a sequence number:
 //! cursors stay valid across inserts, removals and compactions, and no server state is kept
@@ -157,27 +160,68 @@ pub enum IncrError {
     Overflow,
 }
 
-/// A key's place in insertion order, and where its record is.
+/// A key's place in insertion order, where its record is, and the bits of its hash that its
+/// shard's index files it under ([`index_hash`]).
 struct Slot {
-    /// The sequence number (below 2^48) in the low bits, and the eviction policy's access
-    /// count (0..=3) in the top two bits: a `Cell`, so that a read (`&Store`) can count a hit.
+    /// The sequence number (below 2^54) in the low bits, bits 16..24 of [`Slot::index_bits`]
+    /// above it, and the eviction policy's access count (0..=3) in the top two bits: a `Cell`,
+    /// so that a read (`&Store`) can count a hit.
     seq: Cell<u64>,
     /// Segment id, or [`DEAD`].
     seg: u32,
-    off: u32,
+    /// Where the record starts in its segment (a shared segment is at most [`SEGMENT`] bytes,
+    /// and a record of a segment of its own starts at 0).
+    off: u16,
+    /// Bits 0..16 of [`Slot::index_bits`].
+    tag: u16,
 }
 
+/// Bits of [`Slot::seq`] that hold the sequence number: 2^54 keys stored (570 years at a
+/// million new keys a second) before it would run into the hash bits above it.
+const SEQ_BITS: u32 = 54;
 /// Where the access count sits in [`Slot::seq`].
 const FREQ_SHIFT: u32 = 62;
 /// The sequence number's bits of [`Slot::seq`].
-const SEQ_MASK: u64 = (1 << FREQ_SHIFT) - 1;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+/// The bits of a key's hash that its shard's index is built on ([`index_bits`]).
+const INDEX_BITS: u32 = 24;
+
+/// The bits of a key's hash that its shard's index files it under: the low [`INDEX_BITS`]
+/// (the shard was chosen by bits 51..57).
+#[inline(always)]
+fn index_bits(hash: u64) -> u32 {
+    hash as u32 & ((1 << INDEX_BITS) - 1)
+}
+
+/// The hash a shard's index files a key under: [`index_bits`] of its hash, spread over 64
+/// bits by a multiply with an odd constant (hashbrown takes a bucket from the low bits, a
+/// bijection of the low bits of `bits`, and its control tag from the top ones, which all of
+/// `bits` move). Each slot keeps these bits, so the index is rehashed (when removals' tombstones
+/// use up its room) and rebuilt (at each compaction) from the slots alone, without reading any
+/// key (a record, often a cache miss) or hashing it again: under a budget, where every new key
+/// evicts one, that was about a tenth of a SET's instructions (`benches/evicting.sh`). 24 bits
+/// keep the buckets of a shard's index uniform up to 2^24 of them (some 7 million keys a
+/// shard, 470 million in all); beyond that two keys share a bucket more often (more key
+/// comparisons, still correct).
+#[inline(always)]
+fn index_hash(bits: u32) -> u64 {
+    u64::from(bits).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// [`index_hash`] of the key whose hash is `hash`.
+#[inline(always)]
+fn index_hash_of(hash: u64) -> u64 {
+    index_hash(index_bits(hash))
+}
 
 impl Slot {
-    fn new(seq: u64, seg: u32, off: u32) -> Self {
+    fn new(seq: u64, bits: u32, seg: u32, off: u16) -> Self {
+        debug_assert!(seq <= SEQ_MASK, "sequence numbers stay below 2^54");
         Slot {
-            seq: Cell::new(seq),
+            seq: Cell::new(seq | u64::from(bits >> 16) << SEQ_BITS),
             seg,
             off,
+            tag: bits as u16,
         }
     }
 
@@ -187,6 +231,19 @@ impl Slot {
         self.seq.get() & SEQ_MASK
     }
 
+    /// [`index_bits`] of the key's hash, as the slot keeps them.
+    #[inline]
+    fn index_bits(&self) -> u32 {
+        let high = (self.seq.get() >> SEQ_BITS) as u32 & ((1 << (FREQ_SHIFT - SEQ_BITS)) - 1);
+        u32::from(self.tag) | high << 16
+    }
+
+    /// [`index_hash`] of the key.
+    #[inline]
+    fn index_hash(&self) -> u64 {
+        index_hash(self.index_bits())
+    }
+
     /// The access count since the policy last looked at the key (0..=3).
     #[inline]
     fn freq(&self) -> u8 {
@@ -194,7 +251,8 @@ impl Slot {
     }
 
     fn set_freq(&self, f: u8) {
-        self.seq.set(self.seq() | u64::from(f) << FREQ_SHIFT);
+        let rest = self.seq.get() & ((1 << FREQ_SHIFT) - 1);
+        self.seq.set(rest | u64::from(f) << FREQ_SHIFT);
     }
 
     /// Counts a hit: writes only while the count is below 3.
@@ -240,7 +298,7 @@ fn key_of<'a>(slots: &'a [Slot], segs: &'a [Option<SegInfo>], i: u32) -> &'a [u8
         .expect("a live slot names a live segment")
         .seg
         .bytes();
-    let off = slot.off as usize;
+    let off = usize::from(slot.off);
     let shape = RecordShape::read(&seg[off..]);
     &seg[off + shape.key_start..off + shape.value_start()]
 }
@@ -363,7 +421,7 @@ impl Shard {
 
     /// The record of a live slot.
     fn record(&self, slot: &Slot) -> Record<'_> {
-        Record::at(&self.info(slot.seg).seg, slot.off as usize)
+        Record::at(&self.info(slot.seg).seg, usize::from(slot.off))
     }
 
     /// The slot of `key` and its record, trying slot `hint` first (see [`Store::prefetch`]):
@@ -386,7 +444,7 @@ impl Shard {
     #[inline]
     fn find(&self, hash: u64, key: &[u8]) -> Option<(usize, Record<'_>)> {
         let mut hit = None;
-        self.index.find(hash, |&i| {
+        self.index.find(index_hash_of(hash), |&i| {
             let slot = &self.slots[i as usize];
             if slot.seg == DEAD {
                 return false;
@@ -465,7 +523,7 @@ impl Shard {
     }
 
     /// Appends one record made of `parts` to `queue`; returns its segment and offset.
-    fn append(&mut self, queue: Queue, parts: &[&[u8]]) -> (u32, u32) {
+    fn append(&mut self, queue: Queue, parts: &[&[u8]]) -> (u32, u16) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let id = if len > self.segment / 4 {
             self.new_segment(len, queue)
@@ -483,7 +541,9 @@ impl Shard {
         let info = self.info_mut(id);
         let off = info.seg.append(parts);
         info.live += len;
-        let off = u32::try_from(off).expect("records start in the first 4 GiB of a segment");
+        // A shared segment is at most `SEGMENT` (64 KiB) long (`Store::with_budget`), and a
+        // segment of its own holds one record, at 0.
+        let off = u16::try_from(off).expect("records start in the first 64 KiB of a segment");
         (id, off)
     }
 
@@ -493,7 +553,7 @@ impl Shard {
     /// and no garbage is made: the common case of a key rewritten with a value of the same
     /// size. The header is always rewritten: it holds the new version.
     fn overwrite_in_place(&mut self, i: usize, header: &[u8], value: &[u8]) -> bool {
-        let (id, off) = (self.slots[i].seg, self.slots[i].off as usize);
+        let (id, off) = (self.slots[i].seg, usize::from(self.slots[i].off));
         let info = self.info_mut(id);
         let shape = RecordShape::read(&info.seg.bytes()[off..]);
         if shape.key_start != header.len() || shape.value_len != value.len() {
@@ -511,14 +571,23 @@ impl Shard {
     }
 
     /// Counts the record of a slot as garbage.
-    fn forget(&mut self, seg: u32, off: u32) {
+    fn forget(&mut self, seg: u32, off: u16) {
         let info = self.info_mut(seg);
-        info.live -= RecordShape::read(&info.seg.bytes()[off as usize..]).len();
+        info.live -= RecordShape::read(&info.seg.bytes()[usize::from(off)..]).len();
         self.check.push(seg);
     }
 
-    /// Drops or reclaims the segments in `check` that are mostly garbage.
+    /// Drops or reclaims the segments in `check` that are mostly garbage. (Inline down to one
+    /// test of an empty list, the case of most writes.)
+    #[inline(always)]
     fn settle(&mut self, hasher: &ahash::RandomState) {
+        if !self.check.is_empty() {
+            self.settle_checked(hasher);
+        }
+    }
+
+    #[inline(never)]
+    fn settle_checked(&mut self, hasher: &ahash::RandomState) {
         while let Some(id) = self.check.pop() {
             let Some(info) = &self.segs[id as usize] else {
                 continue; // listed twice and already gone
@@ -541,9 +610,9 @@ impl Shard {
     fn slot_at(&self, id: u32, off: usize, key: &[u8], hasher: &ahash::RandomState) -> Option<u32> {
         let slots = &self.slots;
         self.index
-            .find(hasher.hash_one(key), |&i| {
+            .find(index_hash_of(hasher.hash_one(key)), |&i| {
                 let s = &slots[i as usize];
-                s.seg == id && s.off as usize == off
+                s.seg == id && usize::from(s.off) == off
             })
             .copied()
     }
@@ -597,39 +666,50 @@ impl Shard {
         self.small_bytes = 0;
     }
 
-    /// Drops tombstones, keeping order, and rebuilds the index. Returns where each old slot
-    /// went (`u32::MAX` for a tombstone).
-    fn compact(&mut self, hasher: &ahash::RandomState) -> Vec<u32> {
-        let mut moved = Vec::with_capacity(self.slots.len());
-        let mut next = 0u32;
-        for s in &self.slots {
-            if s.seg == DEAD {
-                moved.push(u32::MAX);
-            } else {
-                moved.push(next);
-                next += 1;
-            }
+    /// Drops tombstones, keeping order, and rebuilds the index. With `moved`, fills it with
+    /// where each old slot went (`u32::MAX` for a tombstone).
+    ///
+    /// Allocates nothing while the shard's size holds: a budgeted server maps every block of
+    /// 8 KiB and up on its own (`server::release_freed_memory`), so each allocation of a
+    /// vector or table that size is an `mmap`, page faults and an `munmap` (measured before
+    /// this was so: with a budget, every new key evicting one, about a tenth of the
+    /// server's time, in the kernel).
+    fn compact(&mut self, moved: Option<&mut Vec<u32>>) {
+        if let Some(moved) = moved {
+            moved.clear();
+            let mut next = 0u32;
+            moved.extend(self.slots.iter().map(|s| {
+                if s.seg == DEAD {
+                    u32::MAX
+                } else {
+                    next += 1;
+                    next - 1
+                }
+            }));
         }
         self.slots.retain(|s| s.seg != DEAD);
-        // Give back what a mass removal (or expiry) left unused.
-        self.slots.shrink_to(2 * self.slots.len());
-        self.dead = 0;
-        // Rebuilt from the keys, at the size the live keys need: updating the entries in
-        // place would skip reading every key, but would keep the table at the size that
-        // insertions after removals grew it to (a removal leaves a tombstone in the table,
-        // which only a rehash clears, so a table under churn doubles), and a budget pays for
-        // that in keys (2.4 % fewer held in the hit-ratio benchmark).
-        let mut index = HashTable::with_capacity(self.slots.len());
-        let (slots, segs) = (&self.slots, &self.segs);
-        for i in 0..slots.len() as u32 {
-            // Every position is distinct, so insert_unique needs no key comparison; the
-            // rehash closure is not called because capacity was reserved above.
-            index.insert_unique(hasher.hash_one(key_of(slots, segs, i)), i, |&j| {
-                hasher.hash_one(key_of(slots, segs, j))
-            });
+        // Give back what a mass removal (or expiry) left unused; not the room that the next
+        // tombstones will take (`Store::compact_before_growing`).
+        if self.slots.capacity() > 3 * self.slots.len() {
+            self.slots.shrink_to(2 * self.slots.len());
         }
-        self.index = index;
-        moved
+        self.dead = 0;
+        // Rebuilt in its own table, emptied, unless that holds four times what the live keys
+        // need: a removal leaves a tombstone, which only a rehash clears, so a table under
+        // churn may double, and a budget pays for room it does not use in keys (2.4 % fewer
+        // held in the hit-ratio benchmark with every table kept at the size churn grew it
+        // to); but one that only doubled is kept, or a shard whose key count drifts around a
+        // table size would halve its table at each compaction and double it again soon after.
+        // Built from the bits of the hashes the slots keep: no key is read. Every position is
+        // distinct, so `insert_unique` needs no key comparison.
+        self.index.clear();
+        if self.index.capacity() / 4 >= self.slots.len() {
+            self.index = HashTable::with_capacity(self.slots.len());
+        }
+        let (index, slots) = (&mut self.index, &self.slots);
+        for (i, slot) in (0..).zip(slots) {
+            index.insert_unique(slot.index_hash(), i, |&j| slots[j as usize].index_hash());
+        }
     }
 }
 
@@ -678,11 +758,25 @@ pub struct Store {
     untold: u64,
     /// Keys evicted since start.
     evicted: u64,
-    /// The hashes of the records of the segment being evicted (kept to reuse its allocation).
-    victim_hashes: Vec<u64>,
+    /// The records of the segment being evicted (kept to reuse its allocation).
+    victims: Vec<Victim>,
+    /// Where a compacted shard's slots went (kept to reuse its allocation).
+    moved: Vec<u32>,
     /// Whether the budget has run out since the store was made or cleared (something was
     /// evicted): until then new keys go to the main queue.
     full: bool,
+}
+
+/// A record of the segment being evicted, as the first pass of [`Store::evict_segment`]
+/// read it.
+struct Victim {
+    /// Its key's hash.
+    hash: u64,
+    /// Where it starts in the segment, and its length.
+    off: usize,
+    len: usize,
+    /// Whether it has a deadline.
+    has_deadline: bool,
 }
 
 /// A key that left the store without being asked to (see [`Store::drain_gone`]).
@@ -771,6 +865,11 @@ impl Store {
         max_memory: u64,
         policy: Policy,
     ) -> Self {
+        // A slot keeps a record's offset in 16 bits.
+        assert!(
+            segment <= SEGMENT,
+            "shared segments are at most {SEGMENT} bytes"
+        );
         let budget = usize::try_from(max_memory).unwrap_or(usize::MAX);
         let ghost = if budget == 0 {
             Box::default()
@@ -803,7 +902,8 @@ impl Store {
             gone: Vec::new(),
             tell_evicted: true,
             untold: 0,
-            victim_hashes: Vec::new(),
+            victims: Vec::new(),
+            moved: Vec::new(),
             seg_bytes: 0,
             small_bytes: 0,
             full: false,
@@ -832,6 +932,7 @@ impl Store {
 
     /// Whether a record of this key and value can be stored at all under the budget: it may
     /// take at most half of it (a larger one is refused, and nothing is evicted for it).
+    #[inline]
     pub fn fits(&self, key_len: usize, value_len: usize) -> bool {
         self.budget == 0 || key_len + value_len + segment::MAX_HEADER <= self.budget / 2
     }
@@ -1085,7 +1186,7 @@ impl Store {
             let s = self.shard(hash);
             *hint = NO_HINT;
             // The first candidate: a key with another hash collides on the 7-bit tag rarely.
-            if let Some(&i) = s.index.iter_hash(hash).next() {
+            if let Some(&i) = s.index.iter_hash(index_hash_of(hash)).next() {
                 prefetch_line(&s.slots[i as usize].seq);
                 *hint = i;
             } else if !self.ghost.is_empty() {
@@ -1104,7 +1205,7 @@ impl Store {
             }
             // The record's first two lines: its lengths, the key, and a short value.
             let bytes = s.info(slot.seg).seg.bytes();
-            let off = slot.off as usize;
+            let off = usize::from(slot.off);
             for at in [off, off + 64] {
                 if let Some(byte) = bytes.get(at) {
                     prefetch_line(byte);
@@ -1259,8 +1360,11 @@ impl Store {
             v
         });
         let (header, n) = RecordShape::header(key, value, deadline, version);
-        let hasher = &self.hasher;
         let shard_id = Self::shard_of(hash).0;
+        if found.is_none() {
+            self.compact_before_growing(shard_id);
+        }
+        let hasher = &self.hasher;
         let shard = &mut self.shards[shard_id];
         let old_deadline = found.and_then(|(_, d)| d);
         let found = found.map(|(i, _)| i);
@@ -1298,13 +1402,15 @@ impl Store {
                 let (seg, off) = shard.append(queue, &[&header[..n], key, value]);
                 let i = shard.slots.len();
                 let pos = u32::try_from(i).expect("a shard holds fewer than 2^32 entries");
-                shard.slots.push(Slot::new(self.next_seq, seg, off));
+                shard
+                    .slots
+                    .push(Slot::new(self.next_seq, index_bits(hash), seg, off));
                 self.next_seq += 1;
                 self.len += 1;
-                let (slots, segs) = (&shard.slots, &shard.segs);
-                shard
-                    .index
-                    .insert_unique(hash, pos, |&j| hasher.hash_one(key_of(slots, segs, j)));
+                let slots = &shard.slots;
+                shard.index.insert_unique(index_hash_of(hash), pos, |&j| {
+                    slots[j as usize].index_hash()
+                });
                 i
             }
         };
@@ -1341,7 +1447,9 @@ impl Store {
     /// Brings the store back within its budget: expires due keys first, then evicts by the
     /// policy, one segment at a time, shards taking turns, until the budget holds or nothing
     /// but the segments being filled is left. `hold` is a slot (shard, index) that must stay:
-    /// the key being written.
+    /// the key being written. (Kept out of line: one write in many evicts, and `put` stays
+    /// small without it.)
+    #[inline(never)]
     fn make_room(&mut self, hold: Option<(usize, usize)>) {
         self.hold = hold.map(|h| h.0);
         if self.next_expiry().is_some_and(|t| t <= self.now) {
@@ -1402,66 +1510,74 @@ impl Store {
         // entry, so that the cache misses of the whole segment overlap instead of coming one
         // after another in the pass that follows (as `prefetch` does for a window of requests).
         // (Hashing first, then probing in a loop of its own: a short loop body lets the
-        // processor run more probes' misses at once.)
-        let mut hashes = std::mem::take(&mut self.victim_hashes);
-        hashes.clear();
-        hashes.extend(seg.records().map(|(_, _, key)| hasher.hash_one(key)));
-        for &hash in &hashes {
-            if let Some(&i) = shard.index.iter_hash(hash).next() {
+        // processor run more probes' misses at once.) Each record's header is read once, here.
+        let mut victims = std::mem::take(&mut self.victims);
+        victims.clear();
+        let bytes = seg.bytes();
+        victims.extend(seg.shapes().map(|(off, shape)| Victim {
+            hash: hasher.hash_one(&bytes[off + shape.key_start..off + shape.value_start()]),
+            off,
+            len: shape.len(),
+            has_deadline: shape.has_deadline,
+        }));
+        for v in &victims {
+            if let Some(&i) = shard.index.iter_hash(index_hash_of(v.hash)).next() {
                 prefetch_line(&shard.slots[i as usize].seq);
             }
         }
         if queue == Queue::Small {
-            for &hash in &hashes {
-                prefetch_line(&self.ghost[ghost_slot(&self.ghost, hash).0]);
+            for v in &victims {
+                prefetch_line(&self.ghost[ghost_slot(&self.ghost, v.hash).0]);
             }
         }
-        for ((off, rec, _), &hash) in seg.records().zip(&hashes) {
+        for v in &victims {
             let slots = &shard.slots;
-            let found = shard.index.find_entry(hash, |&i| {
+            let found = shard.index.find_entry(index_hash_of(v.hash), |&i| {
                 let s = &slots[i as usize];
-                s.seg == id && s.off as usize == off
+                s.seg == id && usize::from(s.off) == v.off
             });
-            if let Ok(found) = found {
-                let i = *found.get() as usize;
-                let record = Record::at(&seg, off);
-                let due = record.is_due(now);
-                let f = shard.slots[i].freq();
-                if !due && f > 0 {
-                    let (to, f) = match queue {
-                        Queue::Small => (Queue::Main, 0),
-                        Queue::Main => (Queue::Main, f.saturating_sub(1)),
-                    };
-                    let (s2, o2) = shard.append(to, &[rec]);
-                    let slot = &mut shard.slots[i];
-                    (slot.seg, slot.off) = (s2, o2);
-                    slot.set_freq(f);
-                } else {
-                    found.remove();
-                    if record.deadline().is_some() {
-                        self.ttl_keys -= 1;
-                    }
-                    shard.slots[i].seg = DEAD;
-                    shard.dead += 1;
-                    self.len -= 1;
-                    if due {
-                        self.gone.push(Gone::Expired(record.to_entry()));
-                    } else {
-                        self.evicted += 1;
-                        if self.tell_evicted {
-                            self.gone.push(Gone::Evicted(record.to_entry()));
-                        } else {
-                            self.untold += 1;
-                        }
-                        if queue == Queue::Small {
-                            let (at, tag) = ghost_slot(&self.ghost, hash);
-                            self.ghost[at] = tag;
-                        }
-                    }
-                }
+            let Ok(found) = found else {
+                continue; // garbage: the key was rewritten elsewhere or removed
+            };
+            let i = *found.get() as usize;
+            let due = v.has_deadline && Record::at(&seg, v.off).is_due(now);
+            let f = shard.slots[i].freq();
+            if !due && f > 0 {
+                let (to, f) = match queue {
+                    Queue::Small => (Queue::Main, 0),
+                    Queue::Main => (Queue::Main, f.saturating_sub(1)),
+                };
+                let (s2, o2) = shard.append(to, &[&bytes[v.off..v.off + v.len]]);
+                let slot = &mut shard.slots[i];
+                (slot.seg, slot.off) = (s2, o2);
+                slot.set_freq(f);
+                continue;
+            }
+            found.remove();
+            if v.has_deadline {
+                self.ttl_keys -= 1;
+            }
+            shard.slots[i].seg = DEAD;
+            shard.dead += 1;
+            self.len -= 1;
+            if due {
+                self.gone
+                    .push(Gone::Expired(Record::at(&seg, v.off).to_entry()));
+                continue;
+            }
+            self.evicted += 1;
+            if self.tell_evicted {
+                self.gone
+                    .push(Gone::Evicted(Record::at(&seg, v.off).to_entry()));
+            } else {
+                self.untold += 1;
+            }
+            if queue == Queue::Small {
+                let (at, tag) = ghost_slot(&self.ghost, v.hash);
+                self.ghost[at] = tag;
             }
         }
-        self.victim_hashes = hashes;
+        self.victims = victims;
         shard.drop_segment(id);
         shard.settle(hasher);
         if shard.live() == 0 {
@@ -1474,24 +1590,52 @@ impl Store {
     /// Compacts shard `sid` if tombstones outnumber its keys, and follows its wheel entries
     /// to their new slots (not while `put` holds a slot of it).
     fn compact_if_sparse(&mut self, id: usize) {
-        let shard = &mut self.shards[id];
+        let shard = &self.shards[id];
         if self.hold == Some(id) || shard.dead <= 32 || shard.dead <= shard.live() {
             return;
         }
-        let moved = shard.compact(&self.hasher);
-        if !self.wheel.is_empty() || !self.due.is_empty() {
-            // Wheel entries name slots: follow this shard's to their new places.
-            let map = |e: u32| {
-                let (sh, sl) = Wheel::unpack(e);
-                if sh != id {
-                    return Some(e);
-                }
-                let to = *moved.get(sl)?;
-                (to != u32::MAX).then(|| Wheel::pack(id, to as usize))
-            };
-            self.wheel.remap(map);
-            self.due = self.due.iter().filter_map(|&e| map(e)).collect();
+        self.compact_shard(id);
+    }
+
+    /// Compacts shard `id` where its slot vector would otherwise grow for the key about to be
+    /// stored, if a third of its slots or more are tombstones: under churn (a budget evicting
+    /// as keys come) the vector then keeps its size instead of doubling, to be halved again
+    /// at the next compaction, each a reallocation.
+    fn compact_before_growing(&mut self, id: usize) {
+        let shard = &self.shards[id];
+        let n = shard.slots.len();
+        if n == shard.slots.capacity() && shard.dead > 32 && shard.dead * 3 >= n {
+            self.compact_shard(id);
         }
+    }
+
+    /// Compacts shard `id` and follows its wheel entries to their new slots.
+    fn compact_shard(&mut self, id: usize) {
+        let shard = &mut self.shards[id];
+        if self.wheel.is_empty() && self.due.is_empty() {
+            shard.compact(None);
+            return;
+        }
+        let mut moved = std::mem::take(&mut self.moved);
+        shard.compact(Some(&mut moved));
+        // Wheel entries name slots: follow this shard's to their new places.
+        let map = |e: u32| {
+            let (sh, sl) = Wheel::unpack(e);
+            if sh != id {
+                return Some(e);
+            }
+            let to = *moved.get(sl)?;
+            (to != u32::MAX).then(|| Wheel::pack(id, to as usize))
+        };
+        self.wheel.remap(map);
+        self.due.retain_mut(|e| match map(*e) {
+            Some(to) => {
+                *e = to;
+                true
+            }
+            None => false,
+        });
+        self.moved = moved;
     }
 
     /// Files a wheel entry for `deadline` (past the wheel's time, or among the due ones).
@@ -1577,7 +1721,7 @@ impl Store {
     pub fn remove(&mut self, hash: u64, key: &[u8]) -> bool {
         let shard = &mut self.shards[Self::shard_of(hash).0];
         let (slots, segs) = (&shard.slots, &shard.segs);
-        let found = shard.index.find_entry(hash, |&j| {
+        let found = shard.index.find_entry(index_hash_of(hash), |&j| {
             slots[j as usize].seg != DEAD && same_key(key_of(slots, segs, j), key)
         });
         let Ok(found) = found else { return false };
@@ -1768,6 +1912,41 @@ mod tests {
             }
             cursor = next;
         }
+    }
+
+    #[test]
+    fn a_slot_keeps_its_hash_bits_through_counts_and_moves() {
+        for (seq, hash) in [
+            (1, 0),
+            (SEQ_MASK, u64::MAX),
+            (12_345, 0xdead_beef_cafe_f00d),
+        ] {
+            let mut slot = Slot::new(seq, index_bits(hash), 7, u16::MAX);
+            let check = |slot: &Slot, f: u8| {
+                assert_eq!(slot.seq(), seq);
+                assert_eq!(slot.freq(), f);
+                assert_eq!(slot.index_bits(), index_bits(hash));
+                assert_eq!(slot.index_hash(), index_hash_of(hash));
+            };
+            check(&slot, 0);
+            for f in 1..=3 {
+                slot.touch();
+                check(&slot, f);
+            }
+            slot.touch();
+            check(&slot, 3);
+            slot.set_freq(1);
+            check(&slot, 1);
+            (slot.seg, slot.off) = (DEAD, 0);
+            check(&slot, 1);
+        }
+        // The index hash spreads the bits: distinct bits, distinct hashes, and the low bits
+        // (the bucket) and the top seven (hashbrown's tag) both vary.
+        let hs: Vec<u64> = (0..1u32 << 12).map(index_hash).collect();
+        let distinct: std::collections::HashSet<_> = hs.iter().collect();
+        assert_eq!(distinct.len(), hs.len());
+        let tags: std::collections::HashSet<_> = hs.iter().map(|h| h >> 57).collect();
+        assert_eq!(tags.len(), 128);
     }
 
     #[test]

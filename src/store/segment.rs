@@ -74,15 +74,24 @@ impl Segment {
     /// record the store ever wrote here, live or not: the store's index says which are live.)
     pub fn records(&self) -> impl Iterator<Item = (usize, &[u8], &[u8])> + '_ {
         let bytes = self.bytes();
+        self.shapes().map(move |(at, shape)| {
+            let rec = &bytes[at..at + shape.len()];
+            (at, rec, &rec[shape.key_start..shape.value_start()])
+        })
+    }
+
+    /// The offset and shape of each record written into it, in order (as [`Segment::records`]).
+    pub(super) fn shapes(&self) -> impl Iterator<Item = (usize, RecordShape)> + '_ {
+        let bytes = self.bytes();
         let mut off = 0;
         std::iter::from_fn(move || {
             if off >= bytes.len() {
                 return None;
             }
             let shape = RecordShape::read(&bytes[off..]);
-            let (at, rec) = (off, &bytes[off..off + shape.len()]);
+            let at = off;
             off += shape.len();
-            Some((at, rec, &rec[shape.key_start..shape.value_start()]))
+            Some((at, shape))
         })
     }
 
