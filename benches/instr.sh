@@ -8,6 +8,9 @@
 #
 #   bash benches/instr.sh                       # GET and SET, depth 64 x 4 connections, TCP
 #   DEPTHS="16 64" OPS="get" NETS="tcp unix" bash benches/instr.sh
+#   MAX_MEMORY=33554432 KEYS=1000000 OPS=set bash benches/instr.sh   # SET while evicting (issue 13)
+# (With MAX_MEMORY the server evicts from early in both runs, so the difference is the cost of a
+# request while it evicts.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OPS=${OPS:-get set}
@@ -15,6 +18,7 @@ DEPTHS=${DEPTHS:-64}
 NETS=${NETS:-tcp}
 CONNS=${CONNS:-4}
 KEYS=${KEYS:-100000}
+MAX_MEMORY=${MAX_MEMORY:-0}
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 2; }
 cargo build --release -q -p upcache-loadgen --bin loadgen
 L=$PWD/target/release/loadgen
@@ -27,7 +31,8 @@ measure() {
   local op=$1 depth=$2 net=$3 secs=$4
   rm -f "$W"/upcache-instr.json "$W"/cg.out
   valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" \
-    "$L" foreground --file "$W/upcache-instr.json" --transport "$net" >/dev/null 2>"$W/vg.log" &
+    "$L" foreground --file "$W/upcache-instr.json" --transport "$net" --max-memory "$MAX_MEMORY" \
+    >/dev/null 2>"$W/vg.log" &
   SERVER=$!
   for _ in $(seq 600); do [[ -s $W/upcache-instr.json ]] && break; sleep 0.1; done
   "$L" run --target "upcache=$W/upcache-instr.json" --op "$op" --depth "$depth" --conns "$CONNS" \
@@ -40,7 +45,7 @@ measure() {
   echo "$ir $requests"
 }
 
-echo "# user-space instructions per request (callgrind), $KEYS keys of 16 B, values of 64 B, $CONNS connections"
+echo "# user-space instructions per request (callgrind), $KEYS keys of 16 B, values of 64 B, $CONNS connections$([[ $MAX_MEMORY != 0 ]] && echo ", budget $MAX_MEMORY B")"
 for net in $NETS; do
   for depth in $DEPTHS; do
     for op in $OPS; do

@@ -1,8 +1,8 @@
 //! The store: keys and values in shards of hashbrown tables, owned by the server loop.
 //!
-//! Each key is hashed once with ahash ([`Store::hash`]); the hash picks the shard from bits
-//! hashbrown does not use for probing (bits 51..57: hashbrown takes the top 7 bits for its
-//! control bytes and the low bits for the bucket) and is passed on to the table lookup.
+//! Each key is hashed once with ahash ([`Store::hash`]); bits 51..57 of the hash pick the
+//! shard, and its low 24 bits are what the shard's index files the key under
+//! ([`index_hash`]).
 //!
 //! A shard keeps its entries in a vector, in the order they were first stored, and a
 //! `HashTable<u32>` of positions into it, which files each key under 24 bits of its hash that
@@ -90,21 +90,22 @@
 //! with values of 64 to 512 bytes (about 300 MB in all), 3 M requests, each a GET then a SET
 //! on a miss, keys drawn from a Zipf distribution; the scan variant inserts, mid-run, twice
 //! the budget of new keys once. Hit ratios (keys held at the end; rerun 2026-11-30 with the
-//! 8-byte versions in every record and the rules above, within 0.001 of the run before them):
+//! index tables kept through compactions unless four times too large, and slot vectors
+//! compacted before they grow: within 0.001 of the runs before, with 0.3-0.9 % fewer keys):
 //!
 //! | Zipf α | scan | S3-FIFO (chosen) | CLOCK: one FIFO, 2-bit, on segments | exact LRU, record + 48 B/key |
 //! |---:|:---:|---:|---:|---:|
-//! | 0.8 | no  | **0.457** (43,311 keys) | 0.392 (43,486) | 0.379 (47,425) |
-//! | 0.8 | yes | **0.458** (43,303) | 0.389 (43,638) | 0.377 (47,425) |
-//! | 1.0 | no  | **0.752** (43,346) | 0.721 (43,650) | 0.711 (47,347) |
-//! | 1.0 | yes | **0.752** (43,430) | 0.717 (43,330) | 0.708 (47,347) |
-//! | 1.2 | no  | **0.934** (43,481) | 0.930 (43,755) | 0.928 (47,385) |
-//! | 1.2 | yes | **0.933** (43,505) | 0.925 (43,851) | 0.923 (47,385) |
+//! | 0.8 | no  | **0.457** (43,133 keys) | 0.391 (43,167) | 0.379 (47,425) |
+//! | 0.8 | yes | **0.457** (42,921) | 0.388 (43,185) | 0.377 (47,425) |
+//! | 1.0 | no  | **0.752** (43,146) | 0.720 (43,161) | 0.711 (47,347) |
+//! | 1.0 | yes | **0.752** (43,111) | 0.716 (43,073) | 0.708 (47,347) |
+//! | 1.2 | no  | **0.934** (43,401) | 0.930 (43,309) | 0.928 (47,385) |
+//! | 1.2 | yes | **0.933** (43,381) | 0.925 (43,342) | 0.923 (47,385) |
 //!
 //! S3-FIFO wins every row: by 6.5 points over the single FIFO with reinsertion and 8 over LRU
 //! at α = 0.8, 3 and 4 at α = 1.0, and the scan costs it nothing (the scan's keys never
 //! leave the small queue), while it costs the others up to half a point: one-hit keys take a
-//! whole trip through their one queue. The LRU reference is given 6 % more keys than the
+//! whole trip through their one queue. The LRU reference is given about 10 % more keys than the
 //! store holds (its 48 bytes per key are less than what the store really spends on slots,
 //! index and segment slack) and still loses. SIEVE was not built: it needs a per-object hand
 //! over the slots, and its evictions leave garbage scattered over segments that must be
@@ -199,10 +200,12 @@ fn index_bits(hash: u64) -> u32 {
 /// `bits` move). Each slot keeps these bits, so the index is rehashed (when removals' tombstones
 /// use up its room) and rebuilt (at each compaction) from the slots alone, without reading any
 /// key (a record, often a cache miss) or hashing it again: under a budget, where every new key
-/// evicts one, that was about a tenth of a SET's instructions (`benches/evicting.sh`). 24 bits
-/// keep the buckets of a shard's index uniform up to 2^24 of them (some 7 million keys a
-/// shard, 470 million in all); beyond that two keys share a bucket more often (more key
-/// comparisons, still correct).
+/// evicts one, that was about a tenth of a SET's instructions (`benches/instr.sh` with a
+/// budget: 1,401 instructions per SET, 1,228 with this and the compaction changes). The cost:
+/// two keys of a shard with the same 24 bits have the same hash, tag included, so a lookup of
+/// one compares the other's key too (reading its slot and record). Of a shard's n keys about
+/// n/2^24 have such a twin: 0.1 % at 16,000 keys a shard (a million in all), 9 % at 1.5
+/// million a shard (100 million in all). Correct at any size.
 #[inline(always)]
 fn index_hash(bits: u32) -> u64 {
     u64::from(bits).wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -217,6 +220,7 @@ fn index_hash_of(hash: u64) -> u64 {
 impl Slot {
     fn new(seq: u64, bits: u32, seg: u32, off: u16) -> Self {
         debug_assert!(seq <= SEQ_MASK, "sequence numbers stay below 2^54");
+        debug_assert!(bits < 1 << INDEX_BITS, "index bits are {INDEX_BITS} bits");
         Slot {
             seq: Cell::new(seq | u64::from(bits >> 16) << SEQ_BITS),
             seg,
@@ -285,8 +289,7 @@ struct SegInfo {
     epoch: u32,
 }
 
-/// The key of slot `i`; empty for a removed one (only hashed while rebuilding the index, where
-/// there are none).
+/// The key of slot `i`; empty for a removed one.
 #[inline]
 fn key_of<'a>(slots: &'a [Slot], segs: &'a [Option<SegInfo>], i: u32) -> &'a [u8] {
     let slot = &slots[i as usize];
@@ -304,9 +307,9 @@ fn key_of<'a>(slots: &'a [Slot], segs: &'a [Option<SegInfo>], i: u32) -> &'a [u8
 }
 
 /// Where `hash` sits in the ghost table, and the tag it leaves there (never 0, the empty
-/// mark). Bits 8.. choose the place: the shard takes bits 51..57 and hashbrown the top 7
-/// and the low ones, which only matters for keys of one shard, where the tag (bits 32..)
-/// still tells them apart.
+/// mark). Bits 8.. choose the place: the shard takes bits 51..57 and the index bits 0..24,
+/// which only matters for keys of one shard, where the tag (bits 32..) still tells them
+/// apart.
 #[inline]
 fn ghost_slot(ghost: &[u32], hash: u64) -> (usize, u32) {
     let at = (hash >> 8) as usize & (ghost.len() - 1);
@@ -669,11 +672,11 @@ impl Shard {
     /// Drops tombstones, keeping order, and rebuilds the index. With `moved`, fills it with
     /// where each old slot went (`u32::MAX` for a tombstone).
     ///
-    /// Allocates nothing while the shard's size holds: a budgeted server maps every block of
-    /// 8 KiB and up on its own (`server::release_freed_memory`), so each allocation of a
-    /// vector or table that size is an `mmap`, page faults and an `munmap` (measured before
-    /// this was so: with a budget, every new key evicting one, about a tenth of the
-    /// server's time, in the kernel).
+    /// Allocates nothing while the shard's size holds (and the store's reused `moved`
+    /// vector is large enough): a budgeted server maps every block of 8 KiB and up on its own
+    /// (`server::release_freed_memory`), so each allocation of a vector or table that size is
+    /// an `mmap`, page faults and an `munmap` (measured before this was so: with a budget,
+    /// every new key evicting one, about a tenth of the server's time, in the kernel).
     fn compact(&mut self, moved: Option<&mut Vec<u32>>) {
         if let Some(moved) = moved {
             moved.clear();
@@ -704,7 +707,8 @@ impl Shard {
         // distinct, so `insert_unique` needs no key comparison.
         self.index.clear();
         if self.index.capacity() / 4 >= self.slots.len() {
-            self.index = HashTable::with_capacity(self.slots.len());
+            // One more than the live keys: `put` compacts just before it inserts.
+            self.index = HashTable::with_capacity(self.slots.len() + 1);
         }
         let (index, slots) = (&mut self.index, &self.slots);
         for (i, slot) in (0..).zip(slots) {
@@ -985,6 +989,8 @@ impl Store {
             + wheel::LEVELS * 64 * 24
             + self.due.capacity() * 4
             + self.ghost.len() * 4
+            + self.victims.capacity() * std::mem::size_of::<Victim>()
+            + self.moved.capacity() * 4
     }
 
     /// Recounts one shard's bytes (O(1)).
@@ -1074,6 +1080,8 @@ impl Store {
                 .sum::<usize>()
             + self.wheel.allocated_bytes()
             + self.due.capacity() * 4
+            + self.victims.capacity() * std::mem::size_of::<Victim>()
+            + self.moved.capacity() * 4
     }
 
     /// Bytes a record of this key and value takes in a segment, with or without a deadline.
@@ -1185,7 +1193,8 @@ impl Store {
         for (&hash, hint) in hashes.iter().zip(hints.iter_mut()) {
             let s = self.shard(hash);
             *hint = NO_HINT;
-            // The first candidate: a key with another hash collides on the 7-bit tag rarely.
+            // The first candidate: another key of the shard shares the 7-bit tag rarely (or,
+            // rarer, all 24 index bits).
             if let Some(&i) = s.index.iter_hash(index_hash_of(hash)).next() {
                 prefetch_line(&s.slots[i as usize].seq);
                 *hint = i;
@@ -1778,6 +1787,8 @@ impl Store {
         self.ttl_keys = 0;
         self.ghost.fill(0);
         self.full = false;
+        self.victims = Vec::new();
+        self.moved = Vec::new();
         self.recount_all();
     }
 
@@ -1921,7 +1932,7 @@ mod tests {
             (SEQ_MASK, u64::MAX),
             (12_345, 0xdead_beef_cafe_f00d),
         ] {
-            let mut slot = Slot::new(seq, index_bits(hash), 7, u16::MAX);
+            let slot = Slot::new(seq, index_bits(hash), 7, u16::MAX);
             let check = |slot: &Slot, f: u8| {
                 assert_eq!(slot.seq(), seq);
                 assert_eq!(slot.freq(), f);
@@ -1937,16 +1948,69 @@ mod tests {
             check(&slot, 3);
             slot.set_freq(1);
             check(&slot, 1);
-            (slot.seg, slot.off) = (DEAD, 0);
-            check(&slot, 1);
+            slot.set_freq(0);
+            check(&slot, 0);
         }
-        // The index hash spreads the bits: distinct bits, distinct hashes, and the low bits
-        // (the bucket) and the top seven (hashbrown's tag) both vary.
-        let hs: Vec<u64> = (0..1u32 << 12).map(index_hash).collect();
-        let distinct: std::collections::HashSet<_> = hs.iter().collect();
-        assert_eq!(distinct.len(), hs.len());
-        let tags: std::collections::HashSet<_> = hs.iter().map(|h| h >> 57).collect();
+        // The multiply spreads the bits to hashbrown's 7-bit tag (the top bits): every tag
+        // comes up among 4,096 consecutive values.
+        let tags: std::collections::HashSet<_> =
+            (0..1u32 << 12).map(|b| index_hash(b) >> 57).collect();
         assert_eq!(tags.len(), 128);
+    }
+
+    /// A new key may compact its shard before it is stored (its slot vector full, a third of
+    /// it tombstones): keys with a TTL, whose wheel entries name slots, still expire at their
+    /// deadlines, and every key is found.
+    #[test]
+    fn keys_with_ttls_survive_a_compaction_inside_a_write() {
+        let mut s = store();
+        // Keys of shard 0 only, each with a TTL: 512 of them fill its slot vector exactly.
+        let keys: Vec<Vec<u8>> = (0..)
+            .map(|i: u32| format!("key{i}").into_bytes())
+            .filter(|k| Store::shard_of(s.hash(k)).0 == 0)
+            .take(520)
+            .collect();
+        for (i, k) in (0u64..).zip(&keys[..512]) {
+            let h = s.hash(k);
+            s.set_with_deadline(h, k, b"v", 1_000 + i % 100);
+        }
+        // 200 removed: fewer tombstones than keys (no compaction yet), more than a third.
+        for k in &keys[..200] {
+            let h = s.hash(k);
+            assert!(s.remove(h, k));
+        }
+        let sh = &s.shards[0];
+        assert_eq!(
+            (sh.slots.len(), sh.slots.capacity(), sh.dead),
+            (512, 512, 200)
+        );
+        // A new key compacts the shard before it is stored.
+        for (i, k) in (0u64..).zip(&keys[512..]) {
+            let h = s.hash(k);
+            s.set_with_deadline(h, k, b"w", 2_000 + i);
+        }
+        let sh = &s.shards[0];
+        assert_eq!(
+            (sh.slots.len(), sh.slots.capacity(), sh.dead),
+            (320, 512, 0)
+        );
+        for k in &keys[200..] {
+            let h = s.hash(k);
+            assert!(s.get(h, k).is_some());
+        }
+        // Every wheel entry followed its key to its new slot.
+        let mut expired = Vec::new();
+        s.set_time(1_099);
+        s.expire_due(usize::MAX, |e| expired.push(e.key().to_vec()));
+        expired.sort();
+        let mut want = keys[200..512].to_vec();
+        want.sort();
+        assert_eq!(expired, want);
+        s.set_time(2_099);
+        expired.clear();
+        s.expire_due(usize::MAX, |e| expired.push(e.key().to_vec()));
+        assert_eq!(expired.len(), 8);
+        assert_eq!(s.len(), 0);
     }
 
     #[test]

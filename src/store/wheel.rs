@@ -257,7 +257,13 @@ impl Wheel {
     pub fn remap(&mut self, mut map: impl FnMut(u32) -> Option<u32>) {
         for (i, list) in self.slots.iter_mut().enumerate() {
             let before = list.len();
-            *list = list.iter().filter_map(|&e| map(e)).collect();
+            list.retain_mut(|e| match map(*e) {
+                Some(to) => {
+                    *e = to;
+                    true
+                }
+                None => false,
+            });
             self.len -= before - list.len();
             if list.is_empty() {
                 self.occupied[i / SLOTS] &= !(1 << (i % SLOTS));

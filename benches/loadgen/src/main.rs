@@ -83,6 +83,9 @@ enum Cmd {
         /// the server's own choice); 0 sends every value in place.
         #[arg(long, value_name = "BYTES")]
         copy_max: Option<usize>,
+        /// The store's memory budget in bytes, as `upcache serve --max-memory` (0: none).
+        #[arg(long, value_name = "BYTES", default_value_t = 0)]
+        max_memory: u64,
     },
     /// One measurement.
     Run {
@@ -1004,6 +1007,7 @@ fn main() {
                 file,
                 transport,
                 copy_max,
+                max_memory,
             } => {
                 /// Writes a connection file where `run --target upcache=FILE` reads it.
                 struct FileHost(PathBuf, u32);
@@ -1028,6 +1032,11 @@ fn main() {
                 );
                 if let Some(n) = copy_max {
                     config.copy_max = n;
+                }
+                if max_memory > 0 {
+                    // As a budgeted `upcache serve` does.
+                    config.max_memory = max_memory;
+                    upcache::server::release_freed_memory();
                 }
                 let max_value = config.limits.max_value;
                 upcache::server::serve(&config, &mut FileHost(file, max_value))?;
