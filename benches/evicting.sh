@@ -9,6 +9,8 @@
 # the first round came out at 0.77-0.78 of the server without a budget where the later rounds
 # gave 0.89-0.98; the cell is about the cache while it evicts, not while it first fills.)
 #   bash benches/evicting.sh            ROUNDS=3 KEYS=1000000 BUDGET=33554432 FILL=8 by default
+#   OLD=/path/to/older/upcache bash benches/evicting.sh   # also an older build, budgeted the
+#                                       # same, in each round: budget/old per round and median
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/common.sh
@@ -26,6 +28,12 @@ start() { # start NAME [ARGS...]: an upcache server pinned to the server CPU (it
 start budget --max-memory "$BUDGET"; BUD_PID=${PIDS[-1]}
 start none; NOB_PID=${PIDS[-1]}
 BUD=$W/upcache-budget.json; NOB=$W/upcache-none.json
+if [[ -n ${OLD:-} ]]; then
+  "${PIN[@]}" "$OLD" serve old --dir "$W" --start --no-auto-kill --max-memory "$BUDGET" > "$W/old.line" &
+  PIDS+=($!)
+  first_line "$W/old.line" > /dev/null
+fi
+OLDF=$W/upcache-old.json
 
 cell() { # cell FILE OP: one measurement; prints "OPS_M CLIENT_BOUND" (yes/no)
   taskset -c "$CLIENT_CPU" "$L" run --target "upcache=$1" --op "$2" --depth 64 --conns 4 \
@@ -38,12 +46,21 @@ for op in set get; do
     --keys "$KEYS" --warmup 0 --duration "$FILL" > /dev/null
   taskset -c "$CLIENT_CPU" "$L" run --target "upcache=$NOB" --op set --depth 64 --conns 4 \
     --keys "$KEYS" --warmup 0 --duration "$FILL" > /dev/null
+  [[ -z ${OLD:-} ]] || taskset -c "$CLIENT_CPU" "$L" run --target "upcache=$OLDF" --op set \
+    --depth 64 --conns 4 --keys "$KEYS" --warmup 0 --duration "$FILL" > /dev/null
   for r in $(seq "$ROUNDS"); do
     read -r b bb < <(cell "$BUD" "$op"); read -r n nb < <(cell "$NOB" "$op")
     [[ $b =~ ^[0-9.]+$ && $n =~ ^[0-9.]+$ ]] || { echo "could not read loadgen's output (see $W/log)" >&2; exit 1; }
     mark=""; [[ $bb == yes || $nb == yes ]] && mark=" *"
     echo "$op round $r: budget ${b}M ops/s (client-bound: $bb) | none ${n}M ops/s (client-bound: $nb)$mark"
     echo "$op $b $n ${mark:+x}" >> "$W/ratios"
+    if [[ -n ${OLD:-} ]]; then
+      read -r o ob < <(cell "$OLDF" "$op")
+      [[ $o =~ ^[0-9.]+$ ]] || { echo "could not read loadgen's output (see $W/log)" >&2; exit 1; }
+      omark=""; [[ $bb == yes || $ob == yes ]] && omark=" *"
+      echo "$op round $r: old budgeted ${o}M ops/s (client-bound: $ob): budget/old $(python3 -c "print(f'{$b/$o:.2f}')")$omark"
+      echo "$op $b $o ${omark:+x}" >> "$W/olds"
+    fi
   done
 done
 python3 - "$W/ratios" <<'EOF'
@@ -57,6 +74,18 @@ for op, rs in rows.items():
     runs = ' '.join(f"{r:.2f}{'*' if bound else ''}" for r, bound in rs)
     median = f"{statistics.median(counted):.2f}" if counted else "none counted"
     print(f"{op}: budget/none per round {runs}; median of the {len(counted)} rounds not client-bound {median} (goal >= 0.85)")
+EOF
+[[ -z ${OLD:-} ]] || python3 - "$W/olds" <<'EOF'
+import sys, statistics
+rows = {}
+for line in open(sys.argv[1]):
+    op, b, o, *bound = line.split()
+    rows.setdefault(op, []).append((float(b) / float(o), bool(bound)))
+for op, rs in rows.items():
+    counted = [r for r, bound in rs if not bound]
+    runs = ' '.join(f"{r:.2f}{'*' if bound else ''}" for r, bound in rs)
+    median = f"{statistics.median(counted):.2f}" if counted else "none counted"
+    print(f"{op}: budget/old per round {runs}; median of the {len(counted)} rounds not client-bound {median}")
 EOF
 for f in "$BUD" "$NOB"; do
   "$UP" stats "$(basename "$f" .json | sed 's/^upcache-//')" --dir "$W" --json | python3 -c \
