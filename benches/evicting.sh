@@ -63,30 +63,24 @@ for op in set get; do
     fi
   done
 done
-python3 - "$W/ratios" <<'EOF'
+summary() { # summary FILE LABEL GOAL: per op, the ratios per round and their median over the
+  # rounds not client-bound (FILE: lines "OP A B [x]", ratio A/B, x marking a client-bound one)
+  python3 - "$@" <<'EOF'
 import sys, statistics
+path, label, goal = sys.argv[1:4]
 rows = {}
-for line in open(sys.argv[1]):
-    op, b, n, *bound = line.split()
-    rows.setdefault(op, []).append((float(b) / float(n), bool(bound)))
+for line in open(path):
+    op, a, b, *bound = line.split()
+    rows.setdefault(op, []).append((float(a) / float(b), bool(bound)))
 for op, rs in rows.items():
     counted = [r for r, bound in rs if not bound]
     runs = ' '.join(f"{r:.2f}{'*' if bound else ''}" for r, bound in rs)
     median = f"{statistics.median(counted):.2f}" if counted else "none counted"
-    print(f"{op}: budget/none per round {runs}; median of the {len(counted)} rounds not client-bound {median} (goal >= 0.85)")
+    print(f"{op}: {label} per round {runs}; median of the {len(counted)} rounds not client-bound {median}{goal}")
 EOF
-[[ -z ${OLD:-} ]] || python3 - "$W/olds" <<'EOF'
-import sys, statistics
-rows = {}
-for line in open(sys.argv[1]):
-    op, b, o, *bound = line.split()
-    rows.setdefault(op, []).append((float(b) / float(o), bool(bound)))
-for op, rs in rows.items():
-    counted = [r for r, bound in rs if not bound]
-    runs = ' '.join(f"{r:.2f}{'*' if bound else ''}" for r, bound in rs)
-    median = f"{statistics.median(counted):.2f}" if counted else "none counted"
-    print(f"{op}: budget/old per round {runs}; median of the {len(counted)} rounds not client-bound {median}")
-EOF
+}
+summary "$W/ratios" budget/none " (goal >= 0.85)"
+[[ -z ${OLD:-} ]] || summary "$W/olds" budget/old ""
 for f in "$BUD" "$NOB"; do
   "$UP" stats "$(basename "$f" .json | sed 's/^upcache-//')" --dir "$W" --json | python3 -c \
     'import json,sys; s=json.load(sys.stdin); print({k: s.get(k) for k in ("keys","evicted","max_memory","memory_bytes")})'
