@@ -2,11 +2,11 @@
 //!
 //! Each key is hashed once with ahash ([`Store::hash`]); bits 51..57 of the hash pick the
 //! shard, and its low 24 bits are what the shard's index files the key under
-//! ([`index_hash`]).
+//! (`index_hash`).
 //!
 //! A shard keeps its entries in a vector, in the order they were first stored, and a
 //! `HashTable<u32>` of positions into it, which files each key under 24 bits of its hash that
-//! its slot keeps ([`index_hash`]): the table is rehashed and rebuilt without reading a key.
+//! its slot keeps (`index_hash`): the table is rehashed and rebuilt without reading a key.
 //! An overwrite keeps the entry's place; a removal leaves a tombstone that a later compaction
 //! (stable, so order survives) sweeps away, when tombstones outnumber the live entries or
 //! when the vector would otherwise grow with a third of it tombstones. Every
