@@ -832,7 +832,7 @@ impl Store {
 
     /// An empty store with shared segments of `segment` bytes instead of [`SEGMENT`]: tests
     /// and fuzzing use small ones, so that segments fill and are reclaimed within a few
-    /// operations.
+    /// operations. Panics if `segment` is larger than [`SEGMENT`].
     pub fn with_segment_size(hasher: ahash::RandomState, segment: usize) -> Self {
         Store::with_budget(hasher, segment, 0, Policy::S3Fifo)
     }
@@ -863,6 +863,9 @@ impl Store {
     /// the next write that appends a record (a value rewritten in place changes no count and
     /// looks for no room) (and an operation never evicts the segments being filled, so a budget
     /// smaller than two segments per shard can be exceeded by them).
+    ///
+    /// Panics if `segment` is larger than [`SEGMENT`] (a slot keeps a record's offset in 16
+    /// bits).
     pub fn with_budget(
         hasher: ahash::RandomState,
         segment: usize,
