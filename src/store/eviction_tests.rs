@@ -67,7 +67,7 @@ fn churn_keeps_slot_vectors_and_indexes_where_they_are() {
             let h = s.hash(k.as_bytes());
             s.set(h, k.as_bytes(), &i.to_le_bytes());
             held.insert(k.into_bytes(), i);
-            for (key, _) in [drain(s).0].concat().into_iter().map(|k| (k, ())) {
+            for key in drain(s).0 {
                 held.remove(&key);
             }
             i += 1;

@@ -259,6 +259,12 @@ impl Slot {
         self.seq.set(rest | u64::from(f) << FREQ_SHIFT);
     }
 
+    /// Whether the slot names the record at `off` in segment `seg`.
+    #[inline]
+    fn is_at(&self, seg: u32, off: usize) -> bool {
+        self.seg == seg && usize::from(self.off) == off
+    }
+
     /// Counts a hit: writes only while the count is below 3.
     #[inline]
     fn touch(&self) {
@@ -614,8 +620,7 @@ impl Shard {
         let slots = &self.slots;
         self.index
             .find(index_hash_of(hasher.hash_one(key)), |&i| {
-                let s = &slots[i as usize];
-                s.seg == id && usize::from(s.off) == off
+                slots[i as usize].is_at(id, off)
             })
             .copied()
     }
@@ -1484,12 +1489,14 @@ impl Store {
             }
             let small_first =
                 self.small_tenths > 0 && self.small_bytes * 10 > self.seg_bytes * self.small_tenths;
-            let order: &[usize] = match (small_first, strict) {
-                (true, true) => &[0],
-                (true, false) => &[0, 1],
-                (false, true) => &[1],
-                (false, false) => &[1, 0],
+            let first = if small_first {
+                Queue::Small
+            } else {
+                Queue::Main
             };
+            let first = first as usize;
+            let both = [first, 1 - first];
+            let order = if strict { &both[..1] } else { &both[..] };
             let sid = self.cursor;
             self.cursor = (self.cursor + 1) % SHARDS;
             let shard = &mut self.shards[sid];
@@ -1545,8 +1552,7 @@ impl Store {
         for v in &victims {
             let slots = &shard.slots;
             let found = shard.index.find_entry(index_hash_of(v.hash), |&i| {
-                let s = &slots[i as usize];
-                s.seg == id && usize::from(s.off) == v.off
+                slots[i as usize].is_at(id, v.off)
             });
             let Ok(found) = found else {
                 continue; // garbage: the key was rewritten elsewhere or removed
@@ -1640,13 +1646,7 @@ impl Store {
             (to != u32::MAX).then(|| Wheel::pack(id, to as usize))
         };
         self.wheel.remap(map);
-        self.due.retain_mut(|e| match map(*e) {
-            Some(to) => {
-                *e = to;
-                true
-            }
-            None => false,
-        });
+        wheel::remap_entries(&mut self.due, map);
         self.moved = moved;
     }
 

@@ -257,19 +257,25 @@ impl Wheel {
     pub fn remap(&mut self, mut map: impl FnMut(u32) -> Option<u32>) {
         for (i, list) in self.slots.iter_mut().enumerate() {
             let before = list.len();
-            list.retain_mut(|e| match map(*e) {
-                Some(to) => {
-                    *e = to;
-                    true
-                }
-                None => false,
-            });
+            remap_entries(list, &mut map);
             self.len -= before - list.len();
             if list.is_empty() {
                 self.occupied[i / SLOTS] &= !(1 << (i % SLOTS));
             }
         }
     }
+}
+
+/// Rewrites every entry of `list` with `map` in place, dropping those it maps to `None` (a
+/// wheel slot's list, or the store's entries found due and not yet expired).
+pub fn remap_entries(list: &mut Vec<u32>, mut map: impl FnMut(u32) -> Option<u32>) {
+    list.retain_mut(|e| match map(*e) {
+        Some(to) => {
+            *e = to;
+            true
+        }
+        None => false,
+    });
 }
 
 #[cfg(test)]
