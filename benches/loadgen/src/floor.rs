@@ -9,7 +9,10 @@
 use std::io::{self, Read, Write};
 
 use mio::{Events, Interest, Poll, Token};
-use upcache::protocol::{encode_value_head, read_header, Op, Reply, HEADER_LEN, VERSION};
+use upcache::protocol::{
+    encode_value_head, encode_values_head, read_header, Op, Reply, Values, HEADER_LEN,
+    MAX_BATCH_KEYS, VERSION,
+};
 use upcache_transports::{BindOptions, Endpoint, Tcp, Transport, Unix};
 
 /// Runs a floor server on `kind`, calling `ready` with where it listens. Never returns unless
@@ -116,7 +119,8 @@ fn run<T: Transport>(opts: &BindOptions, ready: impl FnOnce(&Endpoint)) -> io::R
 }
 
 /// Answers every whole frame in `buf`: `Hello` with version 1, `Get` with a fixed 64-byte
-/// value, anything else with `Done`.
+/// value, `GetMany` with that value for each of its keys (its `arg`, as the request says; the
+/// keys are not read), anything else with `Done`.
 fn answer(buf: &mut Vec<u8>, out: &mut Vec<u8>, value: &[u8]) {
     let mut at = 0;
     while let Some(h) = buf[at..].first_chunk::<HEADER_LEN>() {
@@ -131,6 +135,16 @@ fn answer(buf: &mut Vec<u8>, out: &mut Vec<u8>, value: &[u8]) {
             Some(Op::Get) => {
                 encode_value_head(out, h.id, value.len());
                 out.extend_from_slice(value);
+            }
+            Some(Op::GetMany) => {
+                // The load generator asks for at most `MAX_BATCH_KEYS` keys.
+                let n = u32::try_from(h.arg).unwrap_or(0).min(MAX_BATCH_KEYS);
+                let body = u64::from(n) * Values::entry_len(Some(value.len()));
+                encode_values_head(out, h.id, n, u32::try_from(body).unwrap_or(u32::MAX));
+                for _ in 0..n {
+                    Values::entry_head(out, Some(value.len()));
+                    out.extend_from_slice(value);
+                }
             }
             _ => Reply::Done.encode(h.id, out),
         }

@@ -7,12 +7,18 @@
 //! sizes (`--batches`, default 16 and 64 keys), `keys` distinct keys of `key_size` B holding
 //! `value_size` B (stored first, so every read hits), one connection, warm-up and duration.
 //!
+//! A `floor` target (the floor server answers `GET_MANY` with its fixed value per key, and
+//! everything else as it always does) is measured first: its figure in each cell is this
+//! client's ceiling there, and a server's figure within [`CLIENT_BOUND`] of it is marked `*`
+//! (client-bound, not a measure of the server), as in `loadgen run`'s matrix.
+//!
 //! One cell: one connection, one thread; each round picks `batch` random keys, writes one
 //! request holding them all (or `batch` single requests in one write), and reads the whole
 //! reply (or all `batch` replies). The figure is keys per second (`batch` × rounds / time)
 //! and the median round trip of a batch. Before a read cell is measured, one round is checked:
 //! every key must come back with its value, so a miss or a short reply cannot pass as speed.
 
+use std::collections::HashMap;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -20,6 +26,7 @@ use hdrhistogram::Histogram;
 use memchr::memmem;
 use upcache::protocol::{self, Batch, Decoded, Limits, Reply, Request};
 
+use super::drive::CLIENT_BOUND;
 use super::proto::{resp_array, resp_command, Proto};
 use super::{key, preload, xorshift, Conn, Load, Target};
 
@@ -49,7 +56,7 @@ pub struct Dims {
 }
 
 /// How a cell sends its keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Shape {
     /// One request for the whole batch.
     Multi,
@@ -85,7 +92,15 @@ pub fn run(targets: &[Target], dims: &Dims) -> io::Result<()> {
     );
     let mut get_many_64 = None;
     let mut rows = Vec::new();
-    for t in targets {
+    // The floor first: its figure in a cell (batch, op, shape) is the client's ceiling there, and
+    // a server's figure within `CLIENT_BOUND` of it is marked client-bound.
+    let floor_first = targets.iter().filter(|t| t.name == "floor");
+    let order: Vec<&Target> = floor_first
+        .chain(targets.iter().filter(|t| t.name != "floor"))
+        .collect();
+    let mut ceilings: HashMap<(usize, bool, Shape), f64> = HashMap::new();
+    let mut marked = false;
+    for t in order {
         preload(t, &load, 0)?;
         for &batch in &dims.batches {
             for set in [false, true] {
@@ -94,24 +109,46 @@ pub fn run(targets: &[Target], dims: &Dims) -> io::Result<()> {
                     .transpose()?;
                 let pipe = cell(t, &keys, dims, batch, set, Shape::Pipeline)?;
                 let (m_name, p_name) = names(t.proto, set);
+                let is_floor = t.name == "floor";
+                // Whether `kps` in `shape`'s cell reaches `CLIENT_BOUND` of the floor's.
+                let bound = |shape: Shape, kps: f64| {
+                    !is_floor
+                        && ceilings
+                            .get(&(batch, set, shape))
+                            .is_some_and(|&f| kps >= CLIENT_BOUND * f)
+                };
                 let m = multi.as_ref().map_or(0.0, |c| c.keys_per_sec);
+                let (m_bound, p_bound) = (
+                    multi.is_some() && bound(Shape::Multi, m),
+                    bound(Shape::Pipeline, pipe.keys_per_sec),
+                );
+                marked |= m_bound || p_bound;
+                let star = |b: bool| if b { "*" } else { "" };
                 println!(
                     "{:<10} {:<10} {:>5} {:>16} {:>10} {:>16} {:>10} {:>7}",
                     t.name,
                     t.transport(),
                     batch,
                     m_name,
-                    multi
-                        .as_ref()
-                        .map_or("-".into(), |c| super::fmt_ops(c.keys_per_sec)),
+                    multi.as_ref().map_or("-".into(), |c| format!(
+                        "{}{}",
+                        super::fmt_ops(c.keys_per_sec),
+                        star(m_bound)
+                    )),
                     p_name,
-                    super::fmt_ops(pipe.keys_per_sec),
+                    format!("{}{}", super::fmt_ops(pipe.keys_per_sec), star(p_bound)),
                     if m > 0.0 {
-                        format!("{:.2}", m / pipe.keys_per_sec)
+                        format!("{:.2}{}", m / pipe.keys_per_sec, star(m_bound || p_bound))
                     } else {
                         "-".into()
                     },
                 );
+                if is_floor {
+                    ceilings.insert((batch, set, Shape::Pipeline), pipe.keys_per_sec);
+                    if multi.is_some() {
+                        ceilings.insert((batch, set, Shape::Multi), m);
+                    }
+                }
                 if let Some(c) = &multi {
                     rows.push((t.name.clone(), batch, set, c.keys_per_sec, c.p50_us));
                     if t.proto == Proto::Upcache && batch == 64 && !set {
@@ -150,6 +187,16 @@ pub fn run(targets: &[Target], dims: &Dims) -> io::Result<()> {
         }
     }
     println!("# ratio = multi-key request / pipeline of single requests, keys per second");
+    if ceilings.is_empty() {
+        println!("# no floor target: no cell is checked against the client's ceiling");
+    } else {
+        println!(
+            "# floor rows: the client's ceiling per cell (the floor server answers without a store); \
+             '*': client-bound, within {:.0} % of it ({}), not a measure of the server",
+            CLIENT_BOUND * 100.0,
+            if marked { "marked above" } else { "none here" }
+        );
+    }
     Ok(())
 }
 
