@@ -560,6 +560,13 @@ pub fn store_model_bytes(data: &[u8]) {
                 let k = key_of(k);
                 let h = store.hash(&k);
                 assert_eq!(store.deadline(h, &k), m.live(&k).map(|(_, d)| *d));
+                // Stored with a deadline passed, not expired yet: what a server expires (and
+                // tells) before it writes the key.
+                let due = m
+                    .map
+                    .get(&k)
+                    .is_some_and(|(_, d)| d.is_some_and(|d| d <= m.now));
+                assert_eq!(store.is_due(h, &k), due, "is_due of {k:?} at {}", m.now);
             }
             StoreOp::Advance(ms, limit) => {
                 m.now += ms as u64;

@@ -34,7 +34,14 @@ impl<S: Read + Write> Engine<S> {
     /// expires before its TTL has run out (it may expire up to 1 ms after, plus the time the
     /// loop takes to wake).
     pub(super) fn clock_ceil(&self, now: Instant) -> u64 {
-        let ns = now.saturating_duration_since(self.started).as_nanos();
+        if now == self.window.0 {
+            return self.window.1; // the window's `now`: worked out once by `set_time`
+        }
+        Self::ceil_ms(self.started, now)
+    }
+
+    fn ceil_ms(started: Instant, now: Instant) -> u64 {
+        let ns = now.saturating_duration_since(started).as_nanos();
         ns.div_ceil(1_000_000) as u64
     }
 
@@ -48,6 +55,7 @@ impl<S: Read + Write> Engine<S> {
     pub(super) fn set_time(&mut self, now: Instant) {
         let ms = self.clock(now);
         self.store.set_time(ms);
+        self.window = (now, Self::ceil_ms(self.started, now));
     }
 
     /// Expires up to `limit` due keys; returns whether more are due.
@@ -94,14 +102,14 @@ impl<S: Read + Write> Engine<S> {
     /// write to it is seen after its `EXPIRED`.
     /// (Inlined down to one test when no key has a TTL: every write calls it.)
     #[inline(always)]
-    pub(super) fn expire_if_due(&mut self, hash: u64, key: &[u8]) {
+    pub(super) fn expire_if_due(&mut self, hash: u64, key: &[u8], hint: u32) {
         if self.store.has_deadlines() {
-            self.expire_now_if_due(hash, key);
+            self.expire_now_if_due(hash, key, hint);
         }
     }
 
-    fn expire_now_if_due(&mut self, hash: u64, key: &[u8]) {
-        if self.store.is_due(hash, key) {
+    fn expire_now_if_due(&mut self, hash: u64, key: &[u8], hint: u32) {
+        if self.store.is_due_hinted(hash, key, hint) {
             self.store.remove(hash, key);
             self.stats.expired += 1;
             if !self.hub.is_idle() {

@@ -1168,10 +1168,19 @@ impl Store {
     /// expired yet ([`Store::expire_due`]): a server expires it before it writes the key.
     #[inline]
     pub fn is_due(&self, hash: u64, key: &[u8]) -> bool {
+        self.is_due_hinted(hash, key, NO_HINT)
+    }
+
+    /// [`Store::is_due`], trying slot `hint` first (see [`Store::prefetch`]).
+    #[inline]
+    pub fn is_due_hinted(&self, hash: u64, key: &[u8], hint: u32) -> bool {
+        // No lookup while no key can be due yet (`next_expiry` is never after the earliest
+        // deadline): the common case of a write to a store whose keys have TTLs.
         self.ttl_keys > 0
+            && self.next_expiry().is_some_and(|t| t <= self.now)
             && self
                 .shard(hash)
-                .find(hash, key)
+                .find_hinted(hash, key, hint)
                 .is_some_and(|(_, r)| r.is_due(self.now))
     }
 
@@ -1267,7 +1276,19 @@ impl Store {
         value: &[u8],
         deadline: u64,
     ) -> Record<'_> {
-        let found = self.find_live(hash, key);
+        self.set_with_deadline_hinted(hash, key, value, deadline, NO_HINT)
+    }
+
+    /// [`Store::set_with_deadline`], trying slot `hint` first (see [`Store::prefetch`]).
+    pub fn set_with_deadline_hinted(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        deadline: u64,
+        hint: u32,
+    ) -> Record<'_> {
+        let found = self.find_live_hinted(hash, key, hint);
         self.put(hash, found, key, value, Some(deadline), None)
     }
 
@@ -1440,19 +1461,24 @@ impl Store {
                 i
             }
         };
-        if in_place.is_some() && deadline.is_none() && old_deadline.is_none() {
-            // Rewritten where it was, without a TTL before or after: no byte counted changed,
-            // no segment was sealed or lost a record, no deadline is filed: nothing to settle,
-            // recount, file or evict.
+        // A key keeps its slot when rewritten, so an entry filed for its old deadline still
+        // names it: a new one is needed only for a deadline outside that entry's slot.
+        let covered = |d: u64| old_deadline.is_some_and(|o| self.wheel.covers(o, d));
+        let unchanged = |deadline: Option<u64>| match deadline {
+            None => old_deadline.is_none(),
+            Some(d) => covered(d),
+        };
+        if in_place.is_some() && unchanged(deadline) {
+            // Rewritten where it was, with no TTL before or after or a deadline its filed entry
+            // covers: no byte counted changed, no segment was sealed or lost a record, no entry
+            // is filed and no key gained or lost a TTL: nothing to settle, recount, file, sweep
+            // or evict.
             let shard = &self.shards[shard_id];
             return shard.record(&shard.slots[pos]);
         }
         if in_place.is_none() {
             shard.settle(hasher);
         }
-        // A key keeps its slot when rewritten, so an entry filed for its old deadline still
-        // names it: a new one is needed only for a deadline outside that entry's slot.
-        let covered = |d: u64| old_deadline.is_some_and(|o| self.wheel.covers(o, d));
         if let Some(d) = deadline.filter(|&d| !covered(d)) {
             Self::file(
                 &mut self.wheel,
@@ -2295,6 +2321,32 @@ mod tests {
         assert_eq!(s.segment_bytes(), base);
         let h = s.hash(b"big");
         assert_eq!(s.get(h, b"big").unwrap().value(), b"now small");
+    }
+
+    #[test]
+    fn a_due_key_is_seen_before_its_expiry_runs_and_no_key_early() {
+        let mut s = store();
+        let (a, b, c) = (&b"a-key"[..], &b"b-key"[..], &b"c-key"[..]);
+        let (ha, hb, hc) = (s.hash(a), s.hash(b), s.hash(c));
+        s.set_with_deadline(ha, a, b"1", 100);
+        s.set(hb, b, b"2");
+        s.set_time(99);
+        assert!(!s.is_due(ha, a) && !s.is_due(hb, b));
+        // Due at its deadline, before `expire_due` has run; with a wrong hint too.
+        s.set_time(100);
+        assert!(s.is_due(ha, a));
+        assert!(s.is_due_hinted(ha, a, 0) && s.is_due_hinted(ha, a, NO_HINT));
+        assert!(!s.is_due(hb, b) && !s.is_due(hc, c));
+        // A key given a deadline the clock passes later, once the first is expired.
+        let mut gone = Vec::new();
+        s.expire_due(10, |e| gone.push(e.key().to_vec()));
+        assert_eq!(gone, [a.to_vec()]);
+        assert!(!s.is_due(ha, a));
+        s.set_with_deadline(hc, c, b"3", 5_000);
+        s.set_time(4_999);
+        assert!(!s.is_due(hc, c));
+        s.set_time(70_000);
+        assert!(s.is_due(hc, c), "due long after, past several wheel levels");
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! entry at once (the store sweeps when entries outnumber keys with a TTL two to one, so
 //! stale entries cost O(1) amortized per TTL given and at most as much memory as live ones).
 
+use std::cell::Cell;
+
 /// Bits of time per level.
 const BITS: u32 = 6;
 /// Slots per level.
@@ -46,6 +48,9 @@ pub struct Wheel {
     elapsed: u64,
     /// Entries filed.
     len: usize,
+    /// [`Wheel::next_due`] once worked out, until the wheel next changes (every `&mut self`
+    /// method clears it): a server asks before each write to a store with TTLs.
+    next: Cell<Option<Option<u64>>>,
 }
 
 impl std::fmt::Debug for Wheel {
@@ -64,6 +69,7 @@ impl Default for Wheel {
             occupied: [0; LEVELS],
             elapsed: 0,
             len: 0,
+            next: Cell::new(None),
         }
     }
 }
@@ -140,6 +146,7 @@ impl Wheel {
 
     /// Files `entry` for `when`, which must be after the current time ([`Wheel::elapsed`]).
     pub fn insert(&mut self, when: u64, entry: u32) {
+        self.next.set(None);
         debug_assert!(when > self.elapsed);
         let level = self.level_for(when);
         let slot = ((when >> (BITS as usize * level)) as usize) & (SLOTS - 1);
@@ -189,7 +196,12 @@ impl Wheel {
 
     /// The first millisecond at which an entry may be due, if any is filed.
     pub fn next_due(&self) -> Option<u64> {
-        self.next_slot().map(|(_, _, r)| r.start.max(self.elapsed))
+        if let Some(next) = self.next.get() {
+            return next;
+        }
+        let next = self.next_slot().map(|(_, _, r)| r.start.max(self.elapsed));
+        self.next.set(Some(next));
+        next
     }
 
     /// Takes the entries of the earliest occupied slot if it starts at or before `now`, and
@@ -198,6 +210,7 @@ impl Wheel {
     /// deadline is in `range`. Returns `None` (and moves the time to `now`) when nothing is
     /// due by `now`.
     pub fn pop(&mut self, now: u64) -> Option<(Range, Vec<u32>)> {
+        self.next.set(None);
         match self.next_slot() {
             Some((level, slot, range)) if range.start <= now => {
                 self.occupied[level] &= !(1 << slot);
@@ -216,6 +229,7 @@ impl Wheel {
     /// Files again an entry taken by [`Wheel::pop`] for deadline `when`; false if `when` is
     /// already due (then it is the caller's).
     pub fn refile(&mut self, when: u64, entry: u32) -> bool {
+        self.next.set(None);
         if when <= self.elapsed {
             return false;
         }
@@ -226,6 +240,7 @@ impl Wheel {
     /// Keeps only the entries for which `keep(entry, range of its slot)` holds, and one of
     /// several equal entries in a slot.
     pub fn sweep(&mut self, mut keep: impl FnMut(u32, Range) -> bool) {
+        self.next.set(None);
         for level in 0..LEVELS {
             for slot in 0..SLOTS {
                 if self.slots[level * SLOTS + slot].is_empty() {
@@ -255,6 +270,7 @@ impl Wheel {
     /// Rewrites every entry with `map` (`None` drops it): the store's slots of one shard
     /// moved.
     pub fn remap(&mut self, mut map: impl FnMut(u32) -> Option<u32>) {
+        self.next.set(None);
         for (i, list) in self.slots.iter_mut().enumerate() {
             let before = list.len();
             remap_entries(list, &mut map);
@@ -345,6 +361,26 @@ mod tests {
         assert_eq!(got.len(), 501);
         assert!(got.iter().all(|&(e, t)| deadlines[e as usize] == t));
         assert_eq!(w.next_due(), Some(10 + 501 * 37));
+    }
+
+    #[test]
+    fn next_due_follows_every_change() {
+        let mut w = Wheel::default();
+        assert_eq!(w.next_due(), None);
+        w.insert(5_000, 1);
+        let first = w.next_due().expect("an entry");
+        assert!(first <= 5_000);
+        assert_eq!(w.next_due(), Some(first), "asked again, unchanged");
+        w.insert(7, 2);
+        assert_eq!(w.next_due(), Some(7), "an earlier entry");
+        assert_eq!(w.pop(7).map(|(_, e)| e), Some(vec![2]));
+        let after = w.next_due().expect("the later entry");
+        assert!(after > 7 && after <= 5_000);
+        w.sweep(|_, _| false);
+        assert_eq!(w.next_due(), None, "swept empty");
+        w.insert(9_000, 3);
+        w.remap(|_| None);
+        assert_eq!(w.next_due(), None, "remapped away");
     }
 
     #[test]

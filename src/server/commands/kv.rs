@@ -6,6 +6,7 @@ use crate::protocol::{self, ErrorCode, Reply, RequestId};
 use crate::server::engine::Engine;
 use crate::server::fanout::Change;
 use crate::store::IncrError;
+use crate::store::NO_HINT;
 
 impl<S: Read + Write> Engine<S> {
     /// `GET`: a value up to [`EngineConfig::copy_max`](crate::server::engine::EngineConfig)
@@ -50,7 +51,7 @@ impl<S: Read + Write> Engine<S> {
             return;
         }
         self.conns[slot].queue_reply(id, &Reply::Done);
-        self.expire_if_due(hash, key);
+        self.expire_if_due(hash, key, hint);
         let e = self.store.set_hinted(hash, key, value, hint);
         if !self.hub.is_idle() {
             let e = e.to_entry();
@@ -86,7 +87,7 @@ impl<S: Read + Write> Engine<S> {
     /// `REMOVE`: an event only if the key existed.
     #[inline]
     pub(super) fn remove(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8]) {
-        self.expire_if_due(hash, key);
+        self.expire_if_due(hash, key, NO_HINT);
         let existed = self.store.remove(hash, key);
         self.conns[slot].queue_reply(id, &Reply::Bool(existed));
         if existed && !self.hub.is_idle() {
@@ -101,7 +102,7 @@ impl<S: Read + Write> Engine<S> {
         if !self.fits_budget(slot, id, key, &[0; 20]) {
             return;
         }
-        self.expire_if_due(hash, key);
+        self.expire_if_due(hash, key, NO_HINT);
         match self.store.incr(hash, key, delta) {
             Ok((n, e)) => {
                 self.conns[slot].queue_reply(id, &Reply::Int(n));

@@ -73,7 +73,7 @@ impl<S: Read + Write> Engine<S> {
                 timeout_ms,
             } => self.wait(slot, id, hash, key, value, timeout_ms, now),
             Request::SetTtl { key, value, ttl_ms } => {
-                self.set_ttl(slot, id, hash, key, value, ttl_ms, now)
+                self.set_ttl(slot, id, hash, hint, key, value, ttl_ms, now)
             }
             Request::Expire { key, ttl_ms } => self.expire(slot, id, hash, key, ttl_ms, now),
             Request::Persist { key } => self.persist(slot, id, hash, key),

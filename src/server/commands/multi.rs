@@ -128,9 +128,9 @@ impl<S: Read + Write> Engine<S> {
         self.conns[slot].queue_reply(id, &Reply::Done);
         let (hashes, hints) = self.hashes_of(&pairs);
         for ((key, value), (&h, &hint)) in pairs.iter().zip(hashes.iter().zip(&hints)) {
-            self.expire_if_due(h, key);
+            self.expire_if_due(h, key, hint);
             let e = match at {
-                Some(d) => self.store.set_with_deadline(h, key, value, d),
+                Some(d) => self.store.set_with_deadline_hinted(h, key, value, d, hint),
                 None => self.store.set_hinted(h, key, value, hint),
             };
             if !self.hub.is_idle() {
@@ -151,10 +151,10 @@ impl<S: Read + Write> Engine<S> {
         if self.batch_too_large(slot, id, &keys) {
             return;
         }
-        let (hashes, _) = self.hashes_of(&keys);
+        let (hashes, hints) = self.hashes_of(&keys);
         let mut removed: SmallVec<[bool; 64]> = SmallVec::new();
-        for ((key, _), &h) in keys.iter().zip(&hashes) {
-            self.expire_if_due(h, key);
+        for ((key, _), (&h, &hint)) in keys.iter().zip(hashes.iter().zip(&hints)) {
+            self.expire_if_due(h, key, hint);
             removed.push(self.store.remove(h, key));
         }
         let n = removed.iter().filter(|&&r| r).count() as u64;

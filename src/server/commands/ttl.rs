@@ -12,6 +12,7 @@ use std::time::Instant;
 use crate::protocol::{ErrorCode, Reply, RequestId, MAX_TTL_MS, NO_TTL};
 use crate::server::engine::Engine;
 use crate::server::fanout::Change;
+use crate::store::NO_HINT;
 
 /// The deadline `ttl_ms` from `now`, if the TTL is in range.
 pub(super) fn deadline(now: u64, ttl_ms: u64) -> Option<u64> {
@@ -26,6 +27,7 @@ impl<S: Read + Write> Engine<S> {
         slot: usize,
         id: RequestId,
         hash: u64,
+        hint: u32,
         key: &[u8],
         value: &[u8],
         ttl_ms: u64,
@@ -38,8 +40,10 @@ impl<S: Read + Write> Engine<S> {
             return;
         }
         self.conns[slot].queue_reply(id, &Reply::Done);
-        self.expire_if_due(hash, key);
-        let e = self.store.set_with_deadline(hash, key, value, at);
+        self.expire_if_due(hash, key, hint);
+        let e = self
+            .store
+            .set_with_deadline_hinted(hash, key, value, at, hint);
         if !self.hub.is_idle() {
             let e = e.to_entry();
             self.publish(hash, Change::Set(&e));
@@ -60,14 +64,14 @@ impl<S: Read + Write> Engine<S> {
         let Some(at) = deadline(self.clock_ceil(now), ttl_ms) else {
             return self.conns[slot].queue_error(id, ErrorCode::BadTtl, 0);
         };
-        self.expire_if_due(hash, key);
+        self.expire_if_due(hash, key, NO_HINT);
         let done = self.store.set_deadline(hash, key, Some(at));
         self.conns[slot].queue_reply(id, &Reply::Bool(done));
     }
 
     /// `PERSIST`: takes a key's TTL away; no event.
     pub(super) fn persist(&mut self, slot: usize, id: RequestId, hash: u64, key: &[u8]) {
-        self.expire_if_due(hash, key);
+        self.expire_if_due(hash, key, NO_HINT);
         let done = self.store.set_deadline(hash, key, None);
         self.conns[slot].queue_reply(id, &Reply::Bool(done));
     }

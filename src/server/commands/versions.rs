@@ -15,6 +15,7 @@ use crate::protocol::{self, ErrorCode, Reply, RequestId};
 use crate::server::engine::Engine;
 use crate::server::fanout::Change;
 use crate::store::Entry;
+use crate::store::NO_HINT;
 
 impl<S: Read + Write> Engine<S> {
     /// `GET_VERSIONED`: as `GET` (a value up to `copy_max` copied, a longer one sent from its
@@ -55,7 +56,7 @@ impl<S: Read + Write> Engine<S> {
         if !self.fits_budget(slot, id, key, value) {
             return;
         }
-        self.expire_if_due(hash, key);
+        self.expire_if_due(hash, key, NO_HINT);
         let written = self
             .store
             .set_if_version(hash, key, value, version)
@@ -83,7 +84,7 @@ impl<S: Read + Write> Engine<S> {
         if !self.fits_budget(slot, id, key, value) {
             return;
         }
-        self.expire_if_due(hash, key);
+        self.expire_if_due(hash, key, NO_HINT);
         let written = if present {
             self.store.replace(hash, key, value, at)
         } else {
