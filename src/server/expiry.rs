@@ -99,8 +99,10 @@ impl<S: Read + Write> Engine<S> {
     }
 
     /// Expires `key` now if its TTL ran out but the timers have not come to it yet, so a
-    /// write to it is seen after its `EXPIRED`.
-    /// (Inlined down to one test when no key has a TTL: every write calls it.)
+    /// write to it is seen after its `EXPIRED`; `hint` is the window's hint for the key
+    /// ([`NO_HINT`](crate::store::NO_HINT) where there is none). (Inlined down to one test
+    /// when no key has a TTL: every write calls it; with TTLs the store answers without a
+    /// lookup while no key can be due yet.)
     #[inline(always)]
     pub(super) fn expire_if_due(&mut self, hash: u64, key: &[u8], hint: u32) {
         if self.store.has_deadlines() {
