@@ -14,6 +14,7 @@
 //! of requests. A write to such a key expires it first (its listeners get `EXPIRED`, then
 //! what the write does), and `COUNT` expires every due key before it counts.
 
+use std::cell::Cell;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -34,10 +35,16 @@ impl<S: Read + Write> Engine<S> {
     /// expires before its TTL has run out (it may expire up to 1 ms after, plus the time the
     /// loop takes to wake).
     pub(super) fn clock_ceil(&self, now: Instant) -> u64 {
-        if now == self.window.0 {
-            return self.window.1; // the window's `now`: worked out once by `set_time`
+        if now != self.window.0 {
+            return Self::ceil_ms(self.started, now);
         }
-        Self::ceil_ms(self.started, now)
+        // The window's `now`: worked out once, by the first TTL of the window.
+        if let Some(ms) = self.window.1.get() {
+            return ms;
+        }
+        let ms = Self::ceil_ms(self.started, now);
+        self.window.1.set(Some(ms));
+        ms
     }
 
     fn ceil_ms(started: Instant, now: Instant) -> u64 {
@@ -55,7 +62,7 @@ impl<S: Read + Write> Engine<S> {
     pub(super) fn set_time(&mut self, now: Instant) {
         let ms = self.clock(now);
         self.store.set_time(ms);
-        self.window = (now, Self::ceil_ms(self.started, now));
+        self.window = (now, Cell::new(None));
     }
 
     /// Expires up to `limit` due keys; returns whether more are due.
