@@ -4,11 +4,12 @@
 # GET/SET, memcached multi-get (`get k1 k2 ...`) against pipelined `get` (memcached has no
 # multi-set: its set row is the pipeline only).
 # Dimensions: 100,000 keys of 16 B with 64 B values (stored first, so reads hit), batches of 16
-# and 64 keys, one connection, TCP on loopback, 0.5 s warm-up and 2 s measured per cell; servers
-# pinned to CPU 1, the load generator to CPU 0. Figures are keys per second. The floor server's
-# rows are the client's ceiling per cell; a figure within 80 % of it is marked client-bound.
+# and 64 keys, 4 connections with one batch in flight each, TCP on loopback, 0.5 s warm-up and
+# 2 s measured per cell; servers pinned to CPU 1, the load generator to CPU 0. Figures are keys
+# per second. The floor server's rows are the client's ceiling per cell; a figure of at least
+# 80 % of it is marked client-bound.
 #
-#   bash benches/multi.sh                 # about 1 minute
+#   bash benches/multi.sh                 # about 2 minutes
 #   BATCHES=16,64,256 bash benches/multi.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

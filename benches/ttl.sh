@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 MEM_KEYS=${MEM_KEYS:-1000000}
 TTL=3600000
+BOUND=0.8 # a figure of at least this share of the floor's is client-bound (loadgen's CLIENT_BOUND)
 source benches/common.sh
 setup ttl redis-server
 
@@ -49,17 +50,18 @@ for cell in "1 1" "16 4" "64 4"; do
   done
   m() { awk -v k="$1" '$1 == k { print $2 }' "$W/r" | median; }
   us=$(m us) ut=$(m ut) rs=$(m rs) rt=$(m rt) fl=$(m fl)
-  # A figure within 80 % of the floor (the client's ceiling in this cell) is marked `*`: the
-  # client may be what bounds it, and a ratio with it says only that both sides kept up.
-  mk() { awk -v a="$1" -v f="$fl" 'BEGIN { printf "%s%s", a, (a >= 0.8 * f ? "*" : "") }'; }
-  ratio() { awk -v a="$1" -v b="$2" -v f="$fl" \
-    'BEGIN { printf "%.2f%s", a / b, (a >= 0.8 * f || b >= 0.8 * f ? "*" : "") }'; }
+  [[ $fl =~ ^[0-9]+$ && $fl -gt 0 ]] || { echo "no floor figure for depth $depth x $conns" >&2; exit 1; }
+  # A figure of at least BOUND of the floor (the client's ceiling in this cell) is marked `*`:
+  # the client may be what bounds it, and a ratio with it says only that both sides kept up.
+  mk() { awk -v a="$1" -v f="$fl" -v b="$BOUND" 'BEGIN { printf "%s%s", a, (a >= b * f ? "*" : "") }'; }
+  ratio() { awk -v a="$1" -v b="$2" -v f="$fl" -v k="$BOUND" \
+    'BEGIN { printf "%.2f%s", a / b, (a >= k * f || b >= k * f ? "*" : "") }'; }
   printf '%-16s %12s %12s %7s %12s %12s %7s %12s\n' "depth $depth x $conns" "$(mk "$us")" \
     "$(mk "$ut")" "$(ratio "$ut" "$us")" "$(mk "$rs")" "$(mk "$rt")" "$(ratio "$rt" "$rs")" "$fl"
 done
 echo "# medians of $ROUNDS rounds; ratio = with TTL / without; floor = the client's ceiling in the cell"
 echo "# (the floor server's figure: what this client, the kernel and loopback allow); * = client-bound:"
-echo "# within 80 % of the floor, not a measure of the server (a ratio with such a figure is marked too)"
+echo "# at least 80 % of the floor, not a measure of the server (a ratio with such a figure is marked too)"
 
 echo
 echo "# memory: $MEM_KEYS keys of 16 B with values of 64 B, bytes per key, on servers started empty for it"

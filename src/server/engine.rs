@@ -128,9 +128,9 @@ pub struct Engine<S> {
     pub(super) shutdown_requested: bool,
     pub(super) scratch: Vec<u8>,
     pub(super) started: Instant,
-    /// The `now` of the last [`Engine::set_time`] (the window's, for the requests applied in
-    /// it) and [`Engine::clock_ceil`] of it, which TTLs count from, once a request needed it:
-    /// worked out at most once per window instead of per request.
+    /// The `now` of the last [`Engine::set_time`] (once per turn of the loop: the `now` of the
+    /// windows applied in it) and [`Engine::clock_ceil`] of it, which TTLs count from, once a
+    /// request needed it: worked out at most once per turn instead of per request.
     pub(super) window: (Instant, std::cell::Cell<Option<u64>>),
 }
 

@@ -1175,7 +1175,8 @@ impl Store {
     #[inline]
     pub fn is_due_hinted(&self, hash: u64, key: &[u8], hint: u32) -> bool {
         // No lookup while no key can be due yet (`next_expiry` is never after the earliest
-        // deadline): the common case of a write to a store whose keys have TTLs.
+        // deadline, or `now` if that has passed): the common case of a write to a store whose
+        // keys have TTLs.
         self.ttl_keys > 0
             && self.next_expiry().is_some_and(|t| t <= self.now)
             && self
@@ -2330,12 +2331,30 @@ mod tests {
         let (ha, hb, hc) = (s.hash(a), s.hash(b), s.hash(c));
         s.set_with_deadline(ha, a, b"1", 100);
         s.set(hb, b, b"2");
+        // Another key in `a`'s shard, in slot 1 (`a` is the shard's first, in slot 0).
+        let other = (0..)
+            .map(|i| format!("other-{i}").into_bytes())
+            .find(|k| Store::shard_of(s.hash(k)) == Store::shard_of(ha) && k != b && k != c)
+            .expect("some key lands in any shard");
+        let ho = s.hash(&other);
+        s.set(ho, &other, b"4");
         s.set_time(99);
         assert!(!s.is_due(ha, a) && !s.is_due(hb, b));
-        // Due at its deadline, before `expire_due` has run; with a wrong hint too.
+        // Due at its deadline, before `expire_due` has run; also through its own slot as the
+        // hint, a hint past the slots, and one that names another key's slot.
         s.set_time(100);
         assert!(s.is_due(ha, a));
-        assert!(s.is_due_hinted(ha, a, 0) && s.is_due_hinted(ha, a, NO_HINT));
+        let other_slot = if Store::shard_of(hb) == Store::shard_of(ha) {
+            2
+        } else {
+            1
+        };
+        let shard = &s.shards[Store::shard_of(ha).0];
+        let named = shard.record(&shard.slots[other_slot as usize]);
+        assert_eq!(named.key(), &other[..], "the hint names `other`");
+        for hint in [0, 1_000, other_slot] {
+            assert!(s.is_due_hinted(ha, a, hint), "hint {hint}");
+        }
         assert!(!s.is_due(hb, b) && !s.is_due(hc, c));
         // A key given a deadline the clock passes later, once the first is expired.
         let mut gone = Vec::new();

@@ -379,6 +379,7 @@ mod tests {
         w.sweep(|_, _| false);
         assert_eq!(w.next_due(), None, "swept empty");
         w.insert(9_000, 3);
+        assert!(w.next_due().is_some_and(|n| n <= 9_000));
         w.remap(|_| None);
         assert_eq!(w.next_due(), None, "remapped away");
     }

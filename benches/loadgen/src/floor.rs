@@ -1,5 +1,6 @@
 //! The floor: a trivial server that speaks upcache's framing and answers every request with a
-//! fixed reply, with no hashing and no store. What it reaches is what the kernel, the loopback
+//! reply fixed by its opcode (a value of [`VALUE_SIZE`] bytes for `GET`, one per key for
+//! `GET_MANY`), with no hashing and no store. What it reaches is what the kernel, the loopback
 //! or Unix socket path and this client allow on this machine: every table shows each server
 //! against it.
 //!
@@ -14,6 +15,9 @@ use upcache::protocol::{
     MAX_BATCH_KEYS, VERSION,
 };
 use upcache_transports::{BindOptions, Endpoint, Tcp, Transport, Unix};
+
+/// Bytes of the value the floor answers every `GET` (and each key of a `GET_MANY`) with.
+pub const VALUE_SIZE: usize = 64;
 
 /// Runs a floor server on `kind`, calling `ready` with where it listens. Never returns unless
 /// the poll fails.
@@ -46,7 +50,7 @@ fn run<T: Transport>(opts: &BindOptions, ready: impl FnOnce(&Endpoint)) -> io::R
     poll.registry()
         .register(&mut listener, Token(usize::MAX), Interest::READABLE)?;
     ready(&endpoint);
-    let value = [b'v'; 64];
+    let value = [b'v'; VALUE_SIZE];
     let mut conns: Vec<Option<Conn<T::Conn>>> = Vec::new();
     let mut events = Events::with_capacity(256);
     let mut chunk = vec![0u8; 64 * 1024];
@@ -151,4 +155,56 @@ fn answer(buf: &mut Vec<u8>, out: &mut Vec<u8>, value: &[u8]) {
         at += len;
     }
     buf.drain(..at);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use upcache::protocol::{decode_reply, Batch, Decoded, Limits, Request};
+
+    #[test]
+    fn get_many_gets_the_value_for_each_key_and_other_frames_their_fixed_replies() {
+        let (mut buf, mut scratch) = (Vec::new(), Vec::new());
+        let keys = Batch::pack(
+            &mut scratch,
+            false,
+            [(&b"a"[..], None), (b"bb", None), (b"c", None)],
+        );
+        Request::GetMany { keys }.encode(7, &mut buf);
+        Request::Get { key: b"k" }.encode(8, &mut buf);
+        let set_at = buf.len();
+        Request::Set {
+            key: b"k",
+            value: b"v",
+        }
+        .encode(9, &mut buf);
+        let value = [b'v'; VALUE_SIZE];
+        let mut out = Vec::new();
+        // The last frame cut short: the whole ones are answered, it waits for the rest.
+        let mut got = buf[..buf.len() - 3].to_vec();
+        answer(&mut got, &mut out, &value);
+        assert_eq!(got, &buf[set_at..buf.len() - 3]);
+        got.extend_from_slice(&buf[buf.len() - 3..]);
+        answer(&mut got, &mut out, &value);
+        assert!(got.is_empty(), "every whole frame answered");
+        let mut at = 0;
+        let mut replies = Vec::new();
+        while at < out.len() {
+            match decode_reply(&out[at..], &Limits::unlimited()) {
+                Ok(Decoded::Frame((id, reply), n)) => {
+                    replies.push((id, format!("{reply:?}")));
+                    if let Reply::Values(v) = reply {
+                        let got: Vec<_> = v.iter().collect();
+                        assert_eq!(got, vec![Some(&value[..]); 3]);
+                    }
+                    at += n;
+                }
+                other => panic!("bad reply at {at}: {other:?}"),
+            }
+        }
+        let ids: Vec<u32> = replies.iter().map(|r| r.0).collect();
+        assert_eq!(ids, [7, 8, 9]);
+        assert!(replies[0].1.starts_with("Values"), "{:?}", replies[0]);
+        assert!(replies[2].1.starts_with("Done"), "{:?}", replies[2]);
+    }
 }

@@ -5,8 +5,7 @@ use std::io::{Read, Write};
 use crate::protocol::{self, ErrorCode, Reply, RequestId};
 use crate::server::engine::Engine;
 use crate::server::fanout::Change;
-use crate::store::IncrError;
-use crate::store::NO_HINT;
+use crate::store::{IncrError, NO_HINT};
 
 impl<S: Read + Write> Engine<S> {
     /// `GET`: a value up to [`EngineConfig::copy_max`](crate::server::engine::EngineConfig)

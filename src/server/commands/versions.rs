@@ -14,8 +14,7 @@ use super::ttl::deadline;
 use crate::protocol::{self, ErrorCode, Reply, RequestId};
 use crate::server::engine::Engine;
 use crate::server::fanout::Change;
-use crate::store::Entry;
-use crate::store::NO_HINT;
+use crate::store::{Entry, NO_HINT};
 
 impl<S: Read + Write> Engine<S> {
     /// `GET_VERSIONED`: as `GET` (a value up to `copy_max` copied, a longer one sent from its
