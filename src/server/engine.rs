@@ -129,9 +129,9 @@ pub struct Engine<S> {
     pub(super) scratch: Vec<u8>,
     pub(super) started: Instant,
     /// The `now` of the last [`Engine::set_time`] (once per turn of the loop: the `now` of the
-    /// windows applied in it) and [`Engine::clock_ceil`] of it, which TTLs count from, once a
-    /// request needed it: worked out at most once per turn instead of per request.
-    pub(super) window: (Instant, std::cell::Cell<Option<u64>>),
+    /// windows applied in it) and [`Engine::clock_ceil`] of it, which TTLs count from: worked
+    /// out once per turn, from the duration the store's clock is, instead of per request.
+    pub(super) window: (Instant, u64),
 }
 
 impl<S> std::fmt::Debug for Engine<S> {
@@ -160,7 +160,7 @@ impl<S: Read + Write> Engine<S> {
             shutdown_requested: false,
             scratch: Vec::new(),
             started: now,
-            window: (now, std::cell::Cell::new(None)),
+            window: (now, 0),
         }
     }
 

@@ -14,7 +14,6 @@
 //! of requests. A write to such a key expires it first (its listeners get `EXPIRED`, then
 //! what the write does), and `COUNT` expires every due key before it counts.
 
-use std::cell::Cell;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -25,31 +24,20 @@ use crate::store::Gone;
 /// Most keys expired in one turn of the loop.
 pub const EXPIRE_PER_TURN: usize = 2048;
 
-impl<S: Read + Write> Engine<S> {
-    /// The store's clock at `now`: ms since the engine started.
-    pub(super) fn clock(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.started).as_millis() as u64
-    }
+/// `d` in whole ms, rounded up.
+fn ceil_ms(d: Duration) -> u64 {
+    d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0)
+}
 
+impl<S: Read + Write> Engine<S> {
     /// The store's clock at `now`, rounded up: deadlines count from it, so a key never
     /// expires before its TTL has run out (it may expire up to 1 ms after, plus the time the
     /// loop takes to wake).
     pub(super) fn clock_ceil(&self, now: Instant) -> u64 {
-        if now != self.window.0 {
-            return Self::ceil_ms(self.started, now);
+        if now == self.window.0 {
+            return self.window.1; // the turn's `now`, worked out by `set_time`
         }
-        // The window's `now`: worked out once, by the first TTL of the window.
-        if let Some(ms) = self.window.1.get() {
-            return ms;
-        }
-        let ms = Self::ceil_ms(self.started, now);
-        self.window.1.set(Some(ms));
-        ms
-    }
-
-    fn ceil_ms(started: Instant, now: Instant) -> u64 {
-        let ns = now.saturating_duration_since(started).as_nanos();
-        ns.div_ceil(1_000_000) as u64
+        ceil_ms(now.saturating_duration_since(self.started))
     }
 
     /// The instant of ms `ms` on the store's clock.
@@ -57,12 +45,12 @@ impl<S: Read + Write> Engine<S> {
         self.started + Duration::from_millis(ms)
     }
 
-    /// Moves the store's clock to `now`.
+    /// Moves the store's clock to `now`: ms since the engine started.
     #[inline]
     pub(super) fn set_time(&mut self, now: Instant) {
-        let ms = self.clock(now);
-        self.store.set_time(ms);
-        self.window = (now, Cell::new(None));
+        let since = now.saturating_duration_since(self.started);
+        self.store.set_time(since.as_millis() as u64);
+        self.window = (now, ceil_ms(since));
     }
 
     /// Expires up to `limit` due keys; returns whether more are due.
@@ -124,6 +112,26 @@ impl<S: Read + Write> Engine<S> {
             if !self.hub.is_idle() {
                 self.publish(hash, Change::Expired(key));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceil_ms_rounds_any_part_of_a_millisecond_up() {
+        for (d, ms) in [
+            (Duration::ZERO, 0),
+            (Duration::from_nanos(1), 1),
+            (Duration::from_millis(1), 1),
+            (Duration::from_nanos(1_000_001), 2),
+            (Duration::new(2, 500_000_000), 2_500),
+            (Duration::new(2, 999_999_999), 3_000),
+        ] {
+            assert_eq!(ceil_ms(d), ms, "{d:?}");
+            assert_eq!(u128::from(ceil_ms(d)), d.as_nanos().div_ceil(1_000_000));
         }
     }
 }

@@ -1178,7 +1178,7 @@ impl Store {
         // deadline, or `now` if that has passed): the common case of a write to a store whose
         // keys have TTLs.
         self.ttl_keys > 0
-            && self.next_expiry().is_some_and(|t| t <= self.now)
+            && self.may_be_due()
             && self
                 .shard(hash)
                 .find_hinted(hash, key, hint)
@@ -1505,7 +1505,7 @@ impl Store {
     #[inline(never)]
     fn make_room(&mut self, hold: Option<(usize, usize)>) {
         self.hold = hold.map(|h| h.0);
-        if self.next_expiry().is_some_and(|t| t <= self.now) {
+        if self.may_be_due() {
             let mut gone = std::mem::take(&mut self.gone);
             self.expire_due(256, |e| gone.push(Gone::Expired(e)));
             self.gone = gone;
@@ -1714,6 +1714,12 @@ impl Store {
                 .and_then(|rec| rec.deadline())
                 .is_some_and(|d| (r.start..r.end).contains(&d))
         });
+    }
+
+    /// Whether a key may be due by the store's clock ([`Store::next_expiry`] has come).
+    #[inline]
+    fn may_be_due(&self) -> bool {
+        self.next_expiry().is_some_and(|t| t <= self.now)
     }
 
     /// The first ms at which a key may fall due, if any has a TTL: a server wakes then.
