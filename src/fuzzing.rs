@@ -27,11 +27,22 @@ const FUZZ_LIMITS: Limits = Limits {
 };
 
 /// Target 1: request decoding on arbitrary bytes never panics, never asks for more than the
-/// limits allow, and every frame it accepts respects every limit.
+/// limits allow, every frame it accepts respects every limit, and its shortcut for `GET` and
+/// `SET` answers as the general path does (under these limits and under the defaults).
 pub fn decode_request_bytes(data: &[u8]) {
     let mut rest = data;
     loop {
-        match decode_request(rest, &FUZZ_LIMITS) {
+        let decoded = decode_request(rest, &FUZZ_LIMITS);
+        assert_eq!(
+            decoded,
+            protocol::decode_request_general(rest, &FUZZ_LIMITS)
+        );
+        let defaults = Limits::default();
+        assert_eq!(
+            decode_request(rest, &defaults),
+            protocol::decode_request_general(rest, &defaults)
+        );
+        match decoded {
             Ok(Decoded::Frame((_, req), n)) => {
                 assert!(n >= protocol::HEADER_LEN && n <= rest.len());
                 assert!(n <= FUZZ_LIMITS.max_frame());

@@ -69,6 +69,8 @@ pub use pushes::{
 pub use replies::{
     decode_reply, encode_value_head, encode_values_head, encode_versioned_head, Reply,
 };
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use requests::decode_request_general;
 pub use requests::{decode_request, Request};
 
 /// The protocol version a client presents in [`Request::Hello`].

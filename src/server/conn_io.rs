@@ -338,13 +338,28 @@ impl<S: Read + Write> Engine<S> {
             self.store.prefetch(&hashes[..count], &mut hints[..count]);
         }
         let mut applied = 0;
+        let mut i = 0;
         // By reference: moving the vector out (`into_iter`) would copy its whole inline array.
-        for (i, (id, req, n)) in frames.iter().enumerate() {
+        while let Some((id, req, n)) = frames.get(i) {
             if self.stops_reading(slot) {
                 return (applied, WindowEnd::Stopped);
             }
+            // A pipelined batch is nearly always a run of GETs or of SETs: served in one pass.
+            let (rest, rest_hashes, rest_hints) =
+                (&frames[i..], &hashes[i..count], &hints[i..count]);
+            let (served, bytes) = match req {
+                Request::Get { .. } => self.get_run(slot, rest, rest_hashes, rest_hints),
+                Request::Set { .. } => self.set_run(slot, rest, rest_hashes, rest_hints),
+                _ => (0, 0),
+            };
+            if served > 0 {
+                i += served;
+                applied += bytes;
+                continue;
+            }
             self.apply(slot, *id, req, hashes[i], hints[i], now);
             applied += n;
+            i += 1;
         }
         if self.stops_reading(slot) {
             return (applied, WindowEnd::Stopped);

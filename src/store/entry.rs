@@ -28,6 +28,7 @@ pub type Record<'a> = Entry<&'a Rc<Segment>>;
 
 impl<S: Borrow<Rc<Segment>>> Entry<S> {
     /// The key and value of the record at `off` in `seg`.
+    #[inline]
     pub(super) fn at(seg: S, off: usize) -> Self {
         let shape = RecordShape::read(&seg.borrow().bytes()[off..]);
         Entry {

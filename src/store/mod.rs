@@ -429,6 +429,7 @@ impl Shard {
     }
 
     /// The record of a live slot.
+    #[inline]
     fn record(&self, slot: &Slot) -> Record<'_> {
         Record::at(&self.info(slot.seg).seg, usize::from(slot.off))
     }
@@ -1242,7 +1243,7 @@ impl Store {
             // The record's first two lines: its lengths, the key, and a short value.
             let bytes = s.info(slot.seg).seg.bytes();
             let off = usize::from(slot.off);
-            for at in [off, off + 64] {
+            for at in [off, off + 64, off + 127] {
                 if let Some(byte) = bytes.get(at) {
                     prefetch_line(byte);
                 }

@@ -338,6 +338,14 @@ impl RecordShape {
                 };
             }
         }
+        Self::read_long(bytes)
+    }
+
+    /// [`RecordShape::read`] for a key of 64 bytes or more or a value of 128 or more, out of
+    /// line: the common case inlines without it.
+    #[cold]
+    #[inline(never)]
+    fn read_long(bytes: &[u8]) -> RecordShape {
         let (k, n) = get_varint(bytes);
         let (value_len, m) = get_varint(&bytes[n..]);
         let has_deadline = k & 1 == 1;

@@ -2,7 +2,8 @@
 
 use std::io::{Read, Write};
 
-use crate::protocol::{self, ErrorCode, Reply, RequestId};
+use crate::protocol::{self, ErrorCode, Reply, Request, RequestId};
+use crate::server::connection::Phase;
 use crate::server::engine::Engine;
 use crate::server::fanout::Change;
 use crate::store::{IncrError, NO_HINT};
@@ -33,6 +34,107 @@ impl<S: Read + Write> Engine<S> {
             }
             None => c.queue_reply(id, &Reply::Nil),
         }
+    }
+
+    /// The `GET`s at the front of `frames` (a decode window; `hashes` and `hints` by frame), in
+    /// one pass, as [`Engine::get`] would serve them one by one: each reply copied into the
+    /// output buffer in one [`OutQueue::with_buf`](crate::server::connection::OutQueue::with_buf),
+    /// the counters added once. Stops before the first frame that is not a `GET`, before a
+    /// value longer than `copy_max` (sent in place by [`Engine::get`]), and before any frame
+    /// once the output passed the high-water mark (where [`Engine::apply_window`] checks for
+    /// a pause between frames). Returns how many frames it served and their bytes; 0 when the
+    /// connection is not past its handshake (whose first frame must be `HELLO`).
+    #[inline]
+    pub(in crate::server) fn get_run(
+        &mut self,
+        slot: usize,
+        frames: &[(RequestId, Request<'_>, usize)],
+        hashes: &[u64],
+        hints: &[u32],
+    ) -> (usize, usize) {
+        let copy_max = self.config.copy_max;
+        let store = &self.store;
+        let c = &mut self.conns[slot];
+        if c.phase != Phase::Ready {
+            return (0, 0);
+        }
+        // The caller checked the mark before the first frame: pending <= high_water.
+        let room = self.config.high_water.saturating_sub(c.out.pending());
+        let (mut served, mut bytes, mut hits) = (0, 0, 0);
+        c.out.with_buf(|b| {
+            let start = b.len();
+            for (((id, req, n), &hash), &hint) in frames.iter().zip(hashes).zip(hints) {
+                let Request::Get { key } = *req else { break };
+                if b.len() - start > room {
+                    break;
+                }
+                match store.get_hinted(hash, key, hint) {
+                    Some(e) => {
+                        let value = e.value();
+                        if value.len() > copy_max {
+                            break;
+                        }
+                        protocol::encode_value_head(b, *id, value.len());
+                        b.extend_from_slice(value);
+                        hits += 1;
+                    }
+                    None => Reply::Nil.encode(*id, b),
+                }
+                served += 1;
+                bytes += n;
+            }
+        });
+        self.stats.requests += served as u64;
+        self.stats.gets += served as u64;
+        self.stats.hits += hits;
+        (served, bytes)
+    }
+
+    /// The `SET`s at the front of `frames` (a decode window; `hashes` and `hints` by frame), in
+    /// one pass, as [`Engine::set`] would apply them one by one, when nobody listens for events
+    /// (then a `SET` queues nothing but its `DONE`, and the `DONE`s go out together after the
+    /// run). Stops before the first frame that is not a `SET`, before a value the budget cannot
+    /// hold (whose error [`Engine::set`] sends), and before any frame once the output passed
+    /// the high-water mark. Returns how many frames it served and their bytes; 0 when the
+    /// connection is not past its handshake or someone listens.
+    #[inline]
+    pub(in crate::server) fn set_run(
+        &mut self,
+        slot: usize,
+        frames: &[(RequestId, Request<'_>, usize)],
+        hashes: &[u64],
+        hints: &[u32],
+    ) -> (usize, usize) {
+        let c = &self.conns[slot];
+        if c.phase != Phase::Ready || !self.hub.is_idle() {
+            return (0, 0);
+        }
+        // The caller checked the mark before the first frame: pending <= high_water.
+        let room = self.config.high_water.saturating_sub(c.out.pending());
+        self.store.tell_evictions(false);
+        let (mut served, mut bytes) = (0, 0);
+        for (((_, req, n), &hash), &hint) in frames.iter().zip(hashes).zip(hints) {
+            let Request::Set { key, value } = *req else {
+                break;
+            };
+            if served * protocol::HEADER_LEN > room || !self.store.fits(key.len(), value.len()) {
+                break;
+            }
+            self.expire_if_due(hash, key, hint);
+            self.store.set_hinted(hash, key, value, hint);
+            if self.store.has_gone() {
+                self.publish_gone();
+            }
+            served += 1;
+            bytes += n;
+        }
+        self.conns[slot].out.with_buf(|b| {
+            for (id, ..) in &frames[..served] {
+                Reply::Done.encode(*id, b);
+            }
+        });
+        self.stats.requests += served as u64;
+        (served, bytes)
     }
 
     /// `SET`: always an event, even for the same value.

@@ -409,6 +409,164 @@ fn a_client_that_keeps_its_socket_full_cannot_keep_the_loop_from_others() {
 }
 
 #[test]
+fn a_run_of_gets_answers_each_as_a_single_get_would() {
+    // One window holding hits (copied), a value over `COPY_MAX` (sent in place, which ends a
+    // run), a miss, a due key, and a SET between GETs: the replies, in order, and the
+    // counters must be those of each GET served alone.
+    let t0 = Instant::now();
+    let mut e = engine(t0, HIGH_WATER, LOW_WATER);
+    let (slot, peer) = connect(&mut e, t0, 1 << 24);
+    let long = vec![9u8; COPY_MAX + 1];
+    let mut setup = Vec::new();
+    Request::Set {
+        key: b"a",
+        value: b"short",
+    }
+    .encode(2, &mut setup);
+    Request::Set {
+        key: b"b",
+        value: &long,
+    }
+    .encode(3, &mut setup);
+    Request::SetTtl {
+        key: b"d",
+        value: b"soon",
+        ttl_ms: 1,
+    }
+    .encode(4, &mut setup);
+    peer.send(&setup);
+    peer.pump(&mut e, slot, t0);
+    assert_eq!(take_frames(&peer, &mut Vec::new(), usize::MAX).len(), 3);
+    let before = e.stats(t0);
+
+    let mut batch = Vec::new();
+    for (id, key) in [(10, "a"), (11, "c"), (12, "b"), (13, "a"), (14, "d")] {
+        Request::Get {
+            key: key.as_bytes(),
+        }
+        .encode(id, &mut batch);
+    }
+    Request::Set {
+        key: b"c",
+        value: b"new",
+    }
+    .encode(15, &mut batch);
+    for (id, key) in [(16, "c"), (17, "b"), (18, "a")] {
+        Request::Get {
+            key: key.as_bytes(),
+        }
+        .encode(id, &mut batch);
+    }
+    let t1 = t0 + Duration::from_millis(5);
+    peer.send(&batch);
+    peer.pump(&mut e, slot, t1);
+    let bytes = peer.read(usize::MAX);
+    let mut got = Vec::new();
+    let mut at = 0;
+    while let Ok(crate::protocol::Decoded::Frame(f, n)) =
+        decode_incoming(&bytes[at..], &Limits::unlimited())
+    {
+        got.push(match f {
+            Incoming::Reply(id, Reply::Value(v)) => (id, Some(v.to_vec())),
+            Incoming::Reply(id, Reply::Nil) => (id, None),
+            Incoming::Reply(id, Reply::Done) => (id, Some(b"DONE".to_vec())),
+            other => panic!("unexpected frame {other:?}"),
+        });
+        at += n;
+    }
+    assert_eq!(at, bytes.len(), "only whole frames");
+    let short = Some(b"short".to_vec());
+    assert_eq!(
+        got,
+        [
+            (10, short.clone()),
+            (11, None),
+            (12, Some(long.clone())),
+            (13, short.clone()),
+            (14, None),
+            (15, Some(b"DONE".to_vec())),
+            (16, Some(b"new".to_vec())),
+            (17, Some(long)),
+            (18, short),
+        ]
+    );
+    let after = e.stats(t1);
+    assert_eq!(after.requests - before.requests, 9);
+    assert_eq!(after.gets - before.gets, 8);
+    assert_eq!(after.hits - before.hits, 6);
+    assert_eq!(after.misses - before.misses, 2);
+}
+
+#[test]
+fn a_run_of_sets_with_nobody_listening_answers_each_as_a_single_set_would() {
+    // Under a budget, with nobody subscribed: SETs that evict, one whose value the budget
+    // cannot hold (its error in its place, the run going on after it), and GETs after them.
+    let t0 = Instant::now();
+    let config = EngineConfig::new(
+        true,
+        Duration::from_secs(1),
+        Limits::default(),
+        TOKEN.into(),
+    );
+    let budget = 256 << 10;
+    let store = Store::with_budget(
+        ahash::RandomState::with_seeds(1, 2, 3, 4),
+        Store::segment_for(budget),
+        budget,
+        crate::store::Policy::S3Fifo,
+    );
+    let mut e = Engine::new(config, store, t0);
+    let (slot, peer) = connect(&mut e, t0, 1 << 30);
+    let mut out = Vec::new();
+    let keys: Vec<String> = (0..4_000).map(|i| format!("fill{i:06}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        Request::Set {
+            key: k.as_bytes(),
+            value: &[b'v'; 100],
+        }
+        .encode(10 + i as u32, &mut out);
+        if i == 2_000 {
+            Request::Set {
+                key: b"huge",
+                value: &vec![0; budget as usize],
+            }
+            .encode(9, &mut out);
+        }
+    }
+    Request::Get {
+        key: keys[3_999].as_bytes(),
+    }
+    .encode(5, &mut out);
+    Request::Get { key: b"huge" }.encode(6, &mut out);
+    peer.send(&out);
+    peer.pump(&mut e, slot, t0);
+    let got = take_frames(&peer, &mut Vec::new(), usize::MAX);
+    assert_eq!(got.len(), 4_003, "one reply per request, no pushes");
+    let ids: Vec<u32> = got
+        .iter()
+        .map(|f| match f {
+            Frame::Reply(id, _) => *id,
+            Frame::Push(..) => panic!("nobody listens: {f:?}"),
+        })
+        .collect();
+    let mut want: Vec<u32> = (10..10 + 4_000).collect();
+    want.insert(2_001, 9);
+    want.extend([5, 6]);
+    assert_eq!(ids, want, "in request order");
+    assert!(
+        matches!(&got[2_001], Frame::Reply(9, r) if r.contains("OverBudget")),
+        "{:?}",
+        got[2_001]
+    );
+    assert_eq!(got[4_001], Frame::Reply(5, "value 100".into()));
+    assert_eq!(got[4_002], Frame::Reply(6, "Nil".into()));
+    let stats = e.stats(t0);
+    assert!(stats.evicted > 100, "{stats:?}");
+    assert_eq!(stats.keys + stats.evicted, 4_000);
+    assert!(stats.memory_bytes <= budget + (16 << 10), "{stats:?}");
+}
+
+#[test]
 fn a_peer_that_closes_its_side_after_pipelining_gets_every_reply() {
     let t0 = Instant::now();
     let mut e = engine(t0, 4096, 1024);
