@@ -9,6 +9,7 @@
 #   bash benches/instr.sh                       # GET and SET, depth 64 x 4 connections, TCP
 #   DEPTHS="16 64" OPS="get" NETS="tcp unix" bash benches/instr.sh
 #   MAX_MEMORY=33554432 KEYS=1000000 OPS=set bash benches/instr.sh   # SET while evicting (issue 13)
+#   TTL_MS=3600000 OPS=set bash benches/instr.sh   # SET with a TTL (SET_TTL, issue 12)
 # (With MAX_MEMORY the server evicts from early in both runs, so the difference is the cost of a
 # request while it evicts.)
 set -euo pipefail
@@ -19,6 +20,8 @@ NETS=${NETS:-tcp}
 CONNS=${CONNS:-4}
 KEYS=${KEYS:-100000}
 MAX_MEMORY=${MAX_MEMORY:-0}
+TTL=()
+[[ -n ${TTL_MS:-} ]] && TTL=(--ttl-ms "$TTL_MS")
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 2; }
 cargo build --release -q -p upcache-loadgen --bin loadgen
 L=$PWD/target/release/loadgen
@@ -36,7 +39,7 @@ measure() {
   SERVER=$!
   for _ in $(seq 600); do [[ -s $W/upcache-instr.json ]] && break; sleep 0.1; done
   "$L" run --target "upcache=$W/upcache-instr.json" --op "$op" --depth "$depth" --conns "$CONNS" \
-    --keys "$KEYS" --warmup 0 --duration "$secs" >/dev/null
+    --keys "$KEYS" --warmup 0 --duration "$secs" "${TTL[@]}" >/dev/null
   local requests
   requests=$(python3 benches/tools/stats.py "$W/upcache-instr.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
   kill -TERM "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""
@@ -45,7 +48,7 @@ measure() {
   echo "$ir $requests"
 }
 
-echo "# user-space instructions per request (callgrind), $KEYS keys of 16 B, values of 64 B, $CONNS connections$([[ $MAX_MEMORY != 0 ]] && echo ", budget $MAX_MEMORY B")"
+echo "# user-space instructions per request (callgrind), $KEYS keys of 16 B, values of 64 B, $CONNS connections$([[ $MAX_MEMORY != 0 ]] && echo ", budget $MAX_MEMORY B")$([[ -n ${TTL_MS:-} ]] && echo ", TTL $TTL_MS ms")"
 for net in $NETS; do
   for depth in $DEPTHS; do
     for op in $OPS; do

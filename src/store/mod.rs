@@ -437,7 +437,7 @@ impl Shard {
     /// The slot of `key` and its record, trying slot `hint` first (see [`Store::prefetch`]):
     /// keys are unique, so a live slot that holds `key` is its slot, and a wrong or stale hint
     /// only costs the comparison before the index is searched.
-    #[inline]
+    #[inline(always)]
     fn find_hinted(&self, hash: u64, key: &[u8], hint: u32) -> Option<(usize, Record<'_>)> {
         if let Some(slot) = self.slots.get(hint as usize) {
             if slot.seg != DEAD {
