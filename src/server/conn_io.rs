@@ -5,7 +5,11 @@
 //! each frame once, its key hashed once (the hash travels with the frame to the command):
 //! when a window holds a pipelined batch, the store is asked to start loading the records its
 //! frames name before any is applied ([`Store::prefetch`](crate::store::Store::prefetch)), so the batch's cache misses
-//! overlap instead of each lookup waiting for its own.
+//! overlap instead of each lookup waiting for its own. A run of `GET`s in a window is served in
+//! one pass ([`Engine::get_run`]: lookups, replies appended to the output buffer at once,
+//! counters added once), and so is a run of `SET`s while nobody listens for events
+//! ([`Engine::set_run`]); any other frame goes through [`Engine::apply`], one at a time. Both
+//! answer exactly as `apply` would, frame for frame (the engine tests hold them to it).
 //!
 //! ## Backpressure, with edge-triggered readiness
 //!
