@@ -13,6 +13,8 @@
 #
 #   bash benches/cpu.sh              # 3 rounds per cell, about 5 minutes
 #   ROUNDS=5 NETS=unix bash benches/cpu.sh
+#   UPCACHE=/tmp/old/target/release/loadgen bash benches/cpu.sh   # another build's upcache
+#     server (its `loadgen foreground`), against the same floor and client
 #
 # Servers pinned to CPU 1, client to CPU 0; 100,000 keys of 16 B (1,000,000 in the last cell),
 # values of 64 B, 4 connections. Each round measures upcache then the floor.
@@ -22,6 +24,7 @@ ROUNDS=${ROUNDS:-3}
 NETS=${NETS:-tcp unix}
 cargo build --release -q -p upcache-loadgen
 L=$PWD/target/release/loadgen
+UPCACHE=${UPCACHE:-$L}
 W=$(mktemp -d /tmp/upcache-cpu.XXXXXX)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$W"' EXIT
@@ -55,13 +58,13 @@ measure() {
     END { n = ops * 2; printf "%.1f %.1f %.1f %.0f\n", r / n, u / n, s / n, ops }' "$W/run.txt"
 }
 
-echo "# server CPU time per request (user + kernel), upcache and the floor, $ROUNDS rounds per cell, 4 connections"
+echo "# server CPU time per request (user + kernel), upcache ($UPCACHE) and the floor, $ROUNDS rounds per cell, 4 connections"
 echo "# ratio = floor ns / upcache ns: the share of the floor's throughput upcache reaches when both are CPU-bound"
 for net in $NETS; do
   up_args=() floor_args=()
   if [[ $net == unix ]]; then up_args=(--transport unix); floor_args=(--unix-dir "$W"); fi
   rm -f "$W/up.json" "$W/floor.txt"
-  taskset -c "$SERVER_CPU" "$L" foreground --file "$W/up.json" "${up_args[@]}" >/dev/null 2>&1 & UP=$!
+  taskset -c "$SERVER_CPU" "$UPCACHE" foreground --file "$W/up.json" "${up_args[@]}" >/dev/null 2>&1 & UP=$!
   taskset -c "$SERVER_CPU" "$L" floor "${floor_args[@]}" >"$W/floor.txt" 2>/dev/null & FLOOR=$!
   PIDS+=("$UP" "$FLOOR")
   for _ in $(seq 200); do [[ -s $W/up.json && -s $W/floor.txt ]] && break; sleep 0.05; done
