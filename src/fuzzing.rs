@@ -28,7 +28,7 @@ const FUZZ_LIMITS: Limits = Limits {
 
 /// Target 1: request decoding on arbitrary bytes never panics, never asks for more than the
 /// limits allow, every frame it accepts respects every limit, and its shortcut for `GET` and
-/// `SET` answers as the general path does (under these limits and under the defaults).
+/// `SET` answers as the general path does (under these limits, the defaults and none).
 pub fn decode_request_bytes(data: &[u8]) {
     let mut rest = data;
     loop {
@@ -37,11 +37,12 @@ pub fn decode_request_bytes(data: &[u8]) {
             decoded,
             protocol::decode_request_general(rest, &FUZZ_LIMITS)
         );
-        let defaults = Limits::default();
-        assert_eq!(
-            decode_request(rest, &defaults),
-            protocol::decode_request_general(rest, &defaults)
-        );
+        for limits in [Limits::default(), Limits::unlimited()] {
+            assert_eq!(
+                decode_request(rest, &limits),
+                protocol::decode_request_general(rest, &limits)
+            );
+        }
         match decoded {
             Ok(Decoded::Frame((_, req), n)) => {
                 assert!(n >= protocol::HEADER_LEN && n <= rest.len());

@@ -9,7 +9,8 @@
 //! one pass ([`Engine::get_run`]: lookups, replies appended to the output buffer at once,
 //! counters added once), and so is a run of `SET`s while nobody listens for events
 //! ([`Engine::set_run`]); any other frame goes through [`Engine::apply`], one at a time. Both
-//! answer exactly as `apply` would, frame for frame (the engine tests hold them to it).
+//! answer exactly as `apply` would, frame for frame (replies, their order, the store, the
+//! counters; two engine tests compare them on mixed windows).
 //!
 //! ## Backpressure, with edge-triggered readiness
 //!
@@ -351,14 +352,14 @@ impl<S: Read + Write> Engine<S> {
             // A pipelined batch is nearly always a run of GETs or of SETs: served in one pass.
             let (rest, rest_hashes, rest_hints) =
                 (&frames[i..], &hashes[i..count], &hints[i..count]);
-            let (served, bytes) = match req {
+            let (served, consumed) = match req {
                 Request::Get { .. } => self.get_run(slot, rest, rest_hashes, rest_hints),
                 Request::Set { .. } => self.set_run(slot, rest, rest_hashes, rest_hints),
                 _ => (0, 0),
             };
             if served > 0 {
                 i += served;
-                applied += bytes;
+                applied += consumed;
                 continue;
             }
             self.apply(slot, *id, req, hashes[i], hints[i], now);

@@ -342,8 +342,7 @@ impl RecordShape {
     }
 
     /// [`RecordShape::read`] for a key of 64 bytes or more or a value of 128 or more, out of
-    /// line: the common case inlines without it.
-    #[cold]
+    /// line, so that the one-byte case inlines small into every lookup.
     #[inline(never)]
     fn read_long(bytes: &[u8]) -> RecordShape {
         let (k, n) = get_varint(bytes);

@@ -3,10 +3,10 @@
 use std::io::{Read, Write};
 
 use crate::protocol::{self, ErrorCode, Reply, Request, RequestId};
-use crate::server::connection::Phase;
+use crate::server::connection::{OutQueue, Phase};
 use crate::server::engine::Engine;
 use crate::server::fanout::Change;
-use crate::store::{IncrError, NO_HINT};
+use crate::store::{Entry, IncrError, NO_HINT};
 
 impl<S: Read + Write> Engine<S> {
     /// `GET`: a value up to [`EngineConfig::copy_max`](crate::server::engine::EngineConfig)
@@ -20,16 +20,10 @@ impl<S: Read + Write> Engine<S> {
         match self.store.get_hinted(hash, key, hint) {
             Some(e) => {
                 self.stats.hits += 1;
-                let value = e.value();
-                if value.len() <= copy_max {
-                    c.out.with_buf(|b| {
-                        protocol::encode_value_head(b, id, value.len());
-                        b.extend_from_slice(value);
-                    });
+                if e.value().len() <= copy_max {
+                    c.out.with_buf(|b| copy_value(b, id, e.value()));
                 } else {
-                    c.out
-                        .with_buf(|b| protocol::encode_value_head(b, id, value.len()));
-                    c.out.push_shared(e.to_entry(), e.key_len(), e.len());
+                    queue_in_place(&mut c.out, id, e.to_entry());
                 }
             }
             None => c.queue_reply(id, &Reply::Nil),
@@ -37,13 +31,15 @@ impl<S: Read + Write> Engine<S> {
     }
 
     /// The `GET`s at the front of `frames` (a decode window; `hashes` and `hints` by frame), in
-    /// one pass, as [`Engine::get`] would serve them one by one: each reply copied into the
-    /// output buffer in one [`OutQueue::with_buf`](crate::server::connection::OutQueue::with_buf),
-    /// the counters added once. Stops before the first frame that is not a `GET`, before a
-    /// value longer than `copy_max` (sent in place by [`Engine::get`]), and before any frame
-    /// once the output passed the high-water mark (where [`Engine::apply_window`] checks for
-    /// a pause between frames). Returns how many frames it served and their bytes; 0 when the
-    /// connection is not past its handshake (whose first frame must be `HELLO`).
+    /// one pass, as [`Engine::get`] would serve them one by one: one lookup each, the replies
+    /// of copied values appended to the output buffer together (one
+    /// [`OutQueue::with_buf`](crate::server::connection::OutQueue::with_buf) up to the next
+    /// value longer than `copy_max`, which goes in place as [`Engine::get`] sends it), the
+    /// counters added once. Stops before the first frame that is not a `GET`, and before any
+    /// frame once the output passed the high-water mark (where [`Engine::apply_window`] checks
+    /// for a pause between frames; it checked before the first). Returns how many frames it
+    /// served and how many bytes of the read buffer they took; 0 when the connection is not
+    /// past its handshake (whose first frame must be `HELLO`).
     #[inline]
     pub(in crate::server) fn get_run(
         &mut self,
@@ -53,41 +49,53 @@ impl<S: Read + Write> Engine<S> {
         hints: &[u32],
     ) -> (usize, usize) {
         let copy_max = self.config.copy_max;
+        let high = self.config.high_water;
         let store = &self.store;
         let c = &mut self.conns[slot];
         if c.phase != Phase::Ready {
             return (0, 0);
         }
-        // The caller checked the mark before the first frame: pending <= high_water.
-        let room = self.config.high_water.saturating_sub(c.out.pending());
-        let (mut served, mut bytes, mut hits) = (0, 0, 0);
-        c.out.with_buf(|b| {
-            let start = b.len();
-            for (((id, req, n), &hash), &hint) in frames.iter().zip(hashes).zip(hints) {
-                let Request::Get { key } = *req else { break };
-                if b.len() - start > room {
-                    break;
-                }
-                match store.get_hinted(hash, key, hint) {
-                    Some(e) => {
-                        let value = e.value();
-                        if value.len() > copy_max {
-                            break;
-                        }
-                        protocol::encode_value_head(b, *id, value.len());
-                        b.extend_from_slice(value);
-                        hits += 1;
-                    }
-                    None => Reply::Nil.encode(*id, b),
-                }
-                served += 1;
-                bytes += n;
+        let (mut served, mut consumed, mut hits) = (0, 0, 0);
+        loop {
+            let pending = c.out.pending();
+            if served > 0 && pending > high {
+                break;
             }
-        });
+            // From here to the mark (pending <= high: checked above, or by the caller).
+            let room = high - pending;
+            let mut in_place = None;
+            c.out.with_buf(|b| {
+                let start = b.len();
+                while let (Some((id, req, n)), Some(&hash), Some(&hint)) =
+                    (frames.get(served), hashes.get(served), hints.get(served))
+                {
+                    let Request::Get { key } = *req else { return };
+                    if b.len() - start > room {
+                        return;
+                    }
+                    served += 1;
+                    consumed += n;
+                    match store.get_hinted(hash, key, hint) {
+                        Some(e) if e.value().len() > copy_max => {
+                            hits += 1;
+                            in_place = Some((*id, e.to_entry()));
+                            return;
+                        }
+                        Some(e) => {
+                            hits += 1;
+                            copy_value(b, *id, e.value());
+                        }
+                        None => Reply::Nil.encode(*id, b),
+                    }
+                }
+            });
+            let Some((id, e)) = in_place else { break };
+            queue_in_place(&mut c.out, id, e);
+        }
         self.stats.requests += served as u64;
         self.stats.gets += served as u64;
         self.stats.hits += hits;
-        (served, bytes)
+        (served, consumed)
     }
 
     /// The `SET`s at the front of `frames` (a decode window; `hashes` and `hints` by frame), in
@@ -95,8 +103,8 @@ impl<S: Read + Write> Engine<S> {
     /// (then a `SET` queues nothing but its `DONE`, and the `DONE`s go out together after the
     /// run). Stops before the first frame that is not a `SET`, before a value the budget cannot
     /// hold (whose error [`Engine::set`] sends), and before any frame once the output passed
-    /// the high-water mark. Returns how many frames it served and their bytes; 0 when the
-    /// connection is not past its handshake or someone listens.
+    /// the high-water mark. Returns how many frames it served and how many bytes of the read
+    /// buffer they took; 0 when the connection is not past its handshake or someone listens.
     #[inline]
     pub(in crate::server) fn set_run(
         &mut self,
@@ -112,11 +120,13 @@ impl<S: Read + Write> Engine<S> {
         // The caller checked the mark before the first frame: pending <= high_water.
         let room = self.config.high_water.saturating_sub(c.out.pending());
         self.store.tell_evictions(false);
-        let (mut served, mut bytes) = (0, 0);
+        let (mut served, mut consumed) = (0, 0);
         for (((_, req, n), &hash), &hint) in frames.iter().zip(hashes).zip(hints) {
             let Request::Set { key, value } = *req else {
                 break;
             };
+            // Each `DONE` (queued after the run) is one header: before this frame the output
+            // would be `served` of them over what was pending.
             if served * protocol::HEADER_LEN > room || !self.store.fits(key.len(), value.len()) {
                 break;
             }
@@ -126,7 +136,7 @@ impl<S: Read + Write> Engine<S> {
                 self.publish_gone();
             }
             served += 1;
-            bytes += n;
+            consumed += n;
         }
         self.conns[slot].out.with_buf(|b| {
             for (id, ..) in &frames[..served] {
@@ -134,7 +144,7 @@ impl<S: Read + Write> Engine<S> {
             }
         });
         self.stats.requests += served as u64;
-        (served, bytes)
+        (served, consumed)
     }
 
     /// `SET`: always an event, even for the same value.
@@ -233,4 +243,18 @@ impl<S: Read + Write> Engine<S> {
         let n = self.store.len() as u64;
         self.conns[slot].queue_reply(id, &Reply::Uint(n));
     }
+}
+
+/// Appends the reply to a `GET` whose value is copied: its header, then the value.
+#[inline]
+fn copy_value(b: &mut Vec<u8>, id: RequestId, value: &[u8]) {
+    protocol::encode_value_head(b, id, value.len());
+    b.extend_from_slice(value);
+}
+
+/// Queues the reply to a `GET` whose value goes from its segment to the socket, not copied.
+fn queue_in_place(out: &mut OutQueue, id: RequestId, e: Entry) {
+    let (key_len, len) = (e.key_len(), e.len());
+    out.with_buf(|b| protocol::encode_value_head(b, id, len - key_len));
+    out.push_shared(e, key_len, len);
 }
