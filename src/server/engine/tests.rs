@@ -446,7 +446,14 @@ fn gets_answer_as_single_gets(high_water: usize, low_water: usize) {
     let before = e.stats(t0);
 
     let mut batch = Vec::new();
-    for (id, key) in [(10, "a"), (11, "c"), (12, "b"), (13, "b"), (14, "a"), (15, "d")] {
+    for (id, key) in [
+        (10, "a"),
+        (11, "c"),
+        (12, "b"),
+        (13, "b"),
+        (14, "a"),
+        (15, "d"),
+    ] {
         Request::Get {
             key: key.as_bytes(),
         }
