@@ -1243,9 +1243,9 @@ impl Store {
             // The lines of the record's first 128 bytes (two or three, records being packed):
             // its lengths, the key, and a short value. Two lines left the last of a 90-byte
             // record (a 10-byte header, a 16-byte key, a 64-byte value) unloaded whenever it
-            // started past byte 38 of its line, and
-            // the copy of its value waited for it (the server's user time per GET at depth
-            // 64 x 4 went 157-172 -> 138-150 ns with the third).
+            // started past byte 38 of its line, and the copy of its value waited for it (the
+            // server's user time per GET at depth 64 x 4 went 157-172 -> 138-150 ns with the
+            // third).
             let bytes = s.info(slot.seg).seg.bytes();
             let off = usize::from(slot.off);
             for at in [off, off + 64, off + 127] {

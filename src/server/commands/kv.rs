@@ -75,18 +75,16 @@ impl<S: Read + Write> Engine<S> {
                     }
                     served += 1;
                     consumed += n;
-                    match store.get_hinted(hash, key, hint) {
-                        Some(e) if e.value().len() > copy_max => {
-                            hits += 1;
-                            in_place = Some((*id, e.to_entry()));
-                            return;
-                        }
-                        Some(e) => {
-                            hits += 1;
-                            copy_value(b, *id, e.value());
-                        }
-                        None => Reply::Nil.encode(*id, b),
+                    let Some(e) = store.get_hinted(hash, key, hint) else {
+                        Reply::Nil.encode(*id, b);
+                        continue;
+                    };
+                    hits += 1;
+                    if e.value().len() > copy_max {
+                        in_place = Some((*id, e.to_entry()));
+                        return;
                     }
+                    copy_value(b, *id, e.value());
                 }
             });
             let Some((id, e)) = in_place else { break };

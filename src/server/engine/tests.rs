@@ -21,6 +21,24 @@ fn engine(now: Instant, high_water: usize, low_water: usize) -> Engine<MockSocke
     Engine::new(config, Store::default(), now)
 }
 
+/// An engine whose store has a memory budget of `budget` bytes (S3-FIFO, fixed hash seeds), the
+/// output marks at their defaults.
+fn budgeted_engine(now: Instant, budget: u64) -> Engine<MockSocket> {
+    let config = EngineConfig::new(
+        true,
+        Duration::from_secs(1),
+        Limits::default(),
+        TOKEN.into(),
+    );
+    let store = Store::with_budget(
+        ahash::RandomState::with_seeds(1, 2, 3, 4),
+        Store::segment_for(budget),
+        budget,
+        crate::store::Policy::S3Fifo,
+    );
+    Engine::new(config, store, now)
+}
+
 /// A decoded frame from the server, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Frame {
@@ -524,20 +542,8 @@ fn a_run_of_sets_with_nobody_listening_answers_each_as_a_single_set_would() {
     // Under a budget, with nobody subscribed: SETs that evict, one whose value the budget
     // cannot hold (its error in its place, the run going on after it), and GETs after them.
     let t0 = Instant::now();
-    let config = EngineConfig::new(
-        true,
-        Duration::from_secs(1),
-        Limits::default(),
-        TOKEN.into(),
-    );
     let budget = 256 << 10;
-    let store = Store::with_budget(
-        ahash::RandomState::with_seeds(1, 2, 3, 4),
-        Store::segment_for(budget),
-        budget,
-        crate::store::Policy::S3Fifo,
-    );
-    let mut e = Engine::new(config, store, t0);
+    let mut e = budgeted_engine(t0, budget);
     let (slot, peer) = connect(&mut e, t0, 1 << 30);
     let mut out = Vec::new();
     let keys: Vec<String> = (0..4_000).map(|i| format!("fill{i:06}")).collect();
@@ -1037,20 +1043,8 @@ fn a_second_request_of_the_holders_connection_waits_and_remove_or_clear_leave_le
 #[test]
 fn an_eviction_follows_the_reply_of_the_set_that_caused_it_and_over_budget_evicts_nothing() {
     let t0 = Instant::now();
-    let config = EngineConfig::new(
-        true,
-        Duration::from_secs(1),
-        Limits::default(),
-        TOKEN.into(),
-    );
     let budget = 256 << 10;
-    let store = Store::with_budget(
-        ahash::RandomState::with_seeds(1, 2, 3, 4),
-        Store::segment_for(budget),
-        budget,
-        crate::store::Policy::S3Fifo,
-    );
-    let mut e = Engine::new(config, store, t0);
+    let mut e = budgeted_engine(t0, budget);
     let (a, peer) = connect(&mut e, t0, 1 << 30);
     let mut out = Vec::new();
     Request::Subscribe {
