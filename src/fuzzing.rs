@@ -659,6 +659,7 @@ pub fn store_model_bytes(data: &[u8]) {
             .sum();
         assert_eq!(store.live_bytes(), live);
         assert!(store.footprint_is_bounded());
+        assert!(store.index_is_exact());
         for (e, k, v) in &held {
             assert_eq!((e.key(), e.value()), (&k[..], &v[..]));
         }

@@ -151,6 +151,8 @@ fn churn(policy: Policy) {
         assert_eq!(s.get(h, k).map(|r| r.value().to_vec()).as_ref(), Some(v));
     }
     assert_eq!(s.live_bytes(), super::tests::expected_live(&s));
+    // Hits moved records to the main queue and on in it: each index entry was told.
+    assert!(s.index_is_exact());
     // The counted bytes agree with a walk of everything.
     assert_eq!(
         s.bytes,
@@ -273,6 +275,7 @@ fn hit_keys_survive_a_scan_that_unhit_ones_do_not() {
         kept >= 1_900,
         "only {kept} of 2000 hot keys survived the scan"
     );
+    assert!(s.index_is_exact());
 }
 
 #[test]

@@ -5,8 +5,9 @@
 //! (`index_hash`).
 //!
 //! A shard keeps its entries in a vector, in the order they were first stored, and a
-//! `HashTable<u32>` of positions into it, which files each key under 24 bits of its hash that
-//! its slot keeps (`index_hash`): the table is rehashed and rebuilt without reading a key.
+//! `HashTable` of positions into it (each with where the key's record is, `Filed`), which
+//! files each key under 24 bits of its hash that its slot keeps (`index_hash`): the table is
+//! rehashed and rebuilt without reading a key.
 //! An overwrite keeps the entry's place; a removal leaves a tombstone that a later compaction
 //! (stable, so order survives) sweeps away, when tombstones outnumber the live entries or
 //! when the vector would otherwise grow with a third of it tombstones. Every
@@ -32,10 +33,12 @@
 //! A lookup follows three dependent loads after the hash: the index, the slot, the record.
 //! With a store larger than the CPU's caches each can miss, so [`Store::prefetch`] lets a
 //! caller with many keys at hand (a pipelined batch) start all their loads before it looks
-//! any of them up.
+//! any of them up; and as an index entry also says where the record is, it asks for the slot
+//! and the record at once, two dependent loads instead of three.
 //!
 //! Per key with a 16-byte key and a 64-byte value: a 90-byte record (8 of them its version), a
-//! 16-byte slot, and the hash index's 4-byte position plus a control byte per bucket.
+//! 16-byte slot, and the hash index's 8-byte entry (position and record place) plus a control
+//! byte per bucket.
 //!
 //! ## Versions
 //!
@@ -147,6 +150,36 @@ const BLOCK_HEADER: usize = 32;
 const DEAD: u32 = u32::MAX;
 /// A hint ([`Store::prefetch`]) that names no slot.
 pub const NO_HINT: u32 = u32::MAX;
+
+/// An entry of a shard's index: the key's slot, and where the key's record was when the
+/// entry was last told ([`Filed::seg`], [`Filed::off`]). The slot is the truth; the place is a
+/// guess that lets [`Store::prefetch`] ask for the slot and the record at once, instead of
+/// reading the slot first and then asking for the record (one cache miss after another). Every
+/// move of a record tells its entry, so the guess is right but where a segment id does not fit
+/// 16 bits; nothing reads a record through it, so a wrong one costs only a wasted prefetch.
+#[derive(Clone, Copy)]
+struct Filed {
+    /// The key's slot in [`Shard::slots`].
+    slot: u32,
+    /// The record's segment id, or [`NOWHERE`] for an id of 16 bits or more.
+    seg: u16,
+    /// The record's offset in its segment.
+    off: u16,
+}
+
+/// [`Filed::seg`] of an entry whose record's segment id does not fit: no guess.
+const NOWHERE: u16 = u16::MAX;
+
+impl Filed {
+    #[inline(always)]
+    fn new(slot: u32, seg: u32, off: u16) -> Self {
+        Filed {
+            slot,
+            seg: u16::try_from(seg).unwrap_or(NOWHERE),
+            off,
+        }
+    }
+}
 
 /// A shard's index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -361,7 +394,7 @@ struct Shard {
     /// Size of a shared segment.
     segment: usize,
     slots: Vec<Slot>,
-    index: HashTable<u32>,
+    index: HashTable<Filed>,
     dead: usize,
     /// Segments by id; `None` ids are in `free`.
     segs: Vec<Option<SegInfo>>,
@@ -455,7 +488,7 @@ impl Shard {
     /// takes the first, which inlines, rather than `iter_hash`, whose every step is a call: 1 to
     /// 3 % less time per SET in the store, with or without a budget.)
     #[inline]
-    fn first_candidate(&self, hash: u64) -> Option<u32> {
+    fn first_candidate(&self, hash: u64) -> Option<Filed> {
         self.index.find(index_hash_of(hash), |_| true).copied()
     }
 
@@ -463,15 +496,15 @@ impl Shard {
     #[inline]
     fn find(&self, hash: u64, key: &[u8]) -> Option<(usize, Record<'_>)> {
         let mut hit = None;
-        self.index.find(index_hash_of(hash), |&i| {
-            let slot = &self.slots[i as usize];
+        self.index.find(index_hash_of(hash), |f| {
+            let slot = &self.slots[f.slot as usize];
             if slot.seg == DEAD {
                 return false;
             }
             let record = self.record(slot);
             let same = same_key(record.key(), key);
             if same {
-                hit = Some((i as usize, record));
+                hit = Some((f.slot as usize, record));
             }
             same
         });
@@ -629,10 +662,21 @@ impl Shard {
     fn slot_at(&self, id: u32, off: usize, key: &[u8], hasher: &ahash::RandomState) -> Option<u32> {
         let slots = &self.slots;
         self.index
-            .find(index_hash_of(hasher.hash_one(key)), |&i| {
-                slots[i as usize].is_at(id, off)
+            .find(index_hash_of(hasher.hash_one(key)), |f| {
+                slots[f.slot as usize].is_at(id, off)
             })
-            .copied()
+            .map(|f| f.slot)
+    }
+
+    /// Points live slot `i` at the record at `off` in segment `seg`, and tells its index entry
+    /// (see [`Filed`]).
+    fn move_slot(&mut self, i: usize, seg: u32, off: u16) {
+        let slot = &mut self.slots[i];
+        (slot.seg, slot.off) = (seg, off);
+        let hash = slot.index_hash();
+        if let Some(f) = self.index.find_mut(hash, |f| f.slot as usize == i) {
+            *f = Filed::new(f.slot, seg, off);
+        }
     }
 
     /// Copies the live records of segment `id` to the active segment of its queue.
@@ -642,8 +686,7 @@ impl Shard {
         for (off, rec, key) in seg.records() {
             if let Some(i) = self.slot_at(id, off, key, hasher) {
                 let (seg, off) = self.append(queue, &[rec]);
-                let slot = &mut self.slots[i as usize];
-                (slot.seg, slot.off) = (seg, off);
+                self.move_slot(i as usize, seg, off);
             }
         }
     }
@@ -727,14 +770,17 @@ impl Shard {
         }
         let (index, slots) = (&mut self.index, &self.slots);
         for (i, slot) in (0..).zip(slots) {
-            index.insert_unique(slot.index_hash(), i, |&j| slots[j as usize].index_hash());
+            index.insert_unique(slot.index_hash(), Filed::new(i, slot.seg, slot.off), |f| {
+                slots[f.slot as usize].index_hash()
+            });
         }
     }
 }
 
 /// The whole key space.
 pub struct Store {
-    shards: Box<[Shard]>,
+    /// An array, not a slice: a shard number is masked to `SHARDS`, so indexing needs no check.
+    shards: Box<[Shard; SHARDS]>,
     hasher: ahash::RandomState,
     next_seq: u64,
     /// The version the next write gets.
@@ -901,9 +947,7 @@ impl Store {
             vec![0u32; n].into_boxed_slice()
         };
         let mut store = Store {
-            shards: (0..SHARDS)
-                .map(|_| Shard::new(segment, budget > 0))
-                .collect(),
+            shards: Box::new(std::array::from_fn(|_| Shard::new(segment, budget > 0))),
             hasher,
             next_seq: 1,
             next_version: 1,
@@ -1074,6 +1118,27 @@ impl Store {
             .sum::<usize>()
     }
 
+    /// Whether every shard's index files each live slot once, under its index bits, and no
+    /// other, each entry with its record's place ([`Filed`]; tests, walks every key).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn index_is_exact(&self) -> bool {
+        self.shards.iter().all(|s| {
+            let live = s.slots.iter().filter(|slot| slot.seg != DEAD).count();
+            s.index.len() == live
+                && s.index.iter().all(|f| {
+                    s.slots.get(f.slot as usize).is_some_and(|slot| {
+                        slot.seg != DEAD
+                            && s.index
+                                .find(slot.index_hash(), |g| g.slot == f.slot)
+                                .is_some()
+                            && (f.seg == NOWHERE
+                                || slot.is_at(u32::from(f.seg), usize::from(f.off)))
+                            && (f.seg != NOWHERE || slot.seg >= u32::from(NOWHERE))
+                    })
+                })
+        })
+    }
+
     /// Bytes of live records across all shards.
     pub fn live_bytes(&self) -> usize {
         self.shards
@@ -1146,7 +1211,7 @@ impl Store {
     }
 
     /// [`Store::get`], with the hint [`Store::prefetch`] gave for this key.
-    #[inline]
+    #[inline(always)]
     pub fn get_hinted(&self, hash: u64, key: &[u8], hint: u32) -> Option<Record<'_>> {
         let s = self.shard(hash);
         let (i, record) = s.find_hinted(hash, key, hint)?;
@@ -1213,31 +1278,28 @@ impl Store {
     /// [`Store::get_hinted`] and [`Store::set_hinted`] ([`NO_HINT`] where the index names no
     /// candidate). A server that looks up many keys at once (a pipelined batch) calls this
     /// first, so that their cache misses overlap instead of following one another: one pass
-    /// walks the indexes and asks for the slots, a second reads the slots and asks for the
-    /// records; the lookups that follow start from the hint instead of searching the index
-    /// again. Changes nothing; a hint is checked before it is used, so one made stale by a
-    /// write in between costs only that check.
+    /// walks the indexes and asks, for each key, for its slot and its record at once (the
+    /// index entry says where both are, [`Filed`]); the lookups that follow start from the
+    /// hint instead of searching the index again. Changes nothing; a hint is checked before it
+    /// is used, so one made stale by a write in between costs only that check.
     pub fn prefetch(&self, hashes: &[u64], hints: &mut [u32]) {
         for (&hash, hint) in hashes.iter().zip(hints.iter_mut()) {
             let s = self.shard(hash);
-            *hint = NO_HINT;
             // The first candidate: another key of the shard shares the 7-bit tag rarely (or,
             // rarer, all 24 index bits).
-            if let Some(i) = s.first_candidate(hash) {
-                prefetch_line(&s.slots[i as usize].seq);
-                *hint = i;
-            } else if !self.ghost.is_empty() {
-                // A new key under a budget: a SET of it reads its ghost entry.
-                prefetch_line(&self.ghost[ghost_slot(&self.ghost, hash).0]);
-            }
-        }
-        for (&hash, &i) in hashes.iter().zip(hints.iter()) {
-            if i == NO_HINT {
+            let Some(f) = s.first_candidate(hash) else {
+                *hint = NO_HINT;
+                if !self.ghost.is_empty() {
+                    // A new key under a budget: a SET of it reads its ghost entry.
+                    prefetch_line(&self.ghost[ghost_slot(&self.ghost, hash).0]);
+                }
                 continue;
+            };
+            *hint = f.slot;
+            if let Some(slot) = s.slots.get(f.slot as usize) {
+                prefetch_line(&slot.seq);
             }
-            let s = self.shard(hash);
-            let slot = &s.slots[i as usize];
-            if slot.seg == DEAD {
+            if f.seg == NOWHERE {
                 continue;
             }
             // The lines of the record's first 128 bytes (two or three, records being packed):
@@ -1245,12 +1307,15 @@ impl Store {
             // record (a 10-byte header, a 16-byte key, a 64-byte value) unloaded whenever it
             // started past byte 38 of its line, and the copy of its value waited for it (the
             // server's user time per GET at depth 64 x 4 went 157-172 -> 138-150 ns with the
-            // third).
-            let bytes = s.info(slot.seg).seg.bytes();
-            let off = usize::from(slot.off);
-            for at in [off, off + 64, off + 127] {
-                if let Some(byte) = bytes.get(at) {
-                    prefetch_line(byte);
+            // third). (In the same pass as the index: a second pass for the records, as
+            // before the index said where they are, measured slower.)
+            if let Some(Some(info)) = s.segs.get(usize::from(f.seg)) {
+                let bytes = info.seg.bytes();
+                let off = usize::from(f.off);
+                for at in [off, off + 64, off + 127] {
+                    if let Some(byte) = bytes.get(at) {
+                        prefetch_line(byte);
+                    }
                 }
             }
         }
@@ -1380,7 +1445,7 @@ impl Store {
     }
 
     /// [`Store::find_live`], trying slot `hint` first.
-    #[inline]
+    #[inline(always)]
     fn find_live_hinted(
         &mut self,
         hash: u64,
@@ -1430,9 +1495,8 @@ impl Store {
             (None, Some(i)) => {
                 let queue = shard.info(shard.slots[i].seg).queue;
                 let (seg, off) = shard.append(queue, &[&header[..n], key, value]);
-                let old = &mut shard.slots[i];
-                let (old_seg, old_off) = (old.seg, old.off);
-                (old.seg, old.off) = (seg, off);
+                let (old_seg, old_off) = (shard.slots[i].seg, shard.slots[i].off);
+                shard.move_slot(i, seg, off);
                 shard.forget(old_seg, old_off);
                 i
             }
@@ -1462,9 +1526,11 @@ impl Store {
                 self.next_seq += 1;
                 self.len += 1;
                 let slots = &shard.slots;
-                shard.index.insert_unique(index_hash_of(hash), pos, |&j| {
-                    slots[j as usize].index_hash()
-                });
+                shard
+                    .index
+                    .insert_unique(index_hash_of(hash), Filed::new(pos, seg, off), |f| {
+                        slots[f.slot as usize].index_hash()
+                    });
                 i
             }
         };
@@ -1582,8 +1648,8 @@ impl Store {
             has_deadline: shape.has_deadline,
         }));
         for v in &victims {
-            if let Some(i) = shard.first_candidate(v.hash) {
-                prefetch_line(&shard.slots[i as usize].seq);
+            if let Some(f) = shard.first_candidate(v.hash) {
+                prefetch_line(&shard.slots[f.slot as usize].seq);
             }
         }
         if queue == Queue::Small {
@@ -1593,13 +1659,13 @@ impl Store {
         }
         for v in &victims {
             let slots = &shard.slots;
-            let found = shard.index.find_entry(index_hash_of(v.hash), |&i| {
-                slots[i as usize].is_at(id, v.off)
+            let found = shard.index.find_entry(index_hash_of(v.hash), |f| {
+                slots[f.slot as usize].is_at(id, v.off)
             });
             let Ok(found) = found else {
                 continue; // garbage: the key was rewritten elsewhere or removed
             };
-            let i = *found.get() as usize;
+            let i = found.get().slot as usize;
             let due = v.has_deadline && Record::at(&seg, v.off).is_due(now);
             let f = shard.slots[i].freq();
             if !due && f > 0 {
@@ -1608,9 +1674,8 @@ impl Store {
                     Queue::Main => (Queue::Main, f.saturating_sub(1)),
                 };
                 let (s2, o2) = shard.append(to, &[&bytes[v.off..v.off + v.len]]);
-                let slot = &mut shard.slots[i];
-                (slot.seg, slot.off) = (s2, o2);
-                slot.set_freq(f);
+                shard.move_slot(i, s2, o2);
+                shard.slots[i].set_freq(f);
                 continue;
             }
             found.remove();
@@ -1716,7 +1781,7 @@ impl Store {
         }
         let shards = &self.shards;
         self.wheel.sweep(|e, r| {
-            Self::record_of(shards, e)
+            Self::record_of(&shards[..], e)
                 .and_then(|rec| rec.deadline())
                 .is_some_and(|d| (r.start..r.end).contains(&d))
         });
@@ -1748,7 +1813,7 @@ impl Store {
                     self.due.push(e);
                     return true;
                 }
-                let Some(rec) = Self::record_of(&self.shards, e) else {
+                let Some(rec) = Self::record_of(&self.shards[..], e) else {
                     continue;
                 };
                 if !rec.is_due(self.now) {
@@ -1764,7 +1829,8 @@ impl Store {
                 return false;
             };
             for e in entries {
-                let Some(d) = Self::record_of(&self.shards, e).and_then(|r| r.deadline()) else {
+                let Some(d) = Self::record_of(&self.shards[..], e).and_then(|r| r.deadline())
+                else {
                     continue;
                 };
                 if !(range.start..range.end).contains(&d) {
@@ -1781,11 +1847,11 @@ impl Store {
     pub fn remove(&mut self, hash: u64, key: &[u8]) -> bool {
         let shard = &mut self.shards[Self::shard_of(hash).0];
         let (slots, segs) = (&shard.slots, &shard.segs);
-        let found = shard.index.find_entry(index_hash_of(hash), |&j| {
-            slots[j as usize].seg != DEAD && same_key(key_of(slots, segs, j), key)
+        let found = shard.index.find_entry(index_hash_of(hash), |f| {
+            slots[f.slot as usize].seg != DEAD && same_key(key_of(slots, segs, f.slot), key)
         });
         let Ok(found) = found else { return false };
-        let (i, _) = found.remove();
+        let i = found.remove().0.slot;
         if shard.record(&shard.slots[i as usize]).deadline().is_some() {
             self.ttl_keys -= 1;
         }
@@ -2263,6 +2329,7 @@ mod tests {
                     want.insert(k, v);
                 }
                 assert_eq!(s.live_bytes(), expected_live(&s), "segment {segment}");
+                assert!(s.index_is_exact(), "segment {segment}, round {round}");
                 assert!(
                     s.footprint_is_bounded(),
                     "segment {segment}: {} held for {} live",
