@@ -15,9 +15,13 @@
 #   ROUNDS=5 NETS=unix bash benches/cpu.sh
 #   UPCACHE=/tmp/old/target/release/loadgen bash benches/cpu.sh   # another build's upcache
 #     server (its `loadgen foreground`), against the same floor and client
+#   OLD=/tmp/old/target/release/loadgen bash benches/cpu.sh   # and an older build's server in
+#     each round too, beside the current one: its ratio to the floor, and old ns / new ns (above
+#     1: the current build needs less CPU per request), the A/B of two builds in one sitting
 #
 # Servers pinned to CPU 1, client to CPU 0; 100,000 keys of 16 B (1,000,000 in the last cell),
-# values of 64 B, 4 connections. Each round measures upcache then the floor.
+# values of 64 B, 4 connections. Each round measures upcache, the old build (with OLD), then the
+# floor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -25,9 +29,10 @@ NETS=${NETS:-tcp unix}
 cargo build --release -q -p upcache-loadgen
 L=$PWD/target/release/loadgen
 UPCACHE=${UPCACHE:-$L}
+OLD=${OLD:-}
 W=$(mktemp -d /tmp/upcache-cpu.XXXXXX)
 PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$W"' EXIT
+trap '(( ${#PIDS[@]} )) && kill "${PIDS[@]}" 2>/dev/null; rm -rf "$W"' EXIT
 if [[ $(nproc) -ge 2 ]]; then SERVER_CPU=1; CLIENT_CPU=0; else SERVER_CPU=0; CLIENT_CPU=0; fi
 TICK_NS=$((1000000000 / $(getconf CLK_TCK)))
 
@@ -58,29 +63,58 @@ measure() {
     END { n = ops * 2; printf "%.1f %.1f %.1f %.0f\n", r / n, u / n, s / n, ops }' "$W/run.txt"
 }
 
-echo "# server CPU time per request (user + kernel), upcache ($UPCACHE) and the floor, $ROUNDS rounds per cell, 4 connections"
+# median VALUE...: the median of the values
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+echo "# server CPU time per request (user + kernel), upcache ($UPCACHE)$([[ -n $OLD ]] && echo ", the old build ($OLD)") and the floor, $ROUNDS rounds per cell, 4 connections"
 echo "# ratio = floor ns / upcache ns: the share of the floor's throughput upcache reaches when both are CPU-bound"
+[[ -n $OLD ]] && echo "# new/old = old ns / new ns, median of the rounds (above 1: the current build needs less CPU per request)"
 for net in $NETS; do
   up_args=() floor_args=()
   if [[ $net == unix ]]; then up_args=(--transport unix); floor_args=(--unix-dir "$W"); fi
-  rm -f "$W/up.json" "$W/floor.txt"
+  rm -f "$W/up.json" "$W/old.json" "$W/floor.txt"
   taskset -c "$SERVER_CPU" "$UPCACHE" foreground --file "$W/up.json" "${up_args[@]}" >/dev/null 2>&1 & UP=$!
   taskset -c "$SERVER_CPU" "$L" floor "${floor_args[@]}" >"$W/floor.txt" 2>/dev/null & FLOOR=$!
   PIDS+=("$UP" "$FLOOR")
-  for _ in $(seq 200); do [[ -s $W/up.json && -s $W/floor.txt ]] && break; sleep 0.05; done
+  OLDSRV=""
+  if [[ -n $OLD ]]; then
+    taskset -c "$SERVER_CPU" "$OLD" foreground --file "$W/old.json" "${up_args[@]}" >/dev/null 2>&1 & OLDSRV=$!
+    PIDS+=("$OLDSRV")
+  fi
+  for _ in $(seq 200); do
+    [[ -s $W/up.json && -s $W/floor.txt && ( -z $OLD || -s $W/old.json ) ]] && break
+    sleep 0.05
+  done
+  [[ -s $W/up.json && -s $W/floor.txt && ( -z $OLD || -s $W/old.json ) ]] ||
+    { echo "a server did not start within 10 s" >&2; exit 1; }
   for cell in "get 16 100000" "set 16 100000" "get 64 100000" "set 64 100000" "get 64 1000000"; do
     read -r op depth keys <<<"$cell"
-    ratios=() lines=""
+    ratios=() old_ratios=() gains=() lines=""
     for _ in $(seq "$ROUNDS"); do
       read -r un uu us uo < <(measure "$UP" "upcache=$W/up.json" "$op" "$depth" "$keys")
+      if [[ -n $OLD ]]; then
+        read -r on ou os oo < <(measure "$OLDSRV" "upcache=$W/old.json" "$op" "$depth" "$keys")
+      fi
       read -r fn fu fs fo < <(measure "$FLOOR" "floor=$(cat "$W/floor.txt")" "$op" "$depth" "$keys")
       ratios+=("$(awk -v f="$fn" -v u="$un" 'BEGIN { printf "%.2f", f / u }')")
-      lines+=" ${un}(u${uu}+k${us})/${fn}(u${fu}+k${fs})"
+      if [[ -n $OLD ]]; then
+        old_ratios+=("$(awk -v f="$fn" -v o="$on" 'BEGIN { printf "%.2f", f / o }')")
+        gains+=("$(awk -v o="$on" -v u="$un" 'BEGIN { printf "%.2f", o / u }')")
+        lines+=" ${un}(u${uu}+k${us})/${on}(u${ou}+k${os})/${fn}(u${fu}+k${fs})"
+      else
+        lines+=" ${un}(u${uu}+k${us})/${fn}(u${fu}+k${fs})"
+      fi
     done
-    median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
-    printf '%-4s %s depth %2d keys %7d: median floor/upcache %s (goal %s); ns per request upcache/floor by round:%s\n' \
-      "$net" "$op" "$depth" "$keys" "$median" "$([[ $keys -gt 100000 ]] && echo 0.5 || echo 0.6)" "$lines"
+    old_part="" who="upcache/floor"
+    if [[ -n $OLD ]]; then
+      old_part="; old build $(median "${old_ratios[@]}"), new/old $(median "${gains[@]}")"
+      who="upcache/old/floor"
+    fi
+    printf '%-4s %s depth %2d keys %7d: median floor/upcache %s (goal %s)%s; ns per request %s by round:%s\n' \
+      "$net" "$op" "$depth" "$keys" "$(median "${ratios[@]}")" "$([[ $keys -gt 100000 ]] && echo 0.5 || echo 0.6)" \
+      "$old_part" "$who" "$lines"
   done
-  kill "$UP" "$FLOOR" 2>/dev/null || true
-  wait "$UP" "$FLOOR" 2>/dev/null || true
+  kill "$UP" "$FLOOR" $OLDSRV 2>/dev/null || true
+  wait "$UP" "$FLOOR" $OLDSRV 2>/dev/null || true
+  PIDS=()
 done

@@ -155,19 +155,21 @@ pub const NO_HINT: u32 = u32::MAX;
 /// entry was last told ([`Filed::seg`], [`Filed::off`]). The slot is the truth; the place is a
 /// guess that lets [`Store::prefetch`] ask for the slot and the record at once, instead of
 /// reading the slot first and then asking for the record (one cache miss after another). Every
-/// move of a record tells its entry, so the guess is right but where a segment id does not fit
-/// 16 bits; nothing reads a record through it, so a wrong one costs only a wasted prefetch.
+/// move of a record tells its entry, so the guess is right but for segment ids from
+/// [`NOWHERE`] up (a shard with 65,535 segments or more), which are filed as no guess; nothing
+/// reads a record through it, so a wrong one would cost only a wasted prefetch.
 #[derive(Clone, Copy)]
 struct Filed {
     /// The key's slot in [`Shard::slots`].
     slot: u32,
-    /// The record's segment id, or [`NOWHERE`] for an id of 16 bits or more.
+    /// The record's segment id, or [`NOWHERE`] for an id of `u16::MAX` or more.
     seg: u16,
     /// The record's offset in its segment.
     off: u16,
 }
 
-/// [`Filed::seg`] of an entry whose record's segment id does not fit: no guess.
+/// [`Filed::seg`] of an entry whose record's segment id does not fit 16 bits, or is this mark
+/// itself: no guess.
 const NOWHERE: u16 = u16::MAX;
 
 impl Filed {
@@ -674,9 +676,11 @@ impl Shard {
         let slot = &mut self.slots[i];
         (slot.seg, slot.off) = (seg, off);
         let hash = slot.index_hash();
-        if let Some(f) = self.index.find_mut(hash, |f| f.slot as usize == i) {
-            *f = Filed::new(f.slot, seg, off);
-        }
+        let f = self
+            .index
+            .find_mut(hash, |f| f.slot as usize == i)
+            .expect("a live slot is filed in the index");
+        *f = Filed::new(f.slot, seg, off);
     }
 
     /// Copies the live records of segment `id` to the active segment of its queue.
@@ -1124,17 +1128,17 @@ impl Store {
     pub fn index_is_exact(&self) -> bool {
         self.shards.iter().all(|s| {
             let live = s.slots.iter().filter(|slot| slot.seg != DEAD).count();
+            // As many entries as live slots, and each live slot found under its own hash, with
+            // its record's place: so no slot is filed twice and none is missing.
             s.index.len() == live
-                && s.index.iter().all(|f| {
-                    s.slots.get(f.slot as usize).is_some_and(|slot| {
-                        slot.seg != DEAD
-                            && s.index
-                                .find(slot.index_hash(), |g| g.slot == f.slot)
-                                .is_some()
-                            && (f.seg == NOWHERE
-                                || slot.is_at(u32::from(f.seg), usize::from(f.off)))
-                            && (f.seg != NOWHERE || slot.seg >= u32::from(NOWHERE))
-                    })
+                && (0..).zip(&s.slots).all(|(i, slot)| {
+                    slot.seg == DEAD
+                        || s.index
+                            .find(slot.index_hash(), |f| f.slot == i)
+                            .is_some_and(|f| match f.seg {
+                                NOWHERE => slot.seg >= u32::from(NOWHERE),
+                                seg => slot.is_at(u32::from(seg), usize::from(f.off)),
+                            })
                 })
         })
     }
@@ -2157,6 +2161,43 @@ mod tests {
         assert!(s.remove(h, b"a"));
         assert!(!s.remove(h, b"a"));
         assert!(s.is_empty());
+    }
+
+    /// A shard with more segments than an index entry's 16 bits name: the entries of records in
+    /// the segments past them say nowhere ([`Filed`]), and every key is still found, with a
+    /// hint or without, also after they move (each rewrite with a longer value moves the key's
+    /// record to a new segment, and frees the old one for the next key's).
+    #[test]
+    fn records_past_the_16_bit_segment_ids_are_found() {
+        // Segments of 256 bytes: each 80-byte value takes a segment of its own.
+        let mut s = Store::with_segment_size(ahash::RandomState::with_seeds(1, 2, 3, 4), 256);
+        let keys: Vec<Vec<u8>> = (0u32..)
+            .map(|i| i.to_le_bytes().to_vec())
+            .filter(|k| Store::shard_of(s.hash(k)) == ShardId(0))
+            .take(usize::from(NOWHERE) + 500)
+            .collect();
+        let value = |k: &[u8], round: u8| {
+            let mut v = vec![round; 80 + usize::from(round)];
+            v[..4].copy_from_slice(k);
+            v
+        };
+        for round in 0..2 {
+            for k in &keys {
+                let h = s.hash(k);
+                s.set(h, k, &value(k, round));
+            }
+            assert!(s.shards[0].segs.len() > usize::from(NOWHERE));
+            assert!(s.index_is_exact(), "round {round}");
+            let hashes: Vec<u64> = keys.iter().map(|k| s.hash(k)).collect();
+            let mut hints = vec![NO_HINT; keys.len()];
+            s.prefetch(&hashes, &mut hints);
+            for ((k, &h), &hint) in keys.iter().zip(&hashes).zip(&hints) {
+                assert_ne!(hint, NO_HINT);
+                let got = s.get_hinted(h, k, hint).map(|e| e.value().to_vec());
+                assert_eq!(got, Some(value(k, round)));
+                assert_eq!(s.get(h, k).map(|e| e.value().to_vec()), got);
+            }
+        }
     }
 
     #[test]
