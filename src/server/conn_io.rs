@@ -45,6 +45,43 @@ pub const READS_PER_TURN: usize = 16;
 use crate::protocol::{self, DecodeError, Decoded, ErrorCode, Request, RequestId};
 use crate::store::NO_HINT;
 
+/// The frames of a decode window from one of them on, each with its key's hash (0 for a request
+/// without a key) and its prefetch hint ([`NO_HINT`]: look it up): what [`Engine::get_run`] and
+/// [`Engine::set_run`] serve from.
+#[derive(Clone, Copy)]
+pub(in crate::server) struct Frames<'w, 'a> {
+    frames: &'w [(RequestId, Request<'a>, usize)],
+    hashes: &'w [u64],
+    hints: &'w [u32],
+}
+
+impl<'w, 'a> Frames<'w, 'a> {
+    /// Frame `i`: its id, the request, its length in the read buffer, its hash and its hint.
+    #[inline]
+    pub(in crate::server) fn get(
+        &self,
+        i: usize,
+    ) -> Option<(RequestId, &'w Request<'a>, usize, u64, u32)> {
+        let (id, req, n) = self.frames.get(i)?;
+        Some((*id, req, *n, *self.hashes.get(i)?, *self.hints.get(i)?))
+    }
+
+    /// The ids of the first `n` frames.
+    pub(in crate::server) fn ids(&self, n: usize) -> impl Iterator<Item = RequestId> + 'w {
+        self.frames[..n].iter().map(|(id, ..)| *id)
+    }
+
+    /// The frames from frame `i` on.
+    #[inline]
+    fn from(self, i: usize) -> Self {
+        Frames {
+            frames: &self.frames[i..],
+            hashes: &self.hashes[i..],
+            hints: &self.hints[i..],
+        }
+    }
+}
+
 /// How far [`Engine::drive`] reads the socket.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum ReadMode {
@@ -345,16 +382,19 @@ impl<S: Read + Write> Engine<S> {
         let mut applied = 0;
         let mut i = 0;
         // By reference: moving the vector out (`into_iter`) would copy its whole inline array.
-        while let Some((id, req, n)) = frames.get(i) {
+        let window = Frames {
+            frames: &frames,
+            hashes: &hashes[..count],
+            hints: &hints[..count],
+        };
+        while let Some((id, req, n, hash, hint)) = window.get(i) {
             if self.stops_reading(slot) {
                 return (applied, WindowEnd::Stopped);
             }
             // A pipelined batch is nearly always a run of GETs or of SETs: served in one pass.
-            let (rest, rest_hashes, rest_hints) =
-                (&frames[i..], &hashes[i..count], &hints[i..count]);
             let (served, consumed) = match req {
-                Request::Get { .. } => self.get_run(slot, rest, rest_hashes, rest_hints),
-                Request::Set { .. } => self.set_run(slot, rest, rest_hashes, rest_hints),
+                Request::Get { .. } => self.get_run(slot, window.from(i)),
+                Request::Set { .. } => self.set_run(slot, window.from(i)),
                 _ => (0, 0),
             };
             if served > 0 {
@@ -362,7 +402,7 @@ impl<S: Read + Write> Engine<S> {
                 applied += consumed;
                 continue;
             }
-            self.apply(slot, *id, req, hashes[i], hints[i], now);
+            self.apply(slot, id, req, hash, hint, now);
             applied += n;
             i += 1;
         }

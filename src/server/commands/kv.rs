@@ -3,6 +3,7 @@
 use std::io::{Read, Write};
 
 use crate::protocol::{self, ErrorCode, Reply, Request, RequestId};
+use crate::server::conn_io::Frames;
 use crate::server::connection::{OutQueue, Phase};
 use crate::server::engine::Engine;
 use crate::server::fanout::Change;
@@ -30,7 +31,7 @@ impl<S: Read + Write> Engine<S> {
         }
     }
 
-    /// The `GET`s at the front of `frames` (a decode window; `hashes` and `hints` by frame), in
+    /// The `GET`s at the front of `frames` (the rest of a decode window), in
     /// one pass, as [`Engine::get`] would serve them one by one: one lookup each, the replies
     /// of copied values appended to the output buffer together (one
     /// [`OutQueue::with_buf`](crate::server::connection::OutQueue::with_buf) up to the next
@@ -41,13 +42,7 @@ impl<S: Read + Write> Engine<S> {
     /// served and how many bytes of the read buffer they took; 0 when the connection is not
     /// past its handshake (whose first frame must be `HELLO`).
     #[inline]
-    pub(in crate::server) fn get_run(
-        &mut self,
-        slot: usize,
-        frames: &[(RequestId, Request<'_>, usize)],
-        hashes: &[u64],
-        hints: &[u32],
-    ) -> (usize, usize) {
+    pub(in crate::server) fn get_run(&mut self, slot: usize, frames: Frames) -> (usize, usize) {
         let copy_max = self.config.copy_max;
         let high = self.config.high_water;
         let store = &self.store;
@@ -66,9 +61,7 @@ impl<S: Read + Write> Engine<S> {
             let mut in_place = None;
             c.out.with_buf(|b| {
                 let start = b.len();
-                while let (Some((id, req, n)), Some(&hash), Some(&hint)) =
-                    (frames.get(served), hashes.get(served), hints.get(served))
-                {
+                while let Some((id, req, n, hash, hint)) = frames.get(served) {
                     let Request::Get { key } = *req else { return };
                     if b.len() - start > room {
                         return;
@@ -76,15 +69,15 @@ impl<S: Read + Write> Engine<S> {
                     served += 1;
                     consumed += n;
                     let Some(e) = store.get_hinted(hash, key, hint) else {
-                        Reply::Nil.encode(*id, b);
+                        Reply::Nil.encode(id, b);
                         continue;
                     };
                     hits += 1;
                     if e.value().len() > copy_max {
-                        in_place = Some((*id, e.to_entry()));
+                        in_place = Some((id, e.to_entry()));
                         return;
                     }
-                    copy_value(b, *id, e.value());
+                    copy_value(b, id, e.value());
                 }
             });
             let Some((id, e)) = in_place else { break };
@@ -96,7 +89,7 @@ impl<S: Read + Write> Engine<S> {
         (served, consumed)
     }
 
-    /// The `SET`s at the front of `frames` (a decode window; `hashes` and `hints` by frame), in
+    /// The `SET`s at the front of `frames` (the rest of a decode window), in
     /// one pass, as [`Engine::set`] would apply them one by one, when nobody listens for events
     /// (then a `SET` queues nothing but its `DONE`, and the `DONE`s go out together after the
     /// run). Stops before the first frame that is not a `SET`, before a value the budget cannot
@@ -104,13 +97,7 @@ impl<S: Read + Write> Engine<S> {
     /// the high-water mark. Returns how many frames it served and how many bytes of the read
     /// buffer they took; 0 when the connection is not past its handshake or someone listens.
     #[inline]
-    pub(in crate::server) fn set_run(
-        &mut self,
-        slot: usize,
-        frames: &[(RequestId, Request<'_>, usize)],
-        hashes: &[u64],
-        hints: &[u32],
-    ) -> (usize, usize) {
+    pub(in crate::server) fn set_run(&mut self, slot: usize, frames: Frames) -> (usize, usize) {
         let c = &self.conns[slot];
         if c.phase != Phase::Ready || !self.hub.is_idle() {
             return (0, 0);
@@ -119,7 +106,7 @@ impl<S: Read + Write> Engine<S> {
         let room = self.config.high_water.saturating_sub(c.out.pending());
         self.store.tell_evictions(false);
         let (mut served, mut consumed) = (0, 0);
-        for (((_, req, n), &hash), &hint) in frames.iter().zip(hashes).zip(hints) {
+        while let Some((_, req, n, hash, hint)) = frames.get(served) {
             let Request::Set { key, value } = *req else {
                 break;
             };
@@ -137,8 +124,8 @@ impl<S: Read + Write> Engine<S> {
             consumed += n;
         }
         self.conns[slot].out.with_buf(|b| {
-            for (id, ..) in &frames[..served] {
-                Reply::Done.encode(*id, b);
+            for id in frames.ids(served) {
+                Reply::Done.encode(id, b);
             }
         });
         self.stats.requests += served as u64;
