@@ -39,6 +39,23 @@ fn budgeted_engine(now: Instant, budget: u64) -> Engine<MockSocket> {
     Engine::new(config, store, now)
 }
 
+/// The key of fill `SET` number `i` ([`encode_fills`]).
+fn fill_key(i: u32) -> String {
+    format!("fill{i:06}")
+}
+
+/// Encodes the fill `SET`s numbered `range`: key [`fill_key`], 100 bytes of value, request id
+/// 10 + the number (enough of them to push a budgeted engine into evicting).
+fn encode_fills(out: &mut Vec<u8>, range: std::ops::Range<u32>) {
+    for i in range {
+        Request::Set {
+            key: fill_key(i).as_bytes(),
+            value: &[b'v'; 100],
+        }
+        .encode(10 + i, out);
+    }
+}
+
 /// A decoded frame from the server, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Frame {
@@ -546,23 +563,15 @@ fn a_run_of_sets_with_nobody_listening_answers_each_as_a_single_set_would() {
     let mut e = budgeted_engine(t0, budget);
     let (slot, peer) = connect(&mut e, t0, 1 << 30);
     let mut out = Vec::new();
-    let keys: Vec<String> = (0..4_000).map(|i| format!("fill{i:06}")).collect();
-    for (i, k) in keys.iter().enumerate() {
-        Request::Set {
-            key: k.as_bytes(),
-            value: &[b'v'; 100],
-        }
-        .encode(10 + i as u32, &mut out);
-        if i == 2_000 {
-            Request::Set {
-                key: b"huge",
-                value: &vec![0; budget as usize],
-            }
-            .encode(9, &mut out);
-        }
+    encode_fills(&mut out, 0..2_001);
+    Request::Set {
+        key: b"huge",
+        value: &vec![0; budget as usize],
     }
+    .encode(9, &mut out);
+    encode_fills(&mut out, 2_001..4_000);
     Request::Get {
-        key: keys[3_999].as_bytes(),
+        key: fill_key(3_999).as_bytes(),
     }
     .encode(5, &mut out);
     Request::Get { key: b"huge" }.encode(6, &mut out);
@@ -1056,14 +1065,7 @@ fn an_eviction_follows_the_reply_of_the_set_that_caused_it_and_over_budget_evict
         value: b"never read",
     }
     .encode(3, &mut out);
-    let keys: Vec<String> = (0..4_000).map(|i| format!("fill{i:06}")).collect();
-    for (i, k) in keys.iter().enumerate() {
-        Request::Set {
-            key: k.as_bytes(),
-            value: &[b'v'; 100],
-        }
-        .encode(10 + i as u32, &mut out);
-    }
+    encode_fills(&mut out, 0..4_000);
     peer.send(&out);
     peer.pump(&mut e, a, t0);
     let got = take_frames(&peer, &mut Vec::new(), usize::MAX);
